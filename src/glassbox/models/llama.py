@@ -1,0 +1,259 @@
+"""Our own forward pass for the Llama family (llama, mistral, qwen2, SmolLM).
+
+Plain tensors and functions, no nn.Module machinery: RMSNorm, RoPE, grouped-query attention
+over the engine's paged KV pool, SwiGLU. After every decoder layer there is an explicit hook
+point (`LayerHook`): steering and activation capture plug in there, so the hot path carries
+no `register_forward_hook` callbacks. transformers stays the loader's config parser and the
+reference the tests compare logits against.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from glassbox.models.layers import Linear, WeightFormat, activation_dtype
+
+SUPPORTED_ARCHITECTURES = {"llama", "mistral", "qwen2"}
+
+
+class LayerHook(Protocol):
+    """Called with the residual stream [tokens, hidden] after decoder layer `layer`."""
+
+    def __call__(self, layer: int, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> ModelConfig:
+        raw = json.loads((Path(model_dir) / "config.json").read_text())
+        arch = raw.get("model_type", "")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"model_type {arch!r} is not supported; glassbox runs "
+                f"{sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        heads = raw["num_attention_heads"]
+        eos = raw.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        return cls(
+            architecture=arch,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=raw.get("tie_word_embeddings", False),
+            attention_bias=raw.get("attention_bias", arch == "qwen2"),
+            eos_token_ids=eos_ids,
+            bos_token_id=raw.get("bos_token_id"),
+            raw=raw,
+        )
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        elem = torch.finfo(dtype).bits // 8
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each scheduled token's K/V goes and which cached K/V each query reads.
+
+    Decode steps: one query per sequence, `kv_slots` [B, L] (padded) with `kv_mask` [B,1,1,L].
+    Prefill steps: `prefill_spans` lists, per sequence, its query range in the flattened
+    token batch, the slots of all its keys (cached prefix + new tokens) and whether the
+    queries start at position 0 (then a plain causal mask applies).
+    """
+
+    slot_mapping: torch.Tensor
+    kv_slots: torch.Tensor | None = None
+    kv_mask: torch.Tensor | None = None
+    prefill_spans: list[tuple[int, int, torch.Tensor, int]] | None = None
+
+
+@dataclass
+class DecoderLayer:
+    input_norm: torch.Tensor
+    qkv: Linear
+    o: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], fmt: WeightFormat):
+        self.config = config
+        self.fmt = fmt
+        self.dtype = activation_dtype(fmt)
+        c = config
+        if c.tie_word_embeddings:
+            # Tied checkpoints may store the shared matrix under either name.
+            tied = weights.get("model.embed_tokens.weight", weights.get("lm_head.weight"))
+            weights = {**weights, "model.embed_tokens.weight": tied, "lm_head.weight": tied}
+        self.embed = weights["model.embed_tokens.weight"].float()
+        self.layers: list[DecoderLayer] = []
+        for i in range(c.num_layers):
+            p = f"model.layers.{i}."
+            qkv_w = torch.cat([weights[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+            qkv_b = None
+            if c.attention_bias:
+                qkv_b = torch.cat([weights[p + f"self_attn.{n}_proj.bias"] for n in "qkv"])
+            gate_up = torch.cat([weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]])
+            self.layers.append(
+                DecoderLayer(
+                    input_norm=weights[p + "input_layernorm.weight"].float(),
+                    qkv=Linear(qkv_w, qkv_b, fmt),
+                    o=Linear(weights[p + "self_attn.o_proj.weight"], None, fmt),
+                    post_norm=weights[p + "post_attention_layernorm.weight"].float(),
+                    gate_up=Linear(gate_up, None, fmt),
+                    down=Linear(weights[p + "mlp.down_proj.weight"], None, fmt),
+                )
+            )
+        self.norm = weights["model.norm.weight"].float()
+        self.lm_head = Linear(weights["lm_head.weight"], None, fmt)
+        self.inv_freq, self.rope_scale = _rope_parameters(config)
+        self._rope_cache = torch.empty(0)
+
+    @classmethod
+    def load(cls, model_dir: Path, fmt: WeightFormat) -> LlamaModel:
+        config = ModelConfig.from_dir(model_dir)
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors weights in {model_dir}")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as fh:
+                for name in fh.keys():
+                    weights[name] = fh.get_tensor(name)
+        return cls(config, weights, fmt)
+
+    def weight_bytes(self) -> int:
+        linears = [lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return sum(lin.nbytes() for lin in linears) + self.lm_head.nbytes() + self.embed.numel() * 4
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        need = int(positions.max()) + 1
+        if self._rope_cache.shape[0] < need:
+            size = max(need, 2 * self._rope_cache.shape[0], 1024)
+            t = torch.arange(size, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self._rope_cache = torch.stack([emb.cos(), emb.sin()]) * self.rope_scale
+            self._rope_cache = self._rope_cache.to(self.dtype).transpose(0, 1).contiguous()
+        cs = self._rope_cache[positions]  # [T, 2, D]
+        return cs[:, 0, None, :], cs[:, 1, None, :]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache: list[tuple[torch.Tensor, torch.Tensor]],
+        hook: LayerHook | None = None,
+    ) -> torch.Tensor:
+        """Residual stream after the final norm, [tokens, hidden] in float32."""
+        c = self.config
+        h = F.embedding(input_ids, self.embed)
+        cos, sin = self._rope(positions)
+        q_width = c.num_heads * c.head_dim
+        kv_width = c.num_kv_heads * c.head_dim
+        half = c.head_dim // 2
+        for i, layer in enumerate(self.layers):
+            x = F.rms_norm(h, (c.hidden_size,), layer.input_norm, c.rms_norm_eps).to(self.dtype)
+            qkv = layer.qkv(x)
+            # RoPE on q and k together: one rotate_half over all their heads.
+            qk = qkv[:, : q_width + kv_width].view(-1, c.num_heads + c.num_kv_heads, c.head_dim)
+            rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+            qk = qk * cos + rotated * sin
+            q = qk[:, : c.num_heads]
+            k = qk[:, c.num_heads :]
+            v = qkv[:, q_width + kv_width :].view(-1, c.num_kv_heads, c.head_dim)
+            k_cache, v_cache = kv_cache[i]
+            k_cache.index_copy_(0, attn.slot_mapping, k)
+            v_cache.index_copy_(0, attn.slot_mapping, v)
+            o = _attention(q, k_cache, v_cache, attn)
+            h = h + layer.o(o).float()
+            x = F.rms_norm(h, (c.hidden_size,), layer.post_norm, c.rms_norm_eps).to(self.dtype)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            h = h + layer.down(F.silu(gate) * up).float()
+            if hook is not None:
+                h = hook(i, h)
+        return F.rms_norm(h, (c.hidden_size,), self.norm, c.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden.to(self.dtype)).float()
+
+
+def _attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, attn: AttentionMetadata
+) -> torch.Tensor:
+    """q [T, H, D] -> [T, H*D]; keys and values are read from the paged pool by slot."""
+    heads, dim = q.shape[1], q.shape[2]
+    kv_heads = k_cache.shape[1]
+    if attn.prefill_spans is None:
+        # Decode: one query per sequence. The query heads that share a KV head are laid out
+        # as that head's "query positions", so K/V are never repeated for GQA.
+        b = q.shape[0]
+        k = k_cache[attn.kv_slots].transpose(1, 2)  # [B, KVH, L, D]
+        v = v_cache[attn.kv_slots].transpose(1, 2)
+        qg = q.view(b, kv_heads, heads // kv_heads, dim)
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=attn.kv_mask)
+        return out.reshape(b, heads * dim)
+    outs = []
+    for q_start, q_end, slots, start_pos in attn.prefill_spans:
+        qs = q[q_start:q_end].transpose(0, 1)  # [H, Lq, D]
+        k = k_cache[slots].transpose(0, 1)  # [KVH, Lk, D]
+        v = v_cache[slots].transpose(0, 1)
+        if start_pos == 0:
+            out = F.scaled_dot_product_attention(qs, k, v, is_causal=True, enable_gqa=True)
+        else:
+            lq, lk = q_end - q_start, slots.shape[0]
+            q_pos = torch.arange(start_pos, start_pos + lq)
+            mask = torch.arange(lk)[None, :] <= q_pos[:, None]
+            out = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True)
+        outs.append(out.transpose(0, 1).reshape(q_end - q_start, heads * dim))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def _rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """inv_freq and attention scaling, computed by transformers for every rope type it knows."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    raw = {k: v for k, v in config.raw.items() if k != "model_type"}
+    hf = AutoConfig.for_model(config.architecture, **raw)
+    rope = getattr(hf, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") == "default":
+        base = rope.get("rope_theta", 10000.0)
+        idx = torch.arange(0, config.head_dim, 2, dtype=torch.float32)
+        return 1.0 / (base ** (idx / config.head_dim)), 1.0
+    inv_freq, scale = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf, "cpu")
+    return inv_freq.float(), float(scale)

@@ -1,0 +1,42 @@
+"""The model's tokenizer and chat template (transformers' fast tokenizer, loaded offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+
+class ChatTemplateError(ValueError):
+    pass
+
+
+class Tokenizer:
+    def __init__(self, model_dir: Path):
+        self.hf: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(str(model_dir))
+        self.vocab_size = len(self.hf)
+        self.special_ids = set(self.hf.all_special_ids)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def token_str(self, token_id: int) -> str:
+        """The text of one token as it appears in output (for logprobs)."""
+        return self.hf.decode([token_id], skip_special_tokens=False)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        if not self.hf.chat_template:
+            raise ChatTemplateError("this model has no chat template; use /v1/completions")
+        try:
+            out = self.hf.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+            )
+        except Exception as exc:  # a template's own raise_exception (e.g. role order)
+            raise ChatTemplateError(f"the chat template rejected the messages: {exc}") from exc
+        if isinstance(out, dict) or hasattr(out, "input_ids"):
+            out = out["input_ids"]
+        return list(out)
