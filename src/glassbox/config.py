@@ -1,4 +1,5 @@
-"""One settings object for the whole server: GLASSBOX_* environment variables, CLI flags override."""
+"""One settings object for the whole server: GLASSBOX_* environment variables; CLI flags
+override them."""
 
 from __future__ import annotations
 
