@@ -1,0 +1,34 @@
+"""FastAPI dependencies: the services create_app put on app.state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from glassbox.metrics import Metrics
+from glassbox.services.generation import GenerationService
+from glassbox.services.model_registry import ModelRegistry
+from glassbox.services.openai_compat import OpenAIService
+
+
+def openai_service(request: Request) -> OpenAIService:
+    return request.app.state.openai
+
+
+def generation_service(request: Request) -> GenerationService:
+    return request.app.state.generation
+
+
+def model_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+OpenAIDep = Annotated[OpenAIService, Depends(openai_service)]
+GenerationDep = Annotated[GenerationService, Depends(generation_service)]
+RegistryDep = Annotated[ModelRegistry, Depends(model_registry)]
+MetricsDep = Annotated[Metrics, Depends(metrics)]

@@ -1,0 +1,24 @@
+"""/health and /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from glassbox.api.deps import GenerationDep, MetricsDep, RegistryDep
+from glassbox.api.schemas import Health
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", response_model=Health)
+async def health(
+    gen: GenerationDep,
+    models: RegistryDep,
+) -> Health:
+    return Health(model=models.served_name, **gen.stats())
+
+
+@router.get("/metrics")
+async def prometheus_metrics(m: MetricsDep) -> Response:
+    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,76 @@
+"""create_app(settings): the engine, the services over it, and the routers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from glassbox import __version__
+from glassbox.api.errors import install_error_handlers
+from glassbox.api.middleware import RequestContextMiddleware
+from glassbox.api.routes import routers
+from glassbox.config import Settings
+from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.llm_engine import LLMEngine
+from glassbox.logs import get_logger
+from glassbox.metrics import Metrics
+from glassbox.models.loader import resolve_model
+from glassbox.services.generation import GenerationService
+from glassbox.services.model_registry import ModelRegistry
+from glassbox.services.openai_compat import OpenAIService
+
+log = get_logger(__name__)
+
+
+def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, str]:
+    t0 = time.perf_counter()
+    engine, resolved = LLMEngine.from_settings(settings)
+    log.info(
+        "engine ready",
+        model=resolved.name,
+        directory=str(resolved.directory),
+        max_model_len=engine.config.max_model_len,
+        kv_blocks=engine.config.num_blocks,
+        duration_ms=round((time.perf_counter() - t0) * 1000, 1),
+    )
+    return AsyncLLMEngine(engine), resolved.name
+
+
+def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> FastAPI:
+    """The server. Without `engine` the lifespan loads the configured model and stops the
+    engine at shutdown; a given engine belongs to the caller (who shuts it down)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine is None:
+            aengine, name = await asyncio.to_thread(_build_engine, settings)
+        else:
+            aengine = engine
+            name = settings.served_model_name or resolve_model(settings).name
+        try:
+            generation = GenerationService(aengine, app.state.metrics)
+            app.state.generation = generation
+            app.state.registry = ModelRegistry(name, settings.model_aliases, aengine.max_model_len)
+            app.state.openai = OpenAIService(generation)
+            yield
+        finally:
+            if engine is None:
+                aengine.shutdown()
+
+    app = FastAPI(title="glassbox", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+
+    def engine_stats() -> dict[str, int]:
+        generation = getattr(app.state, "generation", None)
+        return generation.stats() if generation is not None else {}
+
+    app.state.metrics = Metrics(engine_stats)
+    install_error_handlers(app)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,1 @@
+"""Services own the server's logic; the API routers only validate and call them."""
