@@ -1,0 +1,67 @@
+"""Fixtures for the fast unit tests: one tiny seeded Llama per session (ours and HF's)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+# tests/ holds tiny_model.py; tests/unit holds helpers.py. Neither is a package.
+_TESTS = Path(__file__).resolve().parents[1]
+for _p in (_TESTS, _TESTS / "unit"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from tiny_model import build_tiny_model  # noqa: E402
+
+from glassbox.engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
+from glassbox.models.llama import LlamaModel  # noqa: E402
+from glassbox.models.tokenizer import Tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0, layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir) -> LlamaModel:
+    return LlamaModel.load(tiny_dir, "float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir) -> Tokenizer:
+    return Tokenizer(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_tiny(tiny_dir):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).eval()
+
+
+@pytest.fixture
+def make_engine(tiny_model, tiny_tokenizer) -> Callable[..., LLMEngine]:
+    """A fresh engine (own KV pool and block manager) over the shared tiny model."""
+
+    def make(**overrides) -> LLMEngine:
+        cfg = {
+            "block_size": 4,
+            "num_blocks": 256,
+            "max_num_seqs": 16,
+            "max_num_batched_tokens": 1024,
+            "max_model_len": 512,
+        }
+        cfg.update(overrides)
+        return LLMEngine(tiny_model, tiny_tokenizer, EngineConfig(**cfg))
+
+    return make
+
+
+@pytest.fixture
+def engine(make_engine) -> LLMEngine:
+    return make_engine()
