@@ -1,0 +1,138 @@
+"""Paged KV blocks: reference counts, prefix hashing and reuse, preemption."""
+
+from __future__ import annotations
+
+from glassbox.engine.block_manager import BlockManager
+from glassbox.engine.sequence import SamplingParams, Sequence
+
+BS = 4
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+
+def _seq(ids: list[int]) -> Sequence:
+    return Sequence(ids, SamplingParams(), BS)
+
+
+def test_allocate_and_free_keep_reference_counts():
+    bm = BlockManager(8, BS)
+    seq = _seq(list(range(10)))  # 3 blocks: 4 + 4 + 2
+    bm.allocate(seq)
+    assert len(seq.block_table) == 3
+    assert bm.num_used == 3 and bm.num_free == 5
+    assert [bm.blocks[b].ref_count for b in seq.block_table] == [1, 1, 1]
+    table = list(seq.block_table)
+    bm.free_sequence(seq)
+    assert bm.num_used == 0 and seq.block_table == []
+    assert [bm.blocks[b].ref_count for b in table] == [0, 0, 0]
+
+
+def test_same_prefix_shares_full_blocks():
+    bm = BlockManager(16, BS)
+    a = _seq(list(range(10)))
+    bm.allocate(a)
+    b = _seq(list(range(8)) + [50, 51, 52])
+    hits = bm.prefix_hits
+    bm.allocate(b)
+    assert b.num_cached_tokens == 8 and b.num_computed_tokens == 8
+    assert bm.prefix_hits == hits + 2
+    assert b.block_table[:2] == a.block_table[:2]
+    assert b.block_table[2] != a.block_table[2]
+    assert [bm.blocks[i].ref_count for i in a.block_table] == [2, 2, 1]
+    bm.free_sequence(a)
+    assert [bm.blocks[i].ref_count for i in b.block_table] == [1, 1, 1]
+    bm.free_sequence(b)
+    assert bm.num_used == 0
+
+
+def test_block_holding_the_last_prompt_token_is_never_taken_from_the_cache():
+    bm = BlockManager(16, BS)
+    prompt = list(range(12))  # exactly three full blocks
+    a = _seq(prompt)
+    bm.allocate(a)
+    b = _seq(prompt)
+    bm.allocate(b)
+    # Blocks 0 and 1 are shared; block 2 holds the last token, whose logits must be computed.
+    assert b.num_cached_tokens == 8
+    assert b.num_computed_tokens < len(b)
+    assert b.block_table[:2] == a.block_table[:2]
+    assert b.block_table[2] != a.block_table[2]
+
+
+def test_freed_blocks_stay_hittable_until_reused():
+    bm = BlockManager(6, BS)
+    prompt = list(range(9))
+    a = _seq(prompt)
+    bm.allocate(a)
+    bm.free_sequence(a)
+    b = _seq(prompt)
+    bm.allocate(b)
+    assert b.num_cached_tokens == 8  # a's blocks were free but kept their contents
+    bm.free_sequence(b)
+    # Fill the pool with other tokens: the cached blocks are handed out and forgotten.
+    filler = _seq(list(range(100, 124)))
+    bm.allocate(filler)
+    bm.free_sequence(filler)
+    c = _seq(prompt)
+    bm.allocate(c)
+    assert c.num_cached_tokens == 0
+
+
+def test_blocks_filled_while_decoding_are_registered(engine):
+    prompt = [5, 6, 7, 8, 9, 10]
+    out = engine.generate([prompt], GREEDY)[0]
+    # A new prompt that continues the first one's output reuses the decoded blocks too.
+    longer = prompt + out["token_ids"][:8]  # 14 tokens: three full blocks before the last
+    seq = engine.add_request(longer, GREEDY)
+    engine.step()
+    assert seq.num_cached_tokens == 12
+
+
+def test_repeated_prompt_hits_the_cache_and_gives_the_same_output(engine):
+    prompt = list(range(3, 22))  # 19 tokens: 4 full blocks reusable
+    first = engine.generate([prompt], GREEDY)[0]
+    hits = engine.block_manager.prefix_hits
+    seq = engine.add_request(prompt, GREEDY)
+    outs = []
+    while engine.has_work():
+        outs += engine.step()
+    assert outs[0].num_cached_tokens == 16
+    assert engine.block_manager.prefix_hits == hits + 4
+    assert [t for o in outs for t in o.token_ids] == first["token_ids"]
+    assert seq.is_finished
+    assert engine.block_manager.num_used == 0
+
+
+def test_concurrent_sequences_share_prefix_blocks(engine):
+    prefix = list(range(40, 56))  # four full blocks
+    a = engine.add_request(prefix + [1, 2], GREEDY)
+    engine.step()  # prefill a
+    b = engine.add_request(prefix + [3], GREEDY)
+    engine.step()  # prefill b against a's live blocks
+    assert b.num_cached_tokens == 16
+    assert b.block_table[:4] == a.block_table[:4]
+    assert all(engine.block_manager.blocks[i].ref_count == 2 for i in a.block_table[:4])
+    while engine.has_work():
+        engine.step()
+    assert engine.block_manager.num_used == 0
+
+
+def test_out_of_blocks_preempts_and_the_preempted_sequence_completes_unchanged(make_engine):
+    prompts = [list(range(10, 18)), list(range(60, 68)), list(range(90, 98))]
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    expected = make_engine().generate(prompts, params)
+
+    # 3 sequences x 28 tokens need 21 blocks of 4; the pool has 12.
+    small = make_engine(num_blocks=12)
+    preempted: list[int] = []
+    original = small.scheduler.preempt
+
+    def counting_preempt(seq):
+        preempted.append(seq.seq_id)
+        original(seq)
+
+    small.scheduler.preempt = counting_preempt
+    got = small.generate(prompts, params)
+    assert preempted, "the small pool should have forced a preemption"
+    assert [g["token_ids"] for g in got] == [e["token_ids"] for e in expected]
+    assert [g["finish_reason"] for g in got] == ["length"] * 3
+    assert small.block_manager.num_used == 0
