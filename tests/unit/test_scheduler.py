@@ -1,0 +1,92 @@
+"""Continuous batching: requests join and leave the decode batch between steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from glassbox.engine.sequence import SamplingParams
+
+
+def _params(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+
+
+def test_request_joins_between_decode_steps_and_finished_ones_leave(engine):
+    a = engine.add_request([1, 2, 3, 4, 5], _params(6))
+    batches: list[list[int]] = []
+
+    def step():
+        outs = engine.step()
+        batches.append(sorted(o.seq_id for o in outs))
+        return outs
+
+    step()  # prefill a
+    step()  # decode a
+    b = engine.add_request([7, 8, 9], _params(8))
+    step()  # b is prefilled on its own; a waits one step
+    step()  # decode: both
+    assert batches == [[a.seq_id], [a.seq_id], [b.seq_id], sorted([a.seq_id, b.seq_id])]
+    assert len(engine.scheduler.running) == 2
+    while engine.has_work():
+        step()
+    # a (6 tokens) finished first and left; b's last steps ran alone.
+    assert batches[-1] == [b.seq_id]
+    assert [a.seq_id] not in batches[4:]
+    assert a.finish_reason == "length" and b.finish_reason == "length"
+    assert a.num_output_tokens == 6 and b.num_output_tokens == 8
+    assert not engine.scheduler.running and engine.block_manager.num_used == 0
+
+
+def test_max_num_seqs_bounds_the_batch(make_engine):
+    engine = make_engine(max_num_seqs=2)
+    seqs = [engine.add_request([i + 1, i + 2], _params(3)) for i in range(5)]
+    sizes = []
+    while engine.has_work():
+        sizes.append(len(engine.step()))
+    assert max(sizes) == 2
+    assert all(s.num_output_tokens == 3 for s in seqs)
+
+
+def test_prefill_respects_the_token_budget(make_engine):
+    engine = make_engine(max_num_batched_tokens=10)
+    for _ in range(3):
+        engine.add_request(list(range(1, 7)), _params(1))  # 6 tokens each
+    first = engine.step()
+    assert len(first) == 1  # 6 + 6 > 10: the second prompt waits for the next step
+
+
+def test_abort_frees_the_sequence_between_steps(engine):
+    a = engine.add_request([1, 2, 3], _params(50))
+    b = engine.add_request([4, 5, 6], _params(5))
+    engine.step()
+    engine.step()
+    out = engine.abort(a.seq_id)
+    assert out is not None and out.finish_reason == "abort"
+    outs = engine.step()
+    assert [o.seq_id for o in outs] == [b.seq_id]
+    while engine.has_work():
+        engine.step()
+    assert engine.block_manager.num_used == 0
+
+
+def test_empty_prompt_is_rejected(engine):
+    with pytest.raises(ValueError):
+        engine.add_request([], _params(1))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG in src: LLMEngine.add_request accepts prompts longer than max_model_len / the "
+    "KV pool; such a prompt never fits, step() returns [] forever and it blocks every request "
+    "queued behind it",
+)
+def test_prompt_longer_than_the_context_is_rejected(make_engine):
+    engine = make_engine(num_blocks=8, max_model_len=32)  # the pool holds 32 tokens
+    with pytest.raises(ValueError):
+        engine.add_request(list(range(1, 41)), _params(5))
+
+
+def test_a_prompt_that_fits_still_runs_next_to_the_limit(make_engine):
+    engine = make_engine(num_blocks=8, max_model_len=32)
+    out = engine.generate([list(range(1, 20))], _params(5))[0]
+    assert len(out["token_ids"]) == 5 and out["finish_reason"] == "length"
