@@ -1,0 +1,94 @@
+"""The real bundled model (SmolLM2-135M-Instruct), served live. Slow: deselect with
+-m 'not slow'."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from live_server import free_port, serve_in_thread
+
+from glassbox.app import create_app
+from glassbox.config import Settings
+from glassbox.models.loader import resolve_model
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def bundled_cache() -> Path:
+    """Converts the bundled GGUF into the cache once (about 30 s the first time)."""
+    return resolve_model(Settings(model="bundled")).directory
+
+
+@pytest.fixture(scope="module")
+def bundled_url(bundled_cache: Path):
+    # No engine given: the app's lifespan loads the model and stops the engine at the end.
+    with serve_in_thread(create_app(Settings(model="bundled")), startup_timeout=600) as url:
+        yield url
+
+
+def test_capital_of_france(bundled_url: str) -> None:
+    with openai.OpenAI(base_url=bundled_url + "/v1", api_key="unused", max_retries=0) as client:
+        r = client.chat.completions.create(
+            model="SmolLM2-135M-Instruct", messages=QUESTION, temperature=0, max_tokens=30
+        )
+    assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def _glassbox_command() -> list[str]:
+    script = Path(sys.executable).parent / "glassbox"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("glassbox")
+    return [found] if found else [sys.executable, "-m", "glassbox.cli"]
+
+
+def test_glassbox_serve_answers_within_10_seconds(bundled_cache: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w+b")
+    env = {**os.environ, "GLASSBOX_PORT": "1"}  # the --port flag must win over the env var
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [*_glassbox_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    try:
+        answer, elapsed = None, 0.0
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            while answer is None and time.monotonic() - t0 < 60 and proc.poll() is None:
+                try:
+                    r = http.post(
+                        "/v1/chat/completions",
+                        json={"messages": QUESTION, "temperature": 0, "max_tokens": 10},
+                    )
+                except httpx.TransportError:
+                    time.sleep(0.1)
+                    continue
+                assert r.status_code == 200, r.text
+                answer, elapsed = (
+                    r.json()["choices"][0]["message"]["content"],
+                    time.monotonic() - t0,
+                )
+        log.seek(0)
+        assert proc.poll() is None, log.read().decode(errors="replace")[-2000:]
+        assert answer, "no answer within 60 s"
+        assert elapsed < 10.0, f"first answer {elapsed:.1f} s after the process started"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
