@@ -90,3 +90,23 @@ def test_a_prompt_that_fits_still_runs_next_to_the_limit(make_engine):
     engine = make_engine(num_blocks=8, max_model_len=32)
     out = engine.generate([list(range(1, 20))], _params(5))[0]
     assert len(out["token_ids"]) == 5 and out["finish_reason"] == "length"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG in src: add_request does not check token ids against the vocabulary; an "
+    "out-of-range id raises IndexError inside step() and a negative logit_bias key silently "
+    "biases the token counted from the end of the vocabulary",
+)
+@pytest.mark.parametrize(
+    "prompt, params",
+    [
+        ([1, 2, 10**6], SamplingParams()),
+        ([1, 2, 3], SamplingParams(logit_bias={10**6: 1.0})),
+        ([1, 2, 3], SamplingParams(logit_bias={-1: 100.0})),
+    ],
+    ids=["prompt-id", "logit-bias-key", "negative-logit-bias-key"],
+)
+def test_out_of_vocabulary_token_ids_are_rejected(engine, prompt, params):
+    with pytest.raises(ValueError):
+        engine.add_request(prompt, params)
