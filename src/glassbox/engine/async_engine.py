@@ -59,7 +59,9 @@ class AsyncLLMEngine:
             "kv_blocks_total": total,
         }
 
-    async def submit(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[StepOutput]:
+    async def submit(
+        self, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[StepOutput]:
         if self._stopped:
             raise EngineDeadError("the engine has stopped")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
@@ -97,7 +99,9 @@ class AsyncLLMEngine:
         owners: dict[int, int] = {}  # seq_id -> ticket
         while True:
             with self._wake:
-                while not (self._stopped or self._pending or self._aborts or self.engine.has_work()):
+                while not (
+                    self._stopped or self._pending or self._aborts or self.engine.has_work()
+                ):
                     self._wake.wait()
                 if self._stopped:
                     break
@@ -133,7 +137,9 @@ class AsyncLLMEngine:
             self._deliver(outputs, tickets, owners)
         self._fail_all(EngineDeadError("the engine has stopped"))
 
-    def _deliver(self, outputs: list[StepOutput], tickets: dict[int, int], owners: dict[int, int]) -> None:
+    def _deliver(
+        self, outputs: list[StepOutput], tickets: dict[int, int], owners: dict[int, int]
+    ) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for out in outputs:
             stream = self._streams.get(out.seq_id)

@@ -65,7 +65,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         self.block_manager = BlockManager(config.num_blocks, config.block_size)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+        )
         self.runner = ModelRunner(model, config.num_blocks, config.block_size)
         self.sampler = Sampler()
         self.eos_token_ids = set(model.config.eos_token_ids)
@@ -88,7 +90,9 @@ class LLMEngine:
         num_blocks = max(settings.kv_cache_bytes // block_bytes, 1)
         pool_tokens = num_blocks * settings.block_size
         if pool_tokens < max_len:
-            log.warning("KV pool holds %d tokens: max_model_len lowered from %d", pool_tokens, max_len)
+            log.warning(
+                "KV pool holds %d tokens: max_model_len lowered from %d", pool_tokens, max_len
+            )
             max_len = pool_tokens
         config = EngineConfig(
             block_size=settings.block_size,
@@ -163,7 +167,9 @@ class LLMEngine:
             seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
         )  # fmt: skip
 
-    def _finish_output(self, seq: Sequence, tokens: list[int], infos: list[TokenLogprob]) -> StepOutput:
+    def _finish_output(
+        self, seq: Sequence, tokens: list[int], infos: list[TokenLogprob]
+    ) -> StepOutput:
         detok = self.detokenizers.pop(seq.seq_id)
         del self.seqs[seq.seq_id]
         reason = seq.finish_reason or "abort"
@@ -173,7 +179,9 @@ class LLMEngine:
             seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
         )  # fmt: skip
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[dict]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+    ) -> list[dict]:
         """Run prompts to completion; returns text and token ids per prompt, in order."""
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
@@ -190,4 +198,3 @@ class LLMEngine:
 
     def kv_usage(self) -> tuple[int, int]:
         return self.block_manager.num_used, self.block_manager.num_blocks
-

@@ -14,16 +14,13 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         c = model.config
-        shape = (num_blocks * block_size, c.num_kv_heads, c.head_dim)
-        self.kv_cache = [
-            (torch.zeros(shape, dtype=model.dtype), torch.zeros(shape, dtype=model.dtype))
-            for _ in range(c.num_layers)
-        ]
-        self._offsets = torch.arange(block_size)
+        # Per layer: [block, offset in block, keys then values of each KV head, head_dim].
+        shape = (num_blocks, block_size, 2 * c.num_kv_heads, c.head_dim)
+        self.kv_cache = [torch.zeros(shape) for _ in range(c.num_layers)]
 
     @staticmethod
     def kv_bytes_per_block(model: LlamaModel, block_size: int) -> int:
-        return model.config.kv_bytes_per_token(model.dtype) * block_size
+        return model.config.kv_bytes_per_token() * block_size
 
     def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
         pos = torch.arange(start, end)
@@ -31,7 +28,9 @@ class ModelRunner:
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool, hook: LayerHook | None = None) -> torch.Tensor:
+    def run(
+        self, seqs: list[Sequence], is_prefill: bool, hook: LayerHook | None = None
+    ) -> torch.Tensor:
         if is_prefill:
             input_ids, positions, attn, last = self._prepare_prefill(seqs)
         else:
@@ -53,9 +52,9 @@ class ModelRunner:
             q_start = len(ids)
             ids.extend(seq.token_ids[start:end])
             positions.append(torch.arange(start, end))
-            all_slots = self._slots(seq.block_table, 0, end)
-            slot_mapping.append(all_slots[start:])
-            spans.append((q_start, len(ids), all_slots, start))
+            slot_mapping.append(self._slots(seq.block_table, start, end))
+            blocks = torch.tensor(seq.block_table, dtype=torch.long)
+            spans.append((q_start, len(ids), blocks, end, start))
             last.append(len(ids) - 1)
         attn = AttentionMetadata(slot_mapping=torch.cat(slot_mapping), prefill_spans=spans)
         return (
@@ -66,19 +65,20 @@ class ModelRunner:
         )
 
     def _prepare_decode(self, seqs: list[Sequence]):
-        lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-        max_blocks = max(len(s.block_table) for s in seqs)
-        table = torch.zeros(len(seqs), max_blocks, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            table[i, : len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.long)
-        kv_slots = (table[:, :, None] * self.block_size + self._offsets).view(len(seqs), -1)
-        max_len = int(lens.max())
-        kv_slots = kv_slots[:, :max_len]
-        kv_mask = torch.arange(max_len)[None, :] < lens[:, None]
-        positions = lens - 1
-        slot_mapping = kv_slots.gather(1, positions[:, None]).squeeze(1)
+        bs = self.block_size
+        lens = [len(s) for s in seqs]
+        width = max(len(s.block_table) for s in seqs)
+        table = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs])
+        positions = torch.tensor(lens, dtype=torch.long) - 1
+        slot_mapping = torch.tensor(
+            [
+                s.block_table[(n - 1) // bs] * bs + (n - 1) % bs
+                for s, n in zip(seqs, lens, strict=True)
+            ]
+        )
+        kv_mask = torch.arange(width * bs)[None, :] <= positions[:, None]
         attn = AttentionMetadata(
-            slot_mapping=slot_mapping, kv_slots=kv_slots, kv_mask=kv_mask[:, None, None, :]
+            slot_mapping=slot_mapping, block_table=table, kv_mask=kv_mask[:, None, None, :]
         )
         input_ids = torch.tensor([s.token_ids[-1] for s in seqs], dtype=torch.long)
         return input_ids, positions, attn

@@ -18,7 +18,9 @@ def apply_penalties(logits: torch.Tensor, seq: Sequence) -> torch.Tensor:
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long)
         vals = logits[seen]
-        logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        logits[seen] = torch.where(
+            vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty
+        )
     if seq.output_counts and (p.presence_penalty or p.frequency_penalty):
         ids = torch.tensor(list(seq.output_counts.keys()), dtype=torch.long)
         counts = torch.tensor(list(seq.output_counts.values()), dtype=logits.dtype)

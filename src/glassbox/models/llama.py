@@ -77,25 +77,28 @@ class ModelConfig:
             raw=raw,
         )
 
-    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        elem = torch.finfo(dtype).bits // 8
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+    def kv_bytes_per_token(self) -> int:
+        """The KV pool is float32 (see LlamaModel.forward)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 4
 
 
 @dataclass
 class AttentionMetadata:
     """Where each scheduled token's K/V goes and which cached K/V each query reads.
 
-    Decode steps: one query per sequence, `kv_slots` [B, L] (padded) with `kv_mask` [B,1,1,L].
+    The pool of each layer is [num_blocks, block_size, 2 * kv_heads, head_dim]: a token's
+    keys then its values. `slot_mapping` [T] is the flat slot (block * block_size + offset)
+    each new token's K/V is written to.
+    Decode steps: one query per sequence; `block_table` [B, max_blocks] (padded) and
+    `kv_mask` [B, 1, 1, max_blocks * block_size] marking each sequence's real keys.
     Prefill steps: `prefill_spans` lists, per sequence, its query range in the flattened
-    token batch, the slots of all its keys (cached prefix + new tokens) and whether the
-    queries start at position 0 (then a plain causal mask applies).
+    token batch, its block ids, its total length and the position its queries start at.
     """
 
     slot_mapping: torch.Tensor
-    kv_slots: torch.Tensor | None = None
+    block_table: torch.Tensor | None = None
     kv_mask: torch.Tensor | None = None
-    prefill_spans: list[tuple[int, int, torch.Tensor, int]] | None = None
+    prefill_spans: list[tuple[int, int, torch.Tensor, int, int]] | None = None
 
 
 @dataclass
@@ -126,7 +129,9 @@ class LlamaModel:
             qkv_b = None
             if c.attention_bias:
                 qkv_b = torch.cat([weights[p + f"self_attn.{n}_proj.bias"] for n in "qkv"])
-            gate_up = torch.cat([weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]])
+            gate_up = torch.cat(
+                [weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]]
+            )
             self.layers.append(
                 DecoderLayer(
                     input_norm=weights[p + "input_layernorm.weight"].float(),
@@ -156,51 +161,64 @@ class LlamaModel:
         return cls(config, weights, fmt)
 
     def weight_bytes(self) -> int:
-        linears = [lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        linears = [
+            lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        ]
         return sum(lin.nbytes() for lin in linears) + self.lm_head.nbytes() + self.embed.numel() * 4
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin for every head of the fused qkv output, [T, heads, D].
+
+        rotate_half(x) = (-x2, x1) is computed as flip(x) * (-1, 1); the value heads get
+        cos = 1 and sin = 0, so one rotation covers q, k and v and the new keys and values
+        stay one contiguous slice to write into the pool.
+        """
         need = int(positions.max()) + 1
         if self._rope_cache.shape[0] < need:
             size = max(need, 2 * self._rope_cache.shape[0], 1024)
-            t = torch.arange(size, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq)
+            freqs = torch.outer(torch.arange(size, dtype=torch.float32), self.inv_freq)
             emb = torch.cat([freqs, freqs], dim=-1)
-            self._rope_cache = torch.stack([emb.cos(), emb.sin()]) * self.rope_scale
-            self._rope_cache = self._rope_cache.to(self.dtype).transpose(0, 1).contiguous()
+            half = emb.shape[-1] // 2
+            sign = torch.cat([-torch.ones(half), torch.ones(half)])
+            self._rope_cache = torch.stack([emb.cos(), emb.sin() * sign], dim=1) * self.rope_scale
+        c = self.config
         cs = self._rope_cache[positions]  # [T, 2, D]
-        return cs[:, 0, None, :], cs[:, 1, None, :]
+        t, rotated, plain = cs.shape[0], c.num_heads + c.num_kv_heads, c.num_kv_heads
+        cos = torch.cat([cs[:, :1].expand(t, rotated, -1), torch.ones(t, plain, c.head_dim)], 1)
+        sin = torch.cat([cs[:, 1:].expand(t, rotated, -1), torch.zeros(t, plain, c.head_dim)], 1)
+        return cos, sin
 
     def forward(
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         attn: AttentionMetadata,
-        kv_cache: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_cache: list[torch.Tensor],
         hook: LayerHook | None = None,
     ) -> torch.Tensor:
-        """Residual stream after the final norm, [tokens, hidden] in float32."""
+        """Residual stream after the final norm, [tokens, hidden] in float32.
+
+        The residual stream, norms, RoPE and attention run in float32 (bf16 attention is
+        several times slower on CPU); only the linear layers see the weight format's
+        activation dtype.
+        """
         c = self.config
         h = F.embedding(input_ids, self.embed)
         cos, sin = self._rope(positions)
-        q_width = c.num_heads * c.head_dim
-        kv_width = c.num_kv_heads * c.head_dim
+        t = h.shape[0]
+        heads = c.num_heads + 2 * c.num_kv_heads
         half = c.head_dim // 2
         for i, layer in enumerate(self.layers):
             x = F.rms_norm(h, (c.hidden_size,), layer.input_norm, c.rms_norm_eps).to(self.dtype)
-            qkv = layer.qkv(x)
-            # RoPE on q and k together: one rotate_half over all their heads.
-            qk = qkv[:, : q_width + kv_width].view(-1, c.num_heads + c.num_kv_heads, c.head_dim)
-            rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
-            qk = qk * cos + rotated * sin
-            q = qk[:, : c.num_heads]
-            k = qk[:, c.num_heads :]
-            v = qkv[:, q_width + kv_width :].view(-1, c.num_kv_heads, c.head_dim)
-            k_cache, v_cache = kv_cache[i]
-            k_cache.index_copy_(0, attn.slot_mapping, k)
-            v_cache.index_copy_(0, attn.slot_mapping, v)
-            o = _attention(q, k_cache, v_cache, attn)
-            h = h + layer.o(o).float()
+            qkv = layer.qkv(x).float().view(t, heads, c.head_dim)
+            flipped = qkv.view(t, heads, 2, half).flip(2).view(t, heads, c.head_dim)
+            qkv = torch.addcmul(qkv * cos, flipped, sin)
+            pool = kv_cache[i]
+            pool.view(-1, 2 * c.num_kv_heads, c.head_dim).index_copy_(
+                0, attn.slot_mapping, qkv[:, c.num_heads :]
+            )
+            o = _attention(qkv[:, : c.num_heads], pool, attn)
+            h = h + layer.o(o.to(self.dtype)).float()
             x = F.rms_norm(h, (c.hidden_size,), layer.post_norm, c.rms_norm_eps).to(self.dtype)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate) * up).float()
@@ -212,32 +230,35 @@ class LlamaModel:
         return self.lm_head(hidden.to(self.dtype)).float()
 
 
-def _attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, attn: AttentionMetadata
-) -> torch.Tensor:
-    """q [T, H, D] -> [T, H*D]; keys and values are read from the paged pool by slot."""
+def _attention(q: torch.Tensor, pool: torch.Tensor, attn: AttentionMetadata) -> torch.Tensor:
+    """q [T, H, D] -> [T, H*D], reading keys and values from the layer's block pool."""
     heads, dim = q.shape[1], q.shape[2]
-    kv_heads = k_cache.shape[1]
+    kv_heads = pool.shape[2] // 2
+    block_size = pool.shape[1]
     if attn.prefill_spans is None:
-        # Decode: one query per sequence. The query heads that share a KV head are laid out
-        # as that head's "query positions", so K/V are never repeated for GQA.
-        b = q.shape[0]
-        k = k_cache[attn.kv_slots].transpose(1, 2)  # [B, KVH, L, D]
-        v = v_cache[attn.kv_slots].transpose(1, 2)
+        # Decode: one query per sequence. Gathering whole blocks is a few large copies; the
+        # query heads sharing a KV head are laid out as that head's "query positions", so
+        # K/V are never repeated for GQA.
+        b, n = attn.block_table.shape
+        kv = pool.index_select(0, attn.block_table.view(-1)).view(
+            b, n * block_size, 2 * kv_heads, dim
+        )
+        k = kv[:, :, :kv_heads].transpose(1, 2)  # [B, KVH, L, D]
+        v = kv[:, :, kv_heads:].transpose(1, 2)
         qg = q.view(b, kv_heads, heads // kv_heads, dim)
         out = F.scaled_dot_product_attention(qg, k, v, attn_mask=attn.kv_mask)
         return out.reshape(b, heads * dim)
     outs = []
-    for q_start, q_end, slots, start_pos in attn.prefill_spans:
+    for q_start, q_end, blocks, length, start_pos in attn.prefill_spans:
+        kv = pool.index_select(0, blocks).view(-1, 2 * kv_heads, dim)[:length]
+        k = kv[:, :kv_heads].transpose(0, 1)  # [KVH, Lk, D]
+        v = kv[:, kv_heads:].transpose(0, 1)
         qs = q[q_start:q_end].transpose(0, 1)  # [H, Lq, D]
-        k = k_cache[slots].transpose(0, 1)  # [KVH, Lk, D]
-        v = v_cache[slots].transpose(0, 1)
         if start_pos == 0:
             out = F.scaled_dot_product_attention(qs, k, v, is_causal=True, enable_gqa=True)
         else:
-            lq, lk = q_end - q_start, slots.shape[0]
-            q_pos = torch.arange(start_pos, start_pos + lq)
-            mask = torch.arange(lk)[None, :] <= q_pos[:, None]
+            q_pos = torch.arange(start_pos, start_pos + q_end - q_start)
+            mask = torch.arange(length)[None, :] <= q_pos[:, None]
             out = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True)
         outs.append(out.transpose(0, 1).reshape(q_end - q_start, heads * dim))
     return torch.cat(outs) if len(outs) > 1 else outs[0]

@@ -28,12 +28,17 @@ class Tokenizer:
         """The text of one token as it appears in output (for logprobs)."""
         return self.hf.decode([token_id], skip_special_tokens=False)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
         if not self.hf.chat_template:
             raise ChatTemplateError("this model has no chat template; use /v1/completions")
         try:
             out = self.hf.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+                messages,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=True,
+                return_dict=False,
             )
         except Exception as exc:  # a template's own raise_exception (e.g. role order)
             raise ChatTemplateError(f"the chat template rejected the messages: {exc}") from exc
