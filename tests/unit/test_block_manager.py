@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from glassbox.engine.block_manager import BlockManager
 from glassbox.engine.sequence import SamplingParams, Sequence
 
@@ -116,9 +118,16 @@ def test_concurrent_sequences_share_prefix_blocks(engine):
     assert engine.block_manager.num_used == 0
 
 
-def test_out_of_blocks_preempts_and_the_preempted_sequence_completes_unchanged(make_engine):
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True),
+        SamplingParams(max_tokens=20, seed=5, ignore_eos=True, frequency_penalty=0.5),
+    ],
+    ids=["greedy", "seeded-with-penalty"],
+)
+def test_out_of_blocks_preempts_and_the_preempted_sequence_completes_unchanged(make_engine, params):
     prompts = [list(range(10, 18)), list(range(60, 68)), list(range(90, 98))]
-    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
     expected = make_engine().generate(prompts, params)
 
     # 3 sequences x 28 tokens need 21 blocks of 4; the pool has 12.
