@@ -17,6 +17,11 @@ _SHARED_PROCESSORS: list = [
 ]
 
 
+def _drop_color_message(_, __, event: dict) -> dict:
+    event.pop("color_message", None)  # uvicorn's ANSI-colored duplicate of the message
+    return event
+
+
 def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging (uvicorn, transformers, glassbox) through one handler."""
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -32,7 +37,7 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO | N
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder(), _drop_color_message],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,

@@ -104,3 +104,36 @@ def test_unknown_route_and_method(http) -> None:
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     r = http.get("/v1/chat/completions")
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_unexpected_exception_is_a_500_in_the_same_shape(http, tiny_server, monkeypatch) -> None:
+    async def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tiny_server.app.state.openai, "chat", broken)
+    r = http.post("/v1/chat/completions", json={"messages": USER}, headers={"x-request-id": "e-1"})
+    assert r.status_code == 500
+    assert r.headers["x-request-id"] == "e-1"
+    error = r.json()["error"]
+    assert error["type"] == "server_error" and "e-1" in error["message"]
+    assert "boom" not in error["message"]  # internals stay in the log
+
+
+def test_error_after_the_stream_started_is_reported_in_the_stream(http, tiny_server, monkeypatch):
+    from glassbox.api.errors import APIError
+
+    service = tiny_server.app.state.openai
+    real = service._chat_chunks
+
+    async def failing(*args, **kwargs):
+        async for chunk in real(*args, **kwargs):
+            yield chunk
+            raise APIError("the engine has stopped", 503)
+
+    monkeypatch.setattr(service, "_chat_chunks", failing)
+    body = {"messages": USER, "max_tokens": 3, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200
+    assert len(events) == 2 and "[DONE]" not in events
+    assert '"error"' in events[1] and "engine has stopped" in events[1]
