@@ -81,11 +81,6 @@ async def test_bad_request_raises_in_the_stream(async_engine):
             pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in src: one request with an out-of-range logit_bias key makes step() raise, "
-    "and AsyncLLMEngine._fail_all then fails every request in the batch, good ones included",
-)
 async def test_a_bad_request_does_not_fail_the_others(async_engine):
     good = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
     bad = SamplingParams(max_tokens=20, logit_bias={10**6: 1.0})

@@ -74,12 +74,6 @@ def test_empty_prompt_is_rejected(engine):
         engine.add_request([], _params(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in src: LLMEngine.add_request accepts prompts longer than max_model_len / the "
-    "KV pool; such a prompt never fits, step() returns [] forever and it blocks every request "
-    "queued behind it",
-)
 def test_prompt_longer_than_the_context_is_rejected(make_engine):
     engine = make_engine(num_blocks=8, max_model_len=32)  # the pool holds 32 tokens
     with pytest.raises(ValueError):
@@ -92,12 +86,6 @@ def test_a_prompt_that_fits_still_runs_next_to_the_limit(make_engine):
     assert len(out["token_ids"]) == 5 and out["finish_reason"] == "length"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in src: add_request does not check token ids against the vocabulary; an "
-    "out-of-range id raises IndexError inside step() and a negative logit_bias key silently "
-    "biases the token counted from the end of the vocabulary",
-)
 @pytest.mark.parametrize(
     "prompt, params",
     [

@@ -104,8 +104,7 @@ class LLMEngine:
         return cls(model, tokenizer, config), resolved
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
-        if not prompt_token_ids:
-            raise ValueError("the prompt is empty")
+        self._validate(prompt_token_ids, params)
         seq = Sequence(prompt_token_ids, params, self.config.block_size)
         self.seqs[seq.seq_id] = seq
         self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
@@ -113,6 +112,29 @@ class LLMEngine:
         )
         self.scheduler.add(seq)
         return seq
+
+    def _validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Reject what would fail inside a step, where it would take the batch down with it."""
+        vocab = self.model.config.vocab_size
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_token_ids) >= self.config.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(prompt_token_ids)} tokens; this model's context is "
+                f"{self.config.max_model_len} tokens"
+            )
+        for what, ids in (
+            ("prompt token id", prompt_token_ids),
+            ("logit_bias token id", params.logit_bias.keys()),
+            ("stop_token_ids entry", params.stop_token_ids),
+        ):
+            bad = [i for i in ids if not 0 <= i < vocab]
+            if bad:
+                raise ValueError(f"{what} {bad[0]} is outside the vocabulary [0, {vocab})")
+        if params.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if params.temperature < 0:
+            raise ValueError("temperature must be >= 0")
 
     def abort(self, seq_id: int) -> StepOutput | None:
         seq = self.seqs.get(seq_id)
