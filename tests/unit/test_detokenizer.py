@@ -142,3 +142,20 @@ def test_eos_stops_unless_ignore_eos(engine, tiny_tokenizer):
         engine, [1, 2, 3], _greedy(9, logit_bias=force_eos, ignore_eos=True)
     )
     assert reason == "length" and tokens == [eos] * 9
+
+
+@pytest.mark.slow
+def test_real_tokenizer_multibyte_and_stop_strings():
+    from glassbox.config import Settings
+    from glassbox.models.loader import resolve_model
+    from glassbox.models.tokenizer import Tokenizer
+
+    tok = Tokenizer(resolve_model(Settings()).directory)
+    text = "Voilà — crème brûlée 🍮 for 2 people, 日本語 too. ¡Olé! Done."
+    ids = tok.encode(text, add_special_tokens=False)
+    deltas, _ = _stream(tok, ids, [], prompt=tok.encode("Dessert:"))
+    _check_prefix_stream(deltas, text, [])
+    for stop in (["brûlée"], ["🍮"], ["語 t"], ["Olé!"]):
+        deltas, stopped = _stream(tok, ids, stop)
+        assert stopped
+        _check_prefix_stream(deltas, text[: text.find(stop[0])], stop)
