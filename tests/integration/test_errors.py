@@ -41,7 +41,7 @@ def assert_error(r, status: int, *, param: str | None = None, says: str = "") ->
         ({"messages": USER, "stream_options": {"include_usage": True}}, None, "stream"),
         ({"messages": []}, "messages", "at least 1"),
         ({}, "messages", "required"),
-        ({"messages": USER, "frobnicate": 1}, "frobnicate", "unrecognized"),
+        ({"messages": USER, "frobnicate": 1}, "frobnicate", "not a recognized"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, None, "image_url"),
         ({"messages": USER, "tools": [{"type": "function"}]}, "tools", "not supported"),
         ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format",

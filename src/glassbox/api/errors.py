@@ -77,33 +77,40 @@ _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", 
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """A readable message for pydantic errors: 'field: what is wrong (got value)'."""
-    lines, first_param = [], None
-    seen: set[str] = set()
+    """A readable message for pydantic errors: 'field: what is wrong (got value)'. Errors of
+    one field (the members of a union) are joined with 'or'."""
+    by_param: dict[str, list[str]] = {}
+    shown_input: dict[str, str] = {}
     for err in exc.errors():
-        param = _field_path(tuple(err.get("loc", ())))
         if err.get("type") == "json_invalid":
             return "the request body is not valid JSON: " + err.get("msg", ""), None
-        if err.get("type") == "missing" and param:
-            text = f"'{param}' is required"
+        param = _field_path(tuple(err.get("loc", ())))
+        if err.get("type") == "missing":
+            text = "is required"
         elif err.get("type") == "extra_forbidden":
-            text = f"unrecognized request argument '{param}'; remove it from the request"
+            text = "is not a recognized request argument; remove it"
         else:
-            msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+            text = err.get("msg", "invalid value").removeprefix("Value error, ")
+            text = text.replace("Input should", "should", 1)
             got = err.get("input")
-            shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
-            text = f"'{param}': {msg} (got {shown})" if param else f"{msg}"
-        if text in seen:
-            continue
-        seen.add(text)
-        lines.append(text)
-        first_param = first_param or param or None
-    if not lines:
+            if not isinstance(got, dict | list):
+                shown = repr(got)
+                shown_input[param] = shown if len(shown) <= 60 else shown[:57] + "..."
+        texts = by_param.setdefault(param, [])
+        if text not in texts:
+            texts.append(text)
+    if not by_param:
         return "invalid request", None
-    more = f" (and {len(lines) - 3} more errors)" if len(lines) > 3 else ""
-    return "; ".join(lines[:3]) + more, first_param
+    parts = []
+    for param, texts in by_param.items():
+        if len(texts) > 1 and all(t.startswith("should be ") for t in texts):
+            text = "should be " + " or ".join(t.removeprefix("should be ") for t in texts)
+        else:
+            text = " or ".join(texts)
+        got = f" (got {shown_input[param]})" if param in shown_input else ""
+        parts.append(f"'{param}' {text}{got}" if param else f"{text}{got}")
+    more = f" (and {len(parts) - 3} more errors)" if len(parts) > 3 else ""
+    return "; ".join(parts[:3]) + more, next(iter(by_param)) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
