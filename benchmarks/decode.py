@@ -63,7 +63,7 @@ def sampling_kwargs(sample: bool) -> dict:
 
 
 @torch.inference_mode()
-def bench_transformers(model_dir, tokenizer, new_tokens: int, sample: bool) -> float:
+def bench_transformers(model_dir, tokenizer, new_tokens: int, sample: bool, repeats: int) -> float:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()  # fp32 by default
@@ -89,11 +89,12 @@ def bench_transformers(model_dir, tokenizer, new_tokens: int, sample: bool) -> f
         return elapsed
 
     run(chat_prompts(tokenizer, WARMUP_QUESTIONS, 1)[0], 16)
-    return new_tokens / run(chat_prompts(tokenizer, QUESTIONS, 1)[0], new_tokens)
+    prompt = chat_prompts(tokenizer, QUESTIONS, 1)[0]
+    return new_tokens / min(run(prompt, new_tokens) for _ in range(repeats))
 
 
 @torch.inference_mode()
-def bench_glassbox(engine, concurrency: int, new_tokens: int, sample: bool) -> float:
+def bench_glassbox(engine, concurrency: int, new_tokens: int, sample: bool, repeats: int) -> float:
     from glassbox.engine.sequence import SamplingParams
 
     def run(prompts: list[list[int]], n: int) -> float:
@@ -109,11 +110,11 @@ def bench_glassbox(engine, concurrency: int, new_tokens: int, sample: bool) -> f
 
     tok = engine.tokenizer
     run(chat_prompts(tok, WARMUP_QUESTIONS, concurrency), 16)
-    elapsed = run(chat_prompts(tok, QUESTIONS, concurrency), new_tokens)
-    return concurrency * new_tokens / elapsed
+    prompts = chat_prompts(tok, QUESTIONS, concurrency)
+    return concurrency * new_tokens / min(run(prompts, new_tokens) for _ in range(repeats))
 
 
-def bench_llama_cpp(tokenizer, new_tokens: int, sample: bool) -> float:
+def bench_llama_cpp(tokenizer, new_tokens: int, sample: bool, repeats: int) -> float:
     from llama_cpp import Llama
 
     from glassbox.models.loader import bundled_gguf
@@ -131,7 +132,8 @@ def bench_llama_cpp(tokenizer, new_tokens: int, sample: bool) -> float:
         return elapsed
 
     run(chat_prompts(tokenizer, WARMUP_QUESTIONS, 1)[0], 16)
-    return new_tokens / run(chat_prompts(tokenizer, QUESTIONS, 1)[0], new_tokens)
+    prompt = chat_prompts(tokenizer, QUESTIONS, 1)[0]
+    return new_tokens / min(run(prompt, new_tokens) for _ in range(repeats))
 
 
 def main() -> None:
@@ -141,6 +143,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"])
     parser.add_argument("--sample", action="store_true", help="temperature 0.7, top_p 0.9")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best counts")
     parser.add_argument("--skip-llama-cpp", action="store_true")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",") if c]
@@ -162,14 +165,17 @@ def main() -> None:
         f"{'sampling' if args.sample else 'greedy'}"
     )
 
+    load_before = os.getloadavg()[0]
     rows: list[tuple[str, float]] = []
-    hf_tps = bench_transformers(resolved.directory, engine.tokenizer, args.new_tokens, args.sample)
+    hf_tps = bench_transformers(
+        resolved.directory, engine.tokenizer, args.new_tokens, args.sample, args.repeats
+    )
     rows.append(("transformers generate fp32, 1 stream", hf_tps))
     print(f"  transformers: {hf_tps:.1f} tok/s", flush=True)
 
     glassbox: dict[int, float] = {}
     for c in concurrencies:
-        glassbox[c] = bench_glassbox(engine, c, args.new_tokens, args.sample)
+        glassbox[c] = bench_glassbox(engine, c, args.new_tokens, args.sample, args.repeats)
         rows.append((f"glassbox {choose_format(args.dtype)}, concurrency {c}", glassbox[c]))
         print(f"  glassbox c={c}: {glassbox[c]:.1f} tok/s", flush=True)
 
@@ -178,10 +184,15 @@ def main() -> None:
     elif importlib.util.find_spec("llama_cpp") is None:
         print("  llama_cpp not importable: pip install llama-cpp-python to compare")
     else:
-        tps = bench_llama_cpp(engine.tokenizer, args.new_tokens, args.sample)
+        tps = bench_llama_cpp(engine.tokenizer, args.new_tokens, args.sample, args.repeats)
         rows.append(("llama.cpp (llama-cpp-python, GGUF), 1 stream", tps))
 
     width = max(len(name) for name, _ in rows)
+    load_after = os.getloadavg()[0]
+    print(
+        f"\nbest of {args.repeats} timed runs each; 1-min load average {load_before:.2f} "
+        f"before, {load_after:.2f} after (other CPU work skews every figure)"
+    )
     print()
     print(f"{'run':<{width}}  {'tok/s':>8}  {'vs HF':>7}")
     print("-" * (width + 19))
