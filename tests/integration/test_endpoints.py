@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import TINY_ALIAS, TINY_MAX_LEN, TINY_NAME
+from conftest import TINY_ALIAS, TINY_MAX_LEN, TINY_NAME, tiny_settings
+from fastapi.testclient import TestClient
+
+from glassbox.app import create_app
+from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.llm_engine import LLMEngine
 
 
 def test_models_list_has_served_name_and_aliases(client: openai.OpenAI) -> None:
@@ -76,3 +81,14 @@ def test_health(http, tiny_server) -> None:
     body = r.json()
     assert body["status"] == "ok" and body["model"] == TINY_NAME
     assert body["kv_blocks_total"] == tiny_server.engine.stats()["kv_blocks_total"] > 0
+
+
+def test_health_is_503_once_the_engine_has_died(tiny_model_dir, tmp_path) -> None:
+    engine = AsyncLLMEngine(LLMEngine.from_settings(tiny_settings(tiny_model_dir, tmp_path))[0])
+    app = create_app(tiny_settings(tiny_model_dir, tmp_path), engine=engine)
+    with TestClient(app) as tc:
+        assert tc.get("/health").status_code == 200
+        engine.shutdown()
+        r = tc.get("/health")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "engine_dead"

@@ -47,6 +47,15 @@ class AsyncLLMEngine:
         return self.engine.tokenizer
 
     @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary (may be padded larger than the tokenizer's)."""
+        return self.engine.model.config.vocab_size
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopped
+
+    @property
     def max_model_len(self) -> int:
         return self.engine.config.max_model_len
 

@@ -25,11 +25,12 @@ class Linear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightFormat):
         self.fmt = fmt
         self.out_features, self.in_features = weight.shape
-        weight = weight.float()
         if fmt == "int8":
             # Symmetric per-output-channel scales: the layout _weight_int8pack_mm expects.
-            scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-            self.weight = (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+            # In-place on one float32 copy: this runs over every weight at start-up.
+            w = weight.to(torch.float32, copy=True)
+            scales = w.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
+            self.weight = w.div_(scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
             self.scales = scales.to(torch.bfloat16)
         else:
             self.weight = weight.to(torch.bfloat16 if fmt == "bfloat16" else torch.float32)

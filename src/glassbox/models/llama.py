@@ -265,16 +265,21 @@ def _attention(q: torch.Tensor, pool: torch.Tensor, attn: AttentionMetadata) -> 
 
 
 def _rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
-    """inv_freq and attention scaling, computed by transformers for every rope type it knows."""
+    """inv_freq and attention scaling. Plain RoPE is computed here; scaled variants (llama3,
+    yarn, linear, ...) come from transformers, imported only then: importing its config
+    machinery costs seconds of start-up time."""
+    raw = config.raw
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "default":
+        base = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        idx = torch.arange(0, config.head_dim, 2, dtype=torch.float32)
+        return 1.0 / (base ** (idx / config.head_dim)), 1.0
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    raw = {k: v for k, v in config.raw.items() if k != "model_type"}
-    hf = AutoConfig.for_model(config.architecture, **raw)
-    rope = getattr(hf, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") == "default":
-        base = rope.get("rope_theta", 10000.0)
-        idx = torch.arange(0, config.head_dim, 2, dtype=torch.float32)
-        return 1.0 / (base ** (idx / config.head_dim)), 1.0
-    inv_freq, scale = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf, "cpu")
+    hf = AutoConfig.for_model(
+        config.architecture, **{k: v for k, v in raw.items() if k != "model_type"}
+    )
+    inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](hf, "cpu")
     return inv_freq.float(), float(scale)

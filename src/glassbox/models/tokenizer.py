@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 
 class ChatTemplateError(ValueError):
@@ -14,7 +14,13 @@ class ChatTemplateError(ValueError):
 
 class Tokenizer:
     def __init__(self, model_dir: Path):
-        self.hf: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(str(model_dir))
+        self.hf: PreTrainedTokenizerBase
+        if (Path(model_dir) / "tokenizer.json").is_file():
+            # The fast tokenizer class directly: AutoTokenizer would first import the config
+            # classes of every architecture transformers knows (seconds of start-up time).
+            self.hf = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+        else:
+            self.hf = AutoTokenizer.from_pretrained(str(model_dir))
         self.vocab_size = len(self.hf)
         self.special_ids = set(self.hf.all_special_ids)
 

@@ -71,7 +71,7 @@ class GenerationService:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     def check_token_ids(self, token_ids: list[int], param: str) -> None:
-        vocab = self.tokenizer.vocab_size
+        vocab = self.engine.vocab_size
         bad = [t for t in token_ids if not 0 <= t < vocab]
         if bad:
             raise APIError(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from glassbox.api.deps import GenerationDep, MetricsDep, RegistryDep
+from glassbox.api.errors import APIError
 from glassbox.api.schemas import Health
 
 router = APIRouter(tags=["system"])
@@ -16,6 +17,9 @@ async def health(
     gen: GenerationDep,
     models: RegistryDep,
 ) -> Health:
+    """200 while the engine thread serves; 503 once it has died, so a supervisor restarts us."""
+    if not gen.engine.is_alive:
+        raise APIError("the engine has stopped", 503, code="engine_dead")
     return Health(model=models.served_name, **gen.stats())
 
 
