@@ -98,3 +98,27 @@ def test_a_prompt_that_fits_still_runs_next_to_the_limit(make_engine):
 def test_out_of_vocabulary_token_ids_are_rejected(engine, prompt, params):
     with pytest.raises(ValueError):
         engine.add_request(prompt, params)
+
+
+def _run_bounded(engine, max_steps: int = 300) -> None:
+    for _ in range(max_steps):
+        if not engine.has_work():
+            return
+        engine.step()
+    raise AssertionError(f"the engine still has work after {max_steps} steps (livelock)")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG in src: LLMEngine accepts an EngineConfig whose max_model_len exceeds the KV "
+    "pool (num_blocks * block_size); a prompt between the two never gets blocks and a sequence "
+    "that outgrows the pool preempts itself and waits forever (step() returns [] while "
+    "has_work() stays true). from_settings clamps max_model_len, direct construction does not",
+)
+def test_context_larger_than_the_pool_cannot_livelock(make_engine):
+    engine = make_engine(num_blocks=8, max_model_len=512)  # the pool holds 32 tokens
+    with pytest.raises(ValueError):
+        engine.add_request(list(range(1, 41)), _params(3))
+    seq = engine.add_request(list(range(1, 10)), _params(100))
+    _run_bounded(engine)
+    assert seq.finish_reason == "length"
