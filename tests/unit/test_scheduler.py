@@ -108,13 +108,6 @@ def _run_bounded(engine, max_steps: int = 300) -> None:
     raise AssertionError(f"the engine still has work after {max_steps} steps (livelock)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in src: LLMEngine accepts an EngineConfig whose max_model_len exceeds the KV "
-    "pool (num_blocks * block_size); a prompt between the two never gets blocks and a sequence "
-    "that outgrows the pool preempts itself and waits forever (step() returns [] while "
-    "has_work() stays true). from_settings clamps max_model_len, direct construction does not",
-)
 def test_context_larger_than_the_pool_cannot_livelock(make_engine):
     engine = make_engine(num_blocks=8, max_model_len=512)  # the pool holds 32 tokens
     with pytest.raises(ValueError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -63,6 +63,12 @@ class LLMEngine:
     def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig):
         self.model = model
         self.tokenizer = tokenizer
+        pool_tokens = config.num_blocks * config.block_size
+        if config.max_model_len > pool_tokens:
+            # A sequence longer than the pool could never be scheduled: it would wait forever.
+            log.warning("KV pool holds %d tokens: max_model_len lowered from %d",
+                        pool_tokens, config.max_model_len)  # fmt: skip
+            config = replace(config, max_model_len=pool_tokens)
         self.config = config
         self.block_manager = BlockManager(config.num_blocks, config.block_size)
         self.scheduler = Scheduler(
@@ -88,17 +94,11 @@ class LLMEngine:
         max_len = settings.max_model_len or model.config.max_position_embeddings
         block_bytes = ModelRunner.kv_bytes_per_block(model, settings.block_size)
         num_blocks = max(settings.kv_cache_bytes // block_bytes, 1)
-        pool_tokens = num_blocks * settings.block_size
-        if pool_tokens < max_len:
-            log.warning(
-                "KV pool holds %d tokens: max_model_len lowered from %d", pool_tokens, max_len
-            )
-            max_len = pool_tokens
         config = EngineConfig(
             block_size=settings.block_size,
             num_blocks=num_blocks,
             max_num_seqs=settings.max_num_seqs,
-            max_num_batched_tokens=max(settings.max_num_batched_tokens, max_len),
+            max_num_batched_tokens=settings.max_num_batched_tokens,
             max_model_len=max_len,
         )
         return cls(model, tokenizer, config), resolved
