@@ -36,10 +36,12 @@ class Settings(BaseSettings):
         description="Converted models live here (GGUF -> safetensors, once)",
     )
 
-    dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+    dtype: Literal["auto", "float32", "bfloat16", "int8", "int4"] = Field(
         "auto",
-        description="Weights: 'int8' = int8 weight-only with bf16 activations, 'bfloat16', "
-        "'float32' (exact). 'auto' picks int8 where the CPU has native bf16, else float32.",
+        description="Weights: 'int4' (per group of 32) or 'int8' (per channel) weight-only with "
+        "bf16 activations, 'bfloat16', 'float32' (exact). 'auto': where the CPU has native "
+        "bf16, weights that are 4-bit already (a Q4 GGUF) stay int4 and the rest become int8; "
+        "elsewhere float32.",
     )
     num_threads: int | None = Field(None, description="torch intra-op threads (default: all)")
 

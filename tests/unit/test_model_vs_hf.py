@@ -148,6 +148,8 @@ ENGLISH = (
 REAL_FP32_ATOL = 1e-3
 # int8 weight-only: measured top-1 agreement with HF fp32 0.959 (140/146 positions).
 INT8_MIN_TOP1_AGREEMENT = 0.90
+# Perplexity of the quantized formats on ENGLISH relative to fp32 (measured: see the test).
+QUANTIZED_MAX_PPL_RATIO = 1.05
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +212,35 @@ def test_real_model_int8_top1_agrees_with_hf(real):
     agreement = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
     print(f"int8 top-1 agreement with HF fp32: {agreement:.4f} over {len(ids)} positions")
     assert agreement >= INT8_MIN_TOP1_AGREEMENT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["int8", "auto"])
+def test_real_model_quantized_perplexity_stays_close_to_fp32(real, fmt):
+    from glassbox.models.llama import LlamaModel
+
+    directory, ids, ref = real
+    model = LlamaModel.load(directory, fmt)
+    ours = _all_position_logits(model, ids)
+    target = torch.tensor(ids[1:])
+
+    def ppl(logits):
+        return torch.exp(torch.nn.functional.cross_entropy(logits[:-1], target)).item()
+
+    agreement = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    print(f"{fmt}: perplexity {ppl(ours):.4f} vs fp32 {ppl(ref):.4f}, top-1 {agreement:.4f}")
+    assert ppl(ours) < ppl(ref) * QUANTIZED_MAX_PPL_RATIO
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_q4_gguf_weights_4_bit(real):
+    """The bundled GGUF is Q4_1: 'auto' must recognise every decoder weight as 4-bit per
+    group and keep it so (no re-quantization); the Q8_0 embedding/LM head becomes int8."""
+    from glassbox.models.llama import LlamaModel
+
+    model = LlamaModel.load(real[0], "auto")
+    formats = {
+        lin.fmt for layer in model.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)
+    }
+    assert formats == {"int4"}
+    assert model.lm_head.fmt == "int8"

@@ -82,5 +82,8 @@ class Sampler:
         if p.greedy:
             return int(torch.argmax(row))
         row = _filter(row / p.temperature, p.top_k, p.top_p, p.min_p)
-        probs = torch.softmax(row, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=seq.generator))
+        # Inverse CDF with one uniform draw per token: torch.multinomial and the exponential
+        # race each cost ~2 ms over a 50k vocabulary on CPU; this costs a cumsum.
+        cdf = torch.softmax(row, dim=-1).cumsum(0)
+        u = torch.rand(1, generator=seq.generator) * cdf[-1]
+        return min(int(torch.searchsorted(cdf, u, right=True)), cdf.shape[0] - 1)

@@ -1,8 +1,18 @@
 """Weight formats for the linear layers of the forward pass.
 
-On this kind of CPU the matmuls decide the speed of a decode step (see DESIGN.md): int8
-weight-only with bf16 activations is ~6x faster than fp32 at batch 1. The fp32 path stays
-exact and is what the logits-match-transformers tests use.
+On CPU the weight matmuls decide the speed of a decode step: at batch 1 it is a matter of
+how many weight bytes each step reads. Formats:
+
+- 'float32': exact; what the logits-match-transformers tests use.
+- 'bfloat16': bf16 weights and activations.
+- 'int8': int8 weight-only, symmetric per output channel, bf16 activations
+  (`torch._weight_int8pack_mm`).
+- 'int4': 4-bit weight-only, asymmetric per group of 32 inputs, bf16 activations
+  (`_weight_int4pack_mm_for_cpu`). A GGUF Q4_0/Q4_1 weight *is* 4-bit per group of 32, so
+  this reproduces it instead of re-quantizing it (and reads half the bytes of int8).
+- 'auto': int4 for every linear whose weights are exactly 4-bit per group (within float
+  rounding), int8 for the rest. Both kernels compute each row of a batch independently, so
+  a sequence's logits do not depend on what else is in the batch (seeds reproduce).
 """
 
 from __future__ import annotations
@@ -12,19 +22,32 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-WeightFormat = Literal["float32", "bfloat16", "int8"]
+WeightFormat = Literal["float32", "bfloat16", "int8", "int4", "auto"]
+
+INT4_GROUP = 32
+# A weight counts as 4-bit when re-quantizing it moves no value by more than this fraction
+# of its group's step (float32 rounding of the dequantized GGUF values, nothing more).
+_INT4_LOSSLESS = 1e-3
 
 
 class Linear:
     """y = x @ W.T (+ b), with W stored in one of the weight formats.
 
     Inputs and outputs are in the activation dtype of the format: float32 for 'float32',
-    bfloat16 for 'bfloat16' and 'int8'.
+    bfloat16 for the others.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightFormat):
-        self.fmt = fmt
         self.out_features, self.in_features = weight.shape
+        self.weight: torch.Tensor
+        self.scales: torch.Tensor | None = None
+        if fmt in ("int4", "auto") and self.in_features % INT4_GROUP == 0:
+            packed = _int4_pack(weight, require_lossless=fmt == "auto")
+            if packed is not None:
+                fmt = "int4"
+                self.weight, self.scales = packed
+        if fmt == "auto" or (fmt == "int4" and self.scales is None):
+            fmt = "int8"
         if fmt == "int8":
             # Symmetric per-output-channel scales: the layout _weight_int8pack_mm expects.
             # In-place on one float32 copy: this runs over every weight at start-up.
@@ -32,21 +55,46 @@ class Linear:
             scales = w.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
             self.weight = w.div_(scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
             self.scales = scales.to(torch.bfloat16)
-        else:
-            self.weight = weight.to(torch.bfloat16 if fmt == "bfloat16" else torch.float32)
-            self.scales = None
-        act = activation_dtype(fmt)
-        self.bias = None if bias is None else bias.to(act)
+        elif fmt in ("float32", "bfloat16"):
+            self.weight = weight.to(activation_dtype(fmt))
+        self.fmt: WeightFormat = fmt
+        self.bias = None if bias is None else bias.to(activation_dtype(fmt))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scales is not None:
+        if self.fmt == "int4":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales)
+        elif self.fmt == "int8":
             y = torch._weight_int8pack_mm(x, self.weight, self.scales)
-            return y if self.bias is None else y + self.bias
-        return F.linear(x, self.weight, self.bias)
+        else:
+            return F.linear(x, self.weight, self.bias)
+        return y if self.bias is None else y + self.bias
 
     def nbytes(self) -> int:
         n = self.weight.numel() * self.weight.element_size()
         return n + (0 if self.scales is None else self.scales.numel() * 2)
+
+
+def _int4_pack(
+    weight: torch.Tensor, require_lossless: bool
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Asymmetric 4-bit codes per group of 32 inputs, packed for the CPU int4 kernel.
+
+    Returns None when `require_lossless` and the weight is not 4-bit to begin with.
+    The kernel computes w = (q - 8) * scale + zero, so zero = group minimum + 8 * scale.
+    """
+    n, k = weight.shape
+    w = weight.to(torch.float32).view(n, k // INT4_GROUP, INT4_GROUP)
+    lo = w.amin(dim=-1, keepdim=True)
+    scale = (w.amax(dim=-1, keepdim=True) - lo).clamp_(min=1e-10).div_(15.0)
+    codes = (w - lo).div_(scale).round_().clamp_(0, 15)
+    if require_lossless:
+        error = (codes * scale + lo - w).abs().div_(scale).amax()
+        if float(error) > _INT4_LOSSLESS:
+            return None
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.view(n, k).to(torch.int32), 1)
+    zero = lo + 8 * scale
+    scales_zeros = torch.stack([scale.view(n, -1).t(), zero.view(n, -1).t()], dim=-1)
+    return packed, scales_zeros.contiguous().to(torch.bfloat16)
 
 
 def activation_dtype(fmt: WeightFormat) -> torch.dtype:

@@ -209,7 +209,7 @@ class LlamaModel:
         heads = c.num_heads + 2 * c.num_kv_heads
         half = c.head_dim // 2
         for i, layer in enumerate(self.layers):
-            x = F.rms_norm(h, (c.hidden_size,), layer.input_norm, c.rms_norm_eps).to(self.dtype)
+            x = _rms_norm(h, layer.input_norm, c.rms_norm_eps).to(self.dtype)
             qkv = layer.qkv(x).float().view(t, heads, c.head_dim)
             flipped = qkv.view(t, heads, 2, half).flip(2).view(t, heads, c.head_dim)
             qkv = torch.addcmul(qkv * cos, flipped, sin)
@@ -219,15 +219,21 @@ class LlamaModel:
             )
             o = _attention(qkv[:, : c.num_heads], pool, attn)
             h = h + layer.o(o.to(self.dtype)).float()
-            x = F.rms_norm(h, (c.hidden_size,), layer.post_norm, c.rms_norm_eps).to(self.dtype)
+            x = _rms_norm(h, layer.post_norm, c.rms_norm_eps).to(self.dtype)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate) * up).float()
             if hook is not None:
                 h = hook(i, h)
-        return F.rms_norm(h, (c.hidden_size,), self.norm, c.rms_norm_eps)
+        return _rms_norm(h, self.norm, c.rms_norm_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden.to(self.dtype)).float()
+
+
+def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, op for op. F.rms_norm dispatches to a composite that is
+    ~2x slower on CPU at decode sizes."""
+    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps))
 
 
 def _attention(q: torch.Tensor, pool: torch.Tensor, attn: AttentionMetadata) -> torch.Tensor:

@@ -105,10 +105,11 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
 
 
 def choose_format(dtype: str) -> WeightFormat:
-    """'auto' -> int8 weight-only with bf16 activations where the CPU has native bf16."""
+    """The weight format for the `dtype` setting. 'auto' keeps 4-bit weights 4-bit and makes
+    the rest int8 (models/layers.py) where the CPU has native bf16, else stays float32."""
     if dtype != "auto":
         return dtype  # type: ignore[return-value]
-    return "int8" if cpu_has_bf16() else "float32"
+    return "auto" if cpu_has_bf16() else "float32"
 
 
 def cpu_has_bf16() -> bool:

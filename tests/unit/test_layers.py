@@ -1,0 +1,54 @@
+"""Weight formats: 'auto' keeps 4-bit weights 4-bit, and every quantized kernel computes the
+rows of a batch independently (so a seeded request does not depend on its batch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glassbox.models.layers import INT4_GROUP, Linear
+
+
+def _q4_weight(out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
+    """A weight as a GGUF Q4_1 block stores it: scale * code + min per group of 32 inputs."""
+    g = torch.Generator().manual_seed(seed)
+    groups = in_features // INT4_GROUP
+    codes = torch.randint(0, 16, (out_features, groups, INT4_GROUP), generator=g).float()
+    codes[..., 0], codes[..., 1] = 0, 15  # Q4_1's minimum and maximum are attained
+    scale = torch.rand(out_features, groups, 1, generator=g) * 0.01 + 1e-3
+    low = -torch.rand(out_features, groups, 1, generator=g) * 0.08
+    return (codes * scale + low).view(out_features, in_features)
+
+
+def test_auto_keeps_a_4_bit_weight_4_bit_and_reproduces_it():
+    w = _q4_weight(96, 128)
+    lin = Linear(w, None, "auto")
+    assert lin.fmt == "int4"
+    x = torch.randn(3, 128)
+    exact = x @ w.T
+    err = (lin(x.bfloat16()).float() - exact).abs().max() / exact.abs().max()
+    assert err < 0.01  # bf16 activations and scales; the codes themselves are exact
+
+
+def test_auto_makes_other_weights_int8():
+    w = torch.randn(96, 128, generator=torch.Generator().manual_seed(1))
+    lin = Linear(w, None, "auto")
+    assert lin.fmt == "int8"
+    x = torch.randn(3, 128)
+    exact = x @ w.T
+    assert (lin(x.bfloat16()).float() - exact).abs().max() / exact.abs().max() < 0.02
+
+
+def test_forced_int4_quantizes_any_weight():
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(2))
+    assert Linear(w, None, "int4").fmt == "int4"
+    assert Linear(torch.randn(64, 48), None, "int4").fmt == "int8"  # 48 is not groups of 32
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8", "bfloat16"])
+def test_quantized_rows_do_not_depend_on_the_batch(fmt):
+    lin = Linear(_q4_weight(256, 192, seed=3), None, fmt)
+    x = torch.randn(16, 192, generator=torch.Generator().manual_seed(4)).bfloat16()
+    batched = lin(x)
+    one_by_one = torch.cat([lin(x[i : i + 1]) for i in range(16)])
+    assert torch.equal(batched, one_by_one)
