@@ -20,12 +20,18 @@ class Driver:
         self.runner = ModelRunner(model, num_blocks, block_size)
         self.block_size = block_size
 
-    def prefill(self, prompts: list[list[int]], hook: LayerHook | None = None):
+    def prefill(
+        self,
+        prompts: list[list[int]],
+        hook: LayerHook | None = None,
+        params: list[SamplingParams] | None = None,
+    ):
         """Allocate and prefill sequences together; next-token logits [B, V] per sequence."""
-        seqs = [Sequence(p, SamplingParams(), self.block_size) for p in prompts]
+        params = params or [SamplingParams() for _ in prompts]
+        seqs = [Sequence(p, sp, self.block_size) for p, sp in zip(prompts, params, strict=True)]
         for seq in seqs:
             self.block_manager.allocate(seq)
-        logits = self.runner.run(seqs, True, hook)
+        logits, self.aborted = self.runner.run(seqs, True, hook)
         for seq in seqs:
             seq.num_computed_tokens = len(seq)
         return seqs, logits
@@ -35,7 +41,7 @@ class Driver:
         for seq, tok in zip(seqs, tokens, strict=True):
             seq.append(tok)
             self.block_manager.may_append(seq)
-        logits = self.runner.run(seqs, False, hook)
+        logits, self.aborted = self.runner.run(seqs, False, hook)
         for seq in seqs:
             seq.num_computed_tokens = len(seq)
         return logits

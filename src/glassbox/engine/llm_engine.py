@@ -25,6 +25,9 @@ from glassbox.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+# finish_reason of a sequence stopped by a variant's abort_when scope.
+STEERING_ABORT = "steering_abort"
+
 
 @dataclass
 class EngineConfig:
@@ -151,16 +154,21 @@ class LLMEngine:
         if not seqs:
             return []
         t0 = time.perf_counter()
-        logits = self.runner.run(seqs, is_prefill)
+        logits, aborted = self.runner.run(seqs, is_prefill)
         tokens, logprobs = self.sampler(logits, seqs)
         self.stats.steps += 1
         self.stats.step_seconds += time.perf_counter() - t0
         outputs = []
-        for seq, token, info in zip(seqs, tokens, logprobs, strict=True):
+        for row, (seq, token, info) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
             if is_prefill:
                 self.stats.prompt_tokens += seq.num_prompt_tokens
                 self.stats.prefix_cached_tokens += seq.num_cached_tokens
             seq.num_computed_tokens = len(seq)
+            if row in aborted:
+                # A steering scope's abort condition held: end it without a new token.
+                self.scheduler.finish(seq, STEERING_ABORT)
+                outputs.append(self._finish_output(seq, [], []))
+                continue
             outputs.append(self._postprocess(seq, token, info))
         return outputs
 

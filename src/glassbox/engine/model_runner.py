@@ -7,6 +7,7 @@ import torch
 
 from glassbox.engine.sequence import Sequence
 from glassbox.models.llama import AttentionMetadata, LayerHook, LlamaModel
+from glassbox.steering.plan import BatchSteering
 
 
 class ModelRunner:
@@ -17,6 +18,7 @@ class ModelRunner:
         # Per layer: [block, offset in block, keys then values of each KV head, head_dim].
         shape = (num_blocks, block_size, 2 * c.num_kv_heads, c.head_dim)
         self.kv_cache = [torch.zeros(shape) for _ in range(c.num_layers)]
+        self._decode_steering: tuple[tuple[int, ...], BatchSteering] | None = None
 
     @staticmethod
     def kv_bytes_per_block(model: LlamaModel, block_size: int) -> int:
@@ -30,16 +32,41 @@ class ModelRunner:
     @torch.inference_mode()
     def run(
         self, seqs: list[Sequence], is_prefill: bool, hook: LayerHook | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, set[int]]:
+        """Next-token logits [B, vocab] and the rows a steering abort scope stopped.
+
+        `hook` (e.g. activation capture) sees the residual stream after the rows' steering."""
         if is_prefill:
             input_ids, positions, attn, last = self._prepare_prefill(seqs)
         else:
             input_ids, positions, attn = self._prepare_decode(seqs)
             last = None
-        hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, hook)
+        steering = self._steering(seqs, last)
+        layer_hook = steering
+        if hook is not None:
+            layer_hook = hook if steering is None else _compose(steering, hook)
+        hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, layer_hook)
         if last is not None:
             hidden = hidden[last]
-        return self.model.logits(hidden)
+        return self.model.logits(hidden), (steering.aborted if steering else set())
+
+    def _steering(self, seqs: list[Sequence], last: torch.Tensor | None) -> BatchSteering | None:
+        """The batch's steering hook, or None when no row is steered. Decode steps over the
+        same rows reuse the previous step's (it holds only the plans' tensors)."""
+        plans = [s.params.steering for s in seqs]
+        if all(p is None or p.is_empty for p in plans):
+            return None
+        if last is None:
+            key = tuple(s.seq_id for s in seqs)
+            if self._decode_steering is not None and self._decode_steering[0] == key:
+                steering = self._decode_steering[1]
+                steering.aborted = set()
+                return steering
+            steering = BatchSteering(plans, torch.arange(len(seqs)))
+            self._decode_steering = (key, steering)
+            return steering
+        counts = torch.diff(last, prepend=torch.tensor([-1]))
+        return BatchSteering(plans, torch.repeat_interleave(torch.arange(len(seqs)), counts))
 
     def _prepare_prefill(self, seqs: list[Sequence]):
         ids: list[int] = []
@@ -82,3 +109,7 @@ class ModelRunner:
         )
         input_ids = torch.tensor([s.token_ids[-1] for s in seqs], dtype=torch.long)
         return input_ids, positions, attn
+
+
+def _compose(first: LayerHook, then: LayerHook) -> LayerHook:
+    return lambda layer, h: then(layer, first(layer, h))

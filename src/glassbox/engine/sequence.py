@@ -8,6 +8,8 @@ from enum import Enum, auto
 
 import torch
 
+from glassbox.steering.plan import SteeringPlan
+
 
 @dataclass
 class SamplingParams:
@@ -26,6 +28,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + top k
     skip_special_tokens: bool = True
+    steering: SteeringPlan | None = None  # this row's variant, resolved against dictionaries
 
     @property
     def greedy(self) -> bool:
