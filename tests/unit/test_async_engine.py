@@ -94,3 +94,19 @@ async def test_a_bad_request_does_not_fail_the_others(async_engine):
     good_result, bad_result = await asyncio.gather(run(good), run(bad))
     assert bad_result == "ValueError"
     assert good_result == "length"
+
+
+async def test_call_runs_on_the_engine_thread_between_steps(async_engine):
+    import threading
+
+    name = await async_engine.call(lambda engine: threading.current_thread().name)
+    assert name == "glassbox-engine"
+
+    def boom(engine):
+        raise ValueError("bad capture")
+
+    with pytest.raises(ValueError, match="bad capture"):
+        await async_engine.call(boom)
+    # the engine still serves after a failed call
+    outs = [o async for o in async_engine.submit([1, 2, 3], SamplingParams(max_tokens=3))]
+    assert outs[-1].finish_reason is not None

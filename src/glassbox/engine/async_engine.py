@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from glassbox.engine.llm_engine import LLMEngine, StepOutput
 from glassbox.engine.sequence import SamplingParams
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineDeadError(RuntimeError):
@@ -36,6 +38,7 @@ class AsyncLLMEngine:
         self._wake = threading.Condition(self._lock)
         self._pending: list[tuple[int, list[int], SamplingParams, _Stream]] = []
         self._aborts: set[int] = set()
+        self._calls: list[tuple[Callable, asyncio.Future]] = []
         self._streams: dict[int, _Stream] = {}
         self._next_id = 0
         self._stopped = False
@@ -95,6 +98,17 @@ class AsyncLLMEngine:
                     self._aborts.add(ticket)
                     self._wake.notify()
 
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run `fn(engine)` on the engine thread between two steps (activation capture,
+        dictionary builds: anything that touches the model outside `submit`)."""
+        if self._stopped:
+            raise EngineDeadError("the engine has stopped")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        with self._wake:
+            self._calls.append((fn, future))
+            self._wake.notify()
+        return await future
+
     def shutdown(self) -> None:
         with self._wake:
             self._stopped = True
@@ -109,11 +123,16 @@ class AsyncLLMEngine:
         while True:
             with self._wake:
                 while not (
-                    self._stopped or self._pending or self._aborts or self.engine.has_work()
+                    self._stopped
+                    or self._pending
+                    or self._aborts
+                    or self._calls
+                    or self.engine.has_work()
                 ):
                     self._wake.wait()
                 if self._stopped:
                     break
+                calls, self._calls = self._calls, []
                 pending, self._pending = self._pending, []
                 aborts, self._aborts = self._aborts, set()
             for ticket, ids, params, stream in pending:
@@ -133,6 +152,8 @@ class AsyncLLMEngine:
                     owners.pop(seq_id, None)
                     self._streams.pop(seq_id, None)
                     self.engine.abort(seq_id)
+            for fn, future in calls:
+                self._resolve(future, fn)
             if not self.engine.has_work():
                 continue
             try:
@@ -144,7 +165,23 @@ class AsyncLLMEngine:
                 owners.clear()
                 continue
             self._deliver(outputs, tickets, owners)
-        self._fail_all(EngineDeadError("the engine has stopped"))
+        dead = EngineDeadError("the engine has stopped")
+        self._fail_all(dead)
+        with self._wake:
+            calls, self._calls = self._calls, []
+        for _, future in calls:
+            future.get_loop().call_soon_threadsafe(_settle, future, None, dead)
+
+    def _resolve(self, future: asyncio.Future, fn: Callable) -> None:
+        try:
+            result, error = fn(self.engine), None
+        except Exception as exc:  # delivered to the caller, the engine goes on
+            result, error = None, exc
+        loop = future.get_loop()
+        if error is None:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+        else:
+            loop.call_soon_threadsafe(_settle, future, None, error)
 
     def _deliver(
         self, outputs: list[StepOutput], tickets: dict[int, int], owners: dict[int, int]
@@ -166,6 +203,15 @@ class AsyncLLMEngine:
             self.engine.abort(seq_id)
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
         self._streams.clear()
+
+
+def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 def _put_all(items: list) -> None:

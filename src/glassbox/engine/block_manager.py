@@ -79,15 +79,16 @@ class BlockManager:
     def can_allocate(self, seq: Sequence) -> bool:
         return self.num_free >= seq.num_blocks
 
-    def allocate(self, seq: Sequence) -> None:
-        """Give `seq` blocks for all its tokens, reusing cached full blocks of its prefix.
+    def allocate(self, seq: Sequence, use_cache: bool = True) -> None:
+        """Give `seq` blocks for all its tokens, reusing cached full blocks of its prefix
+        (unless `use_cache` is off: activation capture needs every position computed).
 
         The block holding the last token is never taken from the cache: that token must be
         computed to produce the logits of the next one.
         """
         assert not seq.block_table
         prefix_hash: int | None = None
-        cache_miss = False
+        cache_miss = not use_cache
         last_full = (len(seq) - 1) // self.block_size  # blocks before this one are reusable
         for i in range(seq.num_blocks):
             tokens = seq.block_tokens(i)

@@ -22,6 +22,7 @@ from glassbox.engine.sequence import SamplingParams, Sequence, TokenLogprob
 from glassbox.models.llama import LlamaModel
 from glassbox.models.loader import ResolvedModel, choose_format, resolve_model
 from glassbox.models.tokenizer import Tokenizer
+from glassbox.steering.plan import SteeringPlan
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,45 @@ class LLMEngine:
             seq.seq_id, detok.take(final=True), tokens, infos, reason,
             seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
         )  # fmt: skip
+
+    def capture(
+        self,
+        prompts: list[list[int]],
+        layers: set[int],
+        steering: SteeringPlan | None = None,
+    ) -> tuple[list[dict[int, torch.Tensor]], torch.Tensor]:
+        """Run prompts once (no generation) and return, per prompt, the residual stream after
+        each of `layers` at every position ({layer: [T, hidden]}), and the next-token logits
+        [B, vocab] of each prompt. With `steering`, every prompt runs under that plan.
+
+        Not thread-safe against `step()`: in the server it runs on the engine thread
+        (AsyncLLMEngine.call)."""
+        for ids in prompts:
+            self._validate(ids, SamplingParams())
+        params = SamplingParams(steering=steering)
+        seqs = [Sequence(ids, params, self.config.block_size) for ids in prompts]
+        if sum(s.num_blocks for s in seqs) > self.block_manager.num_free:
+            raise ValueError("not enough free KV blocks to capture these prompts now")
+        captured: dict[int, torch.Tensor] = {}
+
+        def hook(layer: int, h: torch.Tensor) -> torch.Tensor:
+            if layer in layers:
+                captured[layer] = h.clone()
+            return h
+
+        try:
+            for seq in seqs:
+                self.block_manager.allocate(seq, use_cache=False)
+            logits, _ = self.runner.run(seqs, True, hook)
+        finally:
+            for seq in seqs:
+                self.block_manager.free_sequence(seq)
+        sizes = [len(s) for s in seqs]
+        per_layer = {layer: h.split(sizes) for layer, h in captured.items()}
+        per_prompt = [
+            {layer: parts[i] for layer, parts in per_layer.items()} for i in range(len(seqs))
+        ]
+        return per_prompt, logits
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]

@@ -1,0 +1,49 @@
+"""Activation capture: the residual stream at chosen layers for every prompt position."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import Driver
+
+from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
+
+PROMPTS = [[5, 17, 33, 8, 41, 2, 19], [3, 9, 27], [12] * 20]
+
+
+def test_capture_returns_every_position_of_every_prompt(engine, tiny_model):
+    captured, logits = engine.capture(PROMPTS, {0, 1})
+    for prompt, layers, row in zip(PROMPTS, captured, logits, strict=True):
+        seen: dict = {}
+
+        def hook(i, h, seen=seen):
+            seen[i] = h.clone()
+            return h
+
+        _, ref_logits = Driver(tiny_model).prefill([prompt], hook=hook)
+        assert set(layers) == {0, 1}
+        for layer in (0, 1):
+            assert layers[layer].shape == (len(prompt), tiny_model.config.hidden_size)
+            torch.testing.assert_close(layers[layer], seen[layer], atol=1e-5, rtol=0)
+        torch.testing.assert_close(row, ref_logits[0], atol=1e-5, rtol=0)
+    assert engine.block_manager.num_used == 0  # capture gives its blocks back
+
+
+def test_capture_ignores_the_prefix_cache(engine):
+    first, _ = engine.capture([PROMPTS[2]], {1})
+    second, _ = engine.capture([PROMPTS[2]], {1})
+    assert first[0][1].shape[0] == second[0][1].shape[0] == len(PROMPTS[2])
+
+
+def test_capture_under_a_steering_plan(engine, tiny_model):
+    hidden = tiny_model.config.hidden_size
+    w = torch.ones(hidden) / hidden**0.5
+    plan = SteeringPlan([ResolvedEdit(Direction("d", 0, w, 0.0, w), "pin", 2.0)])
+    captured, _ = engine.capture([PROMPTS[0]], {0}, steering=plan)
+    acts = captured[0][0] @ w
+    assert torch.allclose(acts, torch.full_like(acts, 2.0), atol=1e-4)
+
+
+def test_capture_rejects_bad_prompts(engine):
+    with pytest.raises(ValueError):
+        engine.capture([[]], {0})
