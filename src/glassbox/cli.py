@@ -37,7 +37,7 @@ _SERVE_FLAGS = [
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="'bundled', an HF model directory or a .gguf file")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "int8"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "int8", "int4"])
     p.add_argument("--max-model-len", type=int, help="context length")
     p.add_argument("--kv-cache-bytes", type=int, help="memory for the paged KV pool")
     p.add_argument("--num-threads", type=int, help="torch intra-op threads")
@@ -68,7 +68,31 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.7)
     chat.add_argument("--seed", type=int)
     _add_model_flags(chat)
+
+    features = sub.add_parser("features", help="feature dictionaries")
+    features_sub = features.add_subparsers(dest="features_command", required=True)
+    build = features_sub.add_parser(
+        "build", help="(re)build the concept vectors of the model and cache them"
+    )
+    build.add_argument("--layer", type=int, help="decoder layer (default: the middle one)")
+    _add_model_flags(build)
     return parser
+
+
+def features_build(args: argparse.Namespace) -> int:
+    from glassbox.engine.llm_engine import LLMEngine
+    from glassbox.features.concepts import cache_path, concept_dictionary, load_concept_data
+
+    settings = _settings(args, _MODEL_FLAGS)
+    engine, resolved = LLMEngine.from_settings(settings)
+    dictionary = concept_dictionary(
+        engine, settings.cache_dir, resolved.fingerprint, args.layer, rebuild=True
+    )
+    path = cache_path(
+        settings.cache_dir, resolved.fingerprint, dictionary.layer, load_concept_data().digest
+    )
+    print(f"{len(dictionary)} concept vectors at layer {dictionary.layer} -> {path}")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -173,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         serve(args)
         return 0
+    if args.command == "features":
+        return features_build(args)
     if args.url:
         return _chat_remote(args)
     return _chat_local(args)
