@@ -143,3 +143,12 @@ def test_abort_when_ends_the_sequence(make_engine):
     assert out[0]["finish_reason"] == STEERING_ABORT and out[0]["token_ids"] == []
     assert out[1]["finish_reason"] == "length" and len(out[1]["token_ids"]) == 5
     assert out[2]["finish_reason"] == "length"
+
+
+def test_logits_from_residual_matches_the_forward_pass(engine):
+    model = engine.model
+    last = model.config.num_layers - 1
+    captured, logits = engine.capture([PROMPT], {last})
+    torch.testing.assert_close(
+        model.logits_from_residual(captured[0][last])[-1], logits[0], atol=1e-5, rtol=0
+    )

@@ -227,7 +227,13 @@ class LlamaModel:
         return _rms_norm(h, self.norm, c.rms_norm_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of `forward` (the final norm already applied)."""
         return self.lm_head(hidden.to(self.dtype)).float()
+
+    def logits_from_residual(self, h_last_layer: torch.Tensor) -> torch.Tensor:
+        """Logits from the residual stream after the last decoder layer (as the hook sees
+        it, before the final norm): per-position logits from an activation capture."""
+        return self.logits(_rms_norm(h_last_layer, self.norm, self.config.rms_norm_eps))
 
 
 def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from glassbox.api.errors import APIError
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
+from glassbox.features.autosteer import autosteer
 from glassbox.features.concepts import concept_dictionary
 from glassbox.features.dictionary import Feature, FeatureDictionary
 from glassbox.features.sae import load_sae
@@ -323,21 +324,17 @@ class FeatureService:
         )
 
     async def autosteer(self, description: str, top_k: int = 3) -> list[Edit]:
-        """A description in words -> nudges of the features that match it best, each in
-        proportion to how well it matches (the best gets AUTOSTEER_VALUE)."""
-        hits = await self.search(description, top_k)
-        if not hits:
-            return []
-        best = hits[0][1]
-        edits = []
-        for feature, score in hits:
-            if score < best * 0.8:
-                break
-            value = round(AUTOSTEER_VALUE * score / best, 3)
-            ref = FeatureRef(uuid=feature.uuid, label=feature.label, index_in_sae=feature.index)
-            edits.append(Edit(feature=ref, mode="nudge", value=value))
-        return edits
-
-
-# AutoSteer's nudge for the best-matching feature (value 1.0 = one steering unit).
-AUTOSTEER_VALUE = 0.8
+        """A description in words -> nudges of the features that match it best."""
+        index = await self.index()
+        try:
+            chosen = await asyncio.to_thread(autosteer, index, description, top_k)
+        except ValueError as exc:
+            raise APIError(str(exc), param="specification") from exc
+        return [
+            Edit(
+                feature=FeatureRef(uuid=f.uuid, label=f.label, index_in_sae=f.index),
+                mode="nudge",
+                value=value,
+            )
+            for f, value in chosen
+        ]
