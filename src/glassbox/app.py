@@ -18,15 +18,20 @@ from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.logs import get_logger
 from glassbox.metrics import Metrics
-from glassbox.models.loader import resolve_model
+from glassbox.models.loader import ResolvedModel, resolve_model
+from glassbox.services.features import FeatureService
 from glassbox.services.generation import GenerationService
 from glassbox.services.model_registry import ModelRegistry
 from glassbox.services.openai_compat import OpenAIService
+from glassbox.services.steering import SteeringService
+from glassbox.services.variants import VariantService
+from glassbox.store import Database
+from glassbox.store.db import default_url
 
 log = get_logger(__name__)
 
 
-def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, str]:
+def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
     t0 = time.perf_counter()
     engine, resolved = LLMEngine.from_settings(settings)
     log.info(
@@ -37,7 +42,7 @@ def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, str]:
         kv_blocks=engine.config.num_blocks,
         duration_ms=round((time.perf_counter() - t0) * 1000, 1),
     )
-    return AsyncLLMEngine(engine), resolved.name
+    return AsyncLLMEngine(engine), resolved
 
 
 def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> FastAPI:
@@ -47,17 +52,34 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engine is None:
-            aengine, name = await asyncio.to_thread(_build_engine, settings)
+            aengine, resolved = await asyncio.to_thread(_build_engine, settings)
         else:
-            aengine = engine
-            name = settings.served_model_name or resolve_model(settings).name
+            aengine, resolved = engine, await asyncio.to_thread(resolve_model, settings)
+        name = settings.served_model_name or resolved.name
+        db = None
         try:
             generation = GenerationService(aengine, app.state.metrics)
             app.state.generation = generation
-            app.state.registry = ModelRegistry(name, settings.model_aliases, aengine.max_model_len)
-            app.state.openai = OpenAIService(generation)
+            registry = ModelRegistry(name, settings.model_aliases, aengine.max_model_len)
+            app.state.registry = registry
+            features = FeatureService(
+                aengine,
+                settings.cache_dir,
+                resolved.fingerprint,
+                base_model=name,
+                sae_paths=settings.feature_saes,
+                vector_dirs=settings.steering_vector_dirs,
+                layer=settings.features_layer,
+            )
+            app.state.features = features
+            db = Database(settings.database_url or default_url(settings.cache_dir))
+            app.state.variants = VariantService(db, name)
+            app.state.steering = SteeringService(features, app.state.variants, registry)
+            app.state.openai = OpenAIService(generation, app.state.steering)
             yield
         finally:
+            if db is not None:
+                db.close()
             if engine is None:
                 aengine.shutdown()
 

@@ -51,5 +51,18 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(32, description="Most sequences decoded in one step")
     max_num_batched_tokens: int = Field(4096, description="Most prompt tokens in one prefill")
 
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL for stored variants (default: sqlite in cache_dir)"
+    )
+    features_layer: int | None = Field(
+        None, description="Layer of the concept vectors and vector files (default: the middle)"
+    )
+    feature_saes: list[Path] = Field(
+        default_factory=list, description="SAELens SAE directories to load as dictionaries"
+    )
+    steering_vector_dirs: list[Path] = Field(
+        default_factory=list, description="Folders of steering vector files, one per name"
+    )
+
     log_level: str = "INFO"
     log_json: bool = True

@@ -10,6 +10,8 @@ from glassbox.metrics import Metrics
 from glassbox.services.generation import GenerationService
 from glassbox.services.model_registry import ModelRegistry
 from glassbox.services.openai_compat import OpenAIService
+from glassbox.services.steering import SteeringService
+from glassbox.services.variants import VariantService
 
 
 def openai_service(request: Request) -> OpenAIService:
@@ -28,7 +30,17 @@ def metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def variant_service(request: Request) -> VariantService:
+    return request.app.state.variants
+
+
+def steering_service(request: Request) -> SteeringService:
+    return request.app.state.steering
+
+
 OpenAIDep = Annotated[OpenAIService, Depends(openai_service)]
 GenerationDep = Annotated[GenerationService, Depends(generation_service)]
 RegistryDep = Annotated[ModelRegistry, Depends(model_registry)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
+VariantsDep = Annotated[VariantService, Depends(variant_service)]
+SteeringDep = Annotated[SteeringService, Depends(steering_service)]

@@ -67,7 +67,9 @@ def error_response(exc: APIError) -> JSONResponse:
 
 
 def _field_path(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    if loc and loc[0] in ("body", "query", "path", "header"):  # where, not which field
+        loc = loc[1:]
+    parts = [str(p) for p in loc]
     # Union members show up as loc parts ("str", "list[...]"); they name no field.
     parts = [p for p in parts if not (p[:1].isalpha() and ("[" in p or p in _TYPE_NAMES))]
     return ".".join(parts)

@@ -101,6 +101,10 @@ class _SamplingFields(_Request):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    # glassbox: steer with an inline variant (Ember's Variant.json()) or a stored one
+    variant: dict[str, Any] | None = None
+    session_id: str | None = None
+    variant_id: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -120,6 +124,10 @@ class _SamplingFields(_Request):
     def _stream_options(self) -> _SamplingFields:
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
+        if self.variant is not None and self.session_id is not None:
+            raise ValueError("give 'variant' (inline) or 'session_id' (stored), not both")
+        if self.variant_id is not None and self.session_id is None:
+            raise ValueError("'variant_id' needs 'session_id'")
         return self
 
     @property
@@ -380,3 +388,104 @@ class Health(BaseModel):
     waiting: int
     kv_blocks_used: int
     kv_blocks_total: int
+
+
+# --- features and variants ----------------------------------------------------------------
+
+TopK = Annotated[int, Field(ge=1, le=1000)]
+
+
+class FeatureSearchRequest(_Request):
+    query: str = Field(min_length=1)
+    session_id: str
+    variant_id: str | None = Field(None, description="Default: the session's 'default'")
+    top_k: TopK = 20
+
+
+class FeatureActivation(BaseModel):
+    """A search hit; `activation` is the variant's current value for it (0 when unset)."""
+
+    uuid: str
+    label: str
+    index_in_sae: int
+    score: float
+    activation: float
+
+
+class FeatureInspectRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    session_id: str
+    variant_id: str | None = None
+    top_k: TopK = 20
+    aggregate_by: Literal["frequency", "mean", "max", "sum"] = "frequency"
+    include_matrix: bool = False
+
+
+class InspectedFeature(BaseModel):
+    uuid: str
+    label: str
+    index_in_sae: int
+    activation: float  # aggregated over tokens by `aggregate_by`
+
+
+class FeatureInspection(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    features: list[InspectedFeature]
+    matrix: list[list[float]] | None = Field(
+        None, description="Per token (rows) the activation of each listed feature (columns)"
+    )
+
+
+class FeatureSteerRequest(_Request):
+    session_id: str
+    variant_id: str | None = None
+    label: str | None = Field(None, min_length=1)
+    feature_id: str | None = None
+    value: float | None = Field(None, description="null clears the feature's edit")
+    mode: Literal["nudge", "pin", "mul", "ablate", "clear"] = "nudge"
+
+    @model_validator(mode="after")
+    def _one_feature(self) -> FeatureSteerRequest:
+        if (self.label is None) == (self.feature_id is None):
+            raise ValueError("give exactly one of 'label' or 'feature_id'")
+        return self
+
+
+class ModifiedFeatures(BaseModel):
+    session_id: str
+    variant_id: str
+    edits: list[dict[str, Any]] = Field(description="The edits as in Ember's Variant.json()")
+
+
+class VariantCreateRequest(_Request):
+    session_id: str
+    variant_id: str
+    base_variant_id: str | None = Field(None, description="Copy this variant's edits")
+    variant: dict[str, Any] | None = Field(None, description="Ember's Variant.json()")
+
+
+class VariantReplaceRequest(_Request):
+    variant: dict[str, Any] = Field(description="Ember's Variant.json()")
+
+
+class VariantObject(BaseModel):
+    object: Literal["variant"] = "variant"
+    session_id: str
+    variant_id: str
+    parent_variant_id: str | None
+    created_at: int
+    updated_at: int
+    variant: dict[str, Any] = Field(description="Ember's Variant.json()")
+
+
+class VariantList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VariantObject]
+
+
+class VariantDeleted(BaseModel):
+    object: Literal["variant.deleted"] = "variant.deleted"
+    session_id: str
+    variant_id: str
+    deleted: bool = True

@@ -32,8 +32,11 @@ from glassbox.api.schemas import (
     TopLogprob,
     Usage,
 )
+from glassbox.engine.llm_engine import STEERING_ABORT
 from glassbox.engine.sequence import TokenLogprob
 from glassbox.services.generation import Generation, GenerationService, Job
+from glassbox.services.steering import SteeringService
+from glassbox.steering.plan import SteeringPlan
 
 _TEMPLATE_ROLE = {"developer": "system"}  # chat templates know 'system', not 'developer'
 
@@ -53,14 +56,31 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
 def _finish_reason(reason: str | None) -> str | None:
     if reason == "abort":
         raise APIError("the engine aborted the generation; retry the request", 503)
+    if reason == STEERING_ABORT:
+        raise APIError(
+            "generation aborted: an abort_when condition of the variant held",
+            422,
+            param="variant",
+            code="inference_aborted",
+        )
     return reason
 
 
 class OpenAIService:
-    def __init__(self, generation: GenerationService):
+    def __init__(self, generation: GenerationService, steering: SteeringService | None = None):
         self.gen = generation
+        self.steering = steering
         self.tokenizer = generation.tokenizer
         self._token_text: dict[int, str] = {}
+
+    async def _plan(self, req) -> SteeringPlan | None:
+        """The request's variant (`variant` inline, or `session_id` + `variant_id` stored)
+        resolved into the steering plan that every choice carries."""
+        if req.variant is None and req.session_id is None:
+            return None
+        if self.steering is None:
+            raise not_supported("variant", "this server has no feature dictionaries")
+        return await self.steering.plan(req.variant, req.session_id, req.variant_id)
 
     # --- logprobs -----------------------------------------------------------------------
 
@@ -97,17 +117,18 @@ class OpenAIService:
 
     # --- chat ---------------------------------------------------------------------------
 
-    def _chat_jobs(self, req: ChatCompletionRequest) -> list[Job]:
+    async def _chat_jobs(self, req: ChatCompletionRequest) -> list[Job]:
         if (bad := req.unsupported()) is not None:
             raise not_supported(*bad)
         prompt = self.gen.chat_prompt(template_messages(req.messages), req.add_generation_prompt)
         max_tokens = self.gen.check_length(len(prompt), req.max_new_tokens, "messages")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = self.gen.sampling_params(req, max_tokens=max_tokens, logprobs=logprobs)
+        params.steering = await self._plan(req)
         return [Job(prompt, self.gen.for_choice(params, i)) for i in range(req.n)]
 
     async def chat(self, req: ChatCompletionRequest, model: str) -> ChatCompletion:
-        jobs = self._chat_jobs(req)
+        jobs = await self._chat_jobs(req)
         results = await self.gen.generate_many(jobs)
         choices = [
             ChatChoice(
@@ -125,9 +146,9 @@ class OpenAIService:
             usage=_usage(jobs, results, req.n),
         )
 
-    def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[str]:
+    async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[str]:
         """Validates now (errors become ordinary 4xx responses), then streams chunk JSON."""
-        jobs = self._chat_jobs(req)
+        jobs = await self._chat_jobs(req)
         return self._chat_chunks(req, jobs, model)
 
     async def _chat_chunks(
@@ -166,11 +187,12 @@ class OpenAIService:
 
     # --- completions --------------------------------------------------------------------
 
-    def _completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[str]]:
+    async def _completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[str]]:
         """Jobs ordered prompt-major (prompt p, choice i -> index p * n + i), and the prompt
         texts (for echo)."""
         if (bad := req.unsupported()) is not None:
             raise not_supported(*bad)
+        plan = await self._plan(req)
         jobs, texts = [], []
         for prompt in req.prompts():
             if isinstance(prompt, str):
@@ -184,13 +206,14 @@ class OpenAIService:
                 raise APIError("the prompt is empty; send at least one token", param="prompt")
             max_tokens = self.gen.check_length(len(ids), req.max_tokens, "prompt")
             params = self.gen.sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs)
+            params.steering = plan
             for i in range(req.n):
                 jobs.append(Job(ids, self.gen.for_choice(params, i)))
                 texts.append(text)
         return jobs, texts
 
     async def completion(self, req: CompletionRequest, model: str) -> Completion:
-        jobs, texts = self._completion_jobs(req)
+        jobs, texts = await self._completion_jobs(req)
         results = await self.gen.generate_many(jobs)
         choices = []
         for i, (g, prompt_text) in enumerate(zip(results, texts, strict=True)):
@@ -209,8 +232,8 @@ class OpenAIService:
             usage=_usage(jobs, results, req.n),
         )
 
-    def completion_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[str]:
-        jobs, texts = self._completion_jobs(req)
+    async def completion_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[str]:
+        jobs, texts = await self._completion_jobs(req)
         return self._completion_chunks(req, jobs, texts, model)
 
     async def _completion_chunks(

@@ -1,5 +1,5 @@
 """Thin routers: validate, resolve the model name, call a service."""
 
-from glassbox.api.routes import openai, system, tokenize
+from glassbox.api.routes import features, openai, system, tokenize, variants
 
-routers = [openai.router, tokenize.router, system.router]
+routers = [openai.router, tokenize.router, features.router, variants.router, system.router]

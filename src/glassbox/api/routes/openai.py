@@ -28,7 +28,7 @@ async def chat_completions(
 ):
     model = models.resolve(req.model)
     if req.stream:
-        return sse_response(service.chat_stream(req, model))
+        return sse_response(await service.chat_stream(req, model))
     return await until_disconnected(request, service.chat(req, model))
 
 
@@ -41,7 +41,7 @@ async def completions(
 ):
     model = models.resolve(req.model)
     if req.stream:
-        return sse_response(service.completion_stream(req, model))
+        return sse_response(await service.completion_stream(req, model))
     return await until_disconnected(request, service.completion(req, model))
 
 

@@ -1,0 +1,62 @@
+"""`Database(url)`: an SQLAlchemy engine and session factory over one URL.
+
+The default is an SQLite file in the cache directory; any SQLAlchemy URL works
+(`postgresql+psycopg://...`). Missing tables are created on construction; schema changes
+to existing tables belong to Alembic migrations, not to `create_all`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from glassbox.store.models import Base
+
+
+def default_url(cache_dir: Path) -> str:
+    return f"sqlite:///{Path(cache_dir) / 'glassbox.db'}"
+
+
+def _sqlite_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    in_memory = parsed.database in (None, "", ":memory:")
+    if not in_memory:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        # Sessions are used from FastAPI's worker threads.
+        connect_args={"check_same_thread": False},
+        poolclass=StaticPool if in_memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(conn, _record) -> None:
+        cursor = conn.cursor()
+        # Readers do not block the writer; a second process waits instead of failing.
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    return engine
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = url
+        if make_url(url).get_backend_name() == "sqlite":
+            self.engine = _sqlite_engine(url)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        Base.metadata.create_all(self.engine)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
