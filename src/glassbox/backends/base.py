@@ -1,0 +1,121 @@
+"""The interface every inference backend implements (Elpis's `InferenceEngine`).
+
+A backend turns chat messages into text, and takes `emotion_coefficients` (emotion name ->
+weight, e.g. `EmotionalState.get_steering_coefficients()`) in one of two ways, which it
+declares as class attributes:
+
+- `MODULATION_TYPE = "steering"` (`SUPPORTS_STEERING = True`): it blends steering vectors by
+  the coefficients and adds them to the residual stream (the local engine);
+- `MODULATION_TYPE = "sampling"`: it cannot touch activations, so it logs the coefficients
+  and maps them back to a valence/arousal state that shifts temperature and top_p
+  (`modulate_sampling`; llama.cpp, OpenAI-compatible upstreams).
+
+`max_tokens=None` means "until the model stops or the context ends"; `temperature` and
+`top_p` default to the backend's own defaults (0.7 and 0.9 unless configured).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, Literal
+
+from glassbox.steering.emotion import EmotionalState
+
+log = logging.getLogger(__name__)
+
+ModulationType = Literal["none", "sampling", "steering"]
+Message = dict[str, Any]
+
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.9
+
+
+class InferenceEngine(ABC):
+    SUPPORTS_STEERING: ClassVar[bool] = False
+    MODULATION_TYPE: ClassVar[ModulationType] = "none"
+
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P):
+        self.default_temperature = temperature
+        self.default_top_p = top_p
+
+    @abstractmethod
+    async def chat_completion(
+        self,
+        messages: list[Message],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        emotion_coefficients: Mapping[str, float] | None = None,
+    ) -> str:
+        """The assistant's reply to `messages`."""
+
+    @abstractmethod
+    def chat_completion_stream(
+        self,
+        messages: list[Message],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        emotion_coefficients: Mapping[str, float] | None = None,
+    ) -> AsyncIterator[str]:
+        """The reply as it is generated, in text pieces; closing the iterator early stops
+        the generation."""
+
+    async def aclose(self) -> None:
+        """Release what the backend owns (clients, models); a no-op by default."""
+        return None
+
+    def sampling(
+        self,
+        temperature: float | None,
+        top_p: float | None,
+        emotion_coefficients: Mapping[str, float] | None,
+    ) -> tuple[float, float]:
+        """(temperature, top_p): the request's or the defaults, modulated by the emotion
+        coefficients when there are any (logged, as they are not used as vectors)."""
+        temperature = self.default_temperature if temperature is None else temperature
+        top_p = self.default_top_p if top_p is None else top_p
+        if not emotion_coefficients:
+            return temperature, top_p
+        modulated = modulate_sampling(emotion_coefficients, temperature, top_p)
+        log.info(
+            "emotion coefficients applied as sampling modulation",
+            extra={
+                "backend": type(self).__name__,
+                "emotion_coefficients": dict(emotion_coefficients),
+                "temperature": modulated[0],
+                "top_p": modulated[1],
+            },
+        )
+        return modulated
+
+
+def state_from_coefficients(coefficients: Mapping[str, float]) -> EmotionalState:
+    """The valence/arousal point a blend of the quadrant emotions stands for:
+    valence = (excited + calm) - (frustrated + depleted),
+    arousal = (excited + frustrated) - (calm + depleted), each clipped to [-1, 1].
+    The exact inverse of `EmotionalState.get_steering_coefficients` (whose weights give
+    2u - 1 = valence and 2w - 1 = arousal); other names are ignored."""
+    c = {}
+    for name in ("excited", "calm", "frustrated", "depleted"):
+        value = coefficients.get(name, 0.0)
+        if not math.isfinite(value):
+            raise ValueError(f"emotion coefficient {name!r} must be finite, got {value!r}")
+        c[name] = float(value)
+    valence = (c["excited"] + c["calm"]) - (c["frustrated"] + c["depleted"])
+    arousal = (c["excited"] + c["frustrated"]) - (c["calm"] + c["depleted"])
+    return EmotionalState(_unit(valence), _unit(arousal))
+
+
+def modulate_sampling(
+    coefficients: Mapping[str, float], temperature: float, top_p: float
+) -> tuple[float, float]:
+    """Emotion coefficients as a temperature/top_p modulation (see steering/emotion.py)."""
+    return state_from_coefficients(coefficients).get_sampling_params(temperature, top_p)
+
+
+def _unit(x: float) -> float:
+    return min(max(x, -1.0), 1.0)

@@ -1,0 +1,108 @@
+"""glassbox's own engine as a backend: emotions steer the residual stream.
+
+Emotion coefficients become a blend of named steering vectors (`SteeringVectors.blend`), a
+`SteeringPlan` carried in the request's `SamplingParams`: the engine applies it to this
+request's batch rows only. Without vectors the backend says so in the log and falls back to
+sampling modulation, like the backends that cannot steer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+
+from glassbox.backends.base import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, InferenceEngine, Message
+from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.llm_engine import STEERING_ABORT
+from glassbox.engine.sequence import SamplingParams
+from glassbox.steering.vectors import SteeringVectors
+
+log = logging.getLogger(__name__)
+
+
+class LocalBackend(InferenceEngine):
+    SUPPORTS_STEERING = True
+    MODULATION_TYPE = "steering"
+
+    def __init__(
+        self,
+        engine: AsyncLLMEngine,
+        vectors: SteeringVectors | None = None,
+        strength: float = 1.0,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
+    ):
+        """`strength` scales every blend (coefficient x strength per vector). The engine is
+        shared, not owned: `aclose` leaves it running."""
+        super().__init__(temperature, top_p)
+        self.engine = engine
+        self.vectors = vectors
+        self.strength = strength
+
+    async def chat_completion(
+        self,
+        messages: list[Message],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        emotion_coefficients: Mapping[str, float] | None = None,
+    ) -> str:
+        stream = self.chat_completion_stream(
+            messages, max_tokens, temperature, top_p, emotion_coefficients
+        )
+        return "".join([piece async for piece in stream])
+
+    async def chat_completion_stream(
+        self,
+        messages: list[Message],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        emotion_coefficients: Mapping[str, float] | None = None,
+    ) -> AsyncIterator[str]:
+        prompt, params = self.request(
+            messages, max_tokens, temperature, top_p, emotion_coefficients
+        )
+        async with aclosing(self.engine.submit(prompt, params)) as outputs:
+            async for out in outputs:
+                if out.text:
+                    yield out.text
+                if out.finish_reason == STEERING_ABORT:
+                    raise RuntimeError("the generation was stopped by a steering abort scope")
+
+    def request(
+        self,
+        messages: list[Message],
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        emotion_coefficients: Mapping[str, float] | None,
+    ) -> tuple[list[int], SamplingParams]:
+        """The prompt's token ids and the sampling parameters (with the steering plan)."""
+        prompt = self.engine.tokenizer.apply_chat_template(messages)
+        room = self.engine.max_model_len - len(prompt)
+        if room < 1:
+            raise ValueError(
+                f"the prompt has {len(prompt)} tokens; this model's context is "
+                f"{self.engine.max_model_len} tokens"
+            )
+        plan = None
+        if emotion_coefficients and self.vectors is not None:
+            plan = self.vectors.blend(emotion_coefficients, self.strength)
+            temperature, top_p = self.sampling(temperature, top_p, None)
+        else:
+            if emotion_coefficients:
+                log.warning(
+                    "no steering vectors loaded: emotion coefficients fall back to sampling "
+                    "modulation",
+                    extra={"emotion_coefficients": dict(emotion_coefficients)},
+                )
+            temperature, top_p = self.sampling(temperature, top_p, emotion_coefficients)
+        params = SamplingParams(
+            max_tokens=room if max_tokens is None else max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            steering=None if plan is None or plan.is_empty else plan,
+        )
+        return prompt, params
