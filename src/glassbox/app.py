@@ -12,13 +12,14 @@ from fastapi import FastAPI
 from glassbox import __version__
 from glassbox.api.errors import install_error_handlers
 from glassbox.api.middleware import RequestContextMiddleware
-from glassbox.api.routes import routers
+from glassbox.api.routes import ember, routers
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.logs import get_logger
 from glassbox.metrics import Metrics
 from glassbox.models.loader import ResolvedModel, resolve_model
+from glassbox.services.ember import EmberService
 from glassbox.services.features import FeatureService
 from glassbox.services.generation import GenerationService
 from glassbox.services.model_registry import ModelRegistry
@@ -72,6 +73,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 layer=settings.features_layer,
             )
             app.state.features = features
+            app.state.ember = EmberService(features, generation, registry)
             db = Database(settings.database_url or default_url(settings.cache_dir))
             app.state.variants = VariantService(db, name)
             app.state.steering = SteeringService(features, app.state.variants, registry)
@@ -92,7 +94,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
 
     app.state.metrics = Metrics(engine_stats)
     install_error_handlers(app)
-    for router in routers:
+    for router in [*routers, ember.router]:
         app.include_router(router)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app
