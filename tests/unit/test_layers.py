@@ -52,3 +52,15 @@ def test_quantized_rows_do_not_depend_on_the_batch(fmt):
     batched = lin(x)
     one_by_one = torch.cat([lin(x[i : i + 1]) for i in range(16)])
     assert torch.equal(batched, one_by_one)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_dense_prefill_weights_are_the_dequantized_codes(fmt):
+    """Prefill multiplies by a bf16 copy of the quantized weights: the same weights as the
+    decode kernel, so prefill and decode agree to bf16 rounding."""
+    lin = Linear(_q4_weight(96, 128, seed=5), None, fmt)
+    x = torch.randn(40, 128, generator=torch.Generator().manual_seed(6)).bfloat16()
+    quantized, dense = lin(x).float(), lin(x, dense=True).float()
+    assert (quantized - dense).abs().max() / quantized.abs().max() < 0.01
+    one_by_one = torch.cat([lin(x[i : i + 1], dense=True) for i in range(40)])
+    assert torch.equal(lin(x, dense=True), one_by_one)

@@ -178,12 +178,8 @@ def _all_position_logits(model, ids: list[int]) -> torch.Tensor:
         return h
 
     _, final = Driver(model, num_blocks=64, block_size=16).prefill([ids], hook=capture)
-    c = model.config
     with torch.inference_mode():
-        normed = torch.nn.functional.rms_norm(
-            captured["h"], (c.hidden_size,), model.norm, c.rms_norm_eps
-        )
-        logits = model.logits(normed)
+        logits = model.logits_from_residual(captured["h"])
     torch.testing.assert_close(logits[-1], final[0], atol=1e-4, rtol=0)
     return logits
 

@@ -48,6 +48,8 @@ class ModelRunner:
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, layer_hook)
         if last is not None:
             hidden = hidden[last]
+        # The LM head keeps its quantized kernel even in prefill: it sees one row per
+        # sequence there, and that kernel's rows do not depend on the batch.
         return self.model.logits(hidden), (steering.aborted if steering else set())
 
     def _steering(self, seqs: list[Sequence], last: torch.Tensor | None) -> BatchSteering | None:

@@ -41,11 +41,15 @@ class Linear:
         self.out_features, self.in_features = weight.shape
         self.weight: torch.Tensor
         self.scales: torch.Tensor | None = None
+        # For quantized formats, a bf16 copy of the *dequantized* weights: the int4/int8
+        # kernels read few bytes (fast at decode batch sizes) but scale badly with many rows,
+        # where a dense bf16 matmul is ~5x faster. Prefill uses it (`dense=True`).
+        self.dense: torch.Tensor | None = None
         if fmt in ("int4", "auto") and self.in_features % INT4_GROUP == 0:
             packed = _int4_pack(weight, require_lossless=fmt == "auto")
             if packed is not None:
                 fmt = "int4"
-                self.weight, self.scales = packed
+                self.weight, self.scales, self.dense = packed
         if fmt == "auto" or (fmt == "int4" and self.scales is None):
             fmt = "int8"
         if fmt == "int8":
@@ -55,12 +59,16 @@ class Linear:
             scales = w.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
             self.weight = w.div_(scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
             self.scales = scales.to(torch.bfloat16)
+            self.dense = (self.weight.float() * self.scales.float()[:, None]).to(torch.bfloat16)
         elif fmt in ("float32", "bfloat16"):
             self.weight = weight.to(activation_dtype(fmt))
         self.fmt: WeightFormat = fmt
         self.bias = None if bias is None else bias.to(activation_dtype(fmt))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        """`dense`: use the dequantized bf16 weights (many rows: prefill)."""
+        if dense and self.dense is not None:
+            return F.linear(x, self.dense, self.bias)
         if self.fmt == "int4":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales)
         elif self.fmt == "int8":
@@ -76,10 +84,11 @@ class Linear:
 
 def _int4_pack(
     weight: torch.Tensor, require_lossless: bool
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Asymmetric 4-bit codes per group of 32 inputs, packed for the CPU int4 kernel.
 
-    Returns None when `require_lossless` and the weight is not 4-bit to begin with.
+    Returns (packed codes, scales and zeros, dense bf16 dequantized weights), or None when
+    `require_lossless` and the weight is not 4-bit to begin with.
     The kernel computes w = (q - 8) * scale + zero, so zero = group minimum + 8 * scale.
     """
     n, k = weight.shape
@@ -92,9 +101,12 @@ def _int4_pack(
         if float(error) > _INT4_LOSSLESS:
             return None
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.view(n, k).to(torch.int32), 1)
-    zero = lo + 8 * scale
-    scales_zeros = torch.stack([scale.view(n, -1).t(), zero.view(n, -1).t()], dim=-1)
-    return packed, scales_zeros.contiguous().to(torch.bfloat16)
+    scale_b = scale.to(torch.bfloat16)
+    zero_b = (lo + 8 * scale).to(torch.bfloat16)
+    scales_zeros = torch.stack([scale_b.view(n, -1).t(), zero_b.view(n, -1).t()], dim=-1)
+    # exactly what the kernel computes from the codes: (q - 8) * scale + zero
+    dense = ((codes - 8) * scale_b.float() + zero_b.float()).view(n, k).to(torch.bfloat16)
+    return packed, scales_zeros.contiguous(), dense
 
 
 def activation_dtype(fmt: WeightFormat) -> torch.dtype:

@@ -208,9 +208,10 @@ class LlamaModel:
         t = h.shape[0]
         heads = c.num_heads + 2 * c.num_kv_heads
         half = c.head_dim // 2
+        dense = attn.prefill_spans is not None  # see Linear.dense
         for i, layer in enumerate(self.layers):
             x = _rms_norm(h, layer.input_norm, c.rms_norm_eps).to(self.dtype)
-            qkv = layer.qkv(x).float().view(t, heads, c.head_dim)
+            qkv = layer.qkv(x, dense).float().view(t, heads, c.head_dim)
             flipped = qkv.view(t, heads, 2, half).flip(2).view(t, heads, c.head_dim)
             qkv = torch.addcmul(qkv * cos, flipped, sin)
             pool = kv_cache[i]
@@ -218,10 +219,10 @@ class LlamaModel:
                 0, attn.slot_mapping, qkv[:, c.num_heads :]
             )
             o = _attention(qkv[:, : c.num_heads], pool, attn)
-            h = h + layer.o(o.to(self.dtype)).float()
+            h = h + layer.o(o.to(self.dtype), dense).float()
             x = _rms_norm(h, layer.post_norm, c.rms_norm_eps).to(self.dtype)
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up).float()
+            gate, up = layer.gate_up(x, dense).chunk(2, dim=-1)
+            h = h + layer.down(F.silu(gate) * up, dense).float()
             if hook is not None:
                 h = hook(i, h)
         return _rms_norm(h, self.norm, c.rms_norm_eps)
@@ -262,17 +263,18 @@ def _attention(q: torch.Tensor, pool: torch.Tensor, attn: AttentionMetadata) -> 
         return out.reshape(b, heads * dim)
     outs = []
     for q_start, q_end, blocks, length, start_pos in attn.prefill_spans:
+        # 4-D [1, heads, L, D] inputs: with 3-D ones CPU SDPA takes its slow math path.
         kv = pool.index_select(0, blocks).view(-1, 2 * kv_heads, dim)[:length]
-        k = kv[:, :kv_heads].transpose(0, 1)  # [KVH, Lk, D]
-        v = kv[:, kv_heads:].transpose(0, 1)
-        qs = q[q_start:q_end].transpose(0, 1)  # [H, Lq, D]
+        k = kv[:, :kv_heads].transpose(0, 1)[None]  # [1, KVH, Lk, D]
+        v = kv[:, kv_heads:].transpose(0, 1)[None]
+        qs = q[q_start:q_end].transpose(0, 1)[None]  # [1, H, Lq, D]
         if start_pos == 0:
             out = F.scaled_dot_product_attention(qs, k, v, is_causal=True, enable_gqa=True)
         else:
             q_pos = torch.arange(start_pos, start_pos + q_end - q_start)
             mask = torch.arange(length)[None, :] <= q_pos[:, None]
             out = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True)
-        outs.append(out.transpose(0, 1).reshape(q_end - q_start, heads * dim))
+        outs.append(out[0].transpose(0, 1).reshape(q_end - q_start, heads * dim))
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
