@@ -80,6 +80,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--value-scale", type=float, default=1.0, help="multiplies AutoSteer values")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top-k", type=int, default=3, help="features AutoSteer considers")
     args = ap.parse_args()
 
@@ -94,7 +96,9 @@ def main() -> None:
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}]) for p in PROMPTS]
 
     def params(plan: SteeringPlan | None) -> SamplingParams:
-        return SamplingParams(max_tokens=args.max_tokens, temperature=0.0, steering=plan)
+        return SamplingParams(
+            max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, steering=plan
+        )
 
     plain = engine.generate(prompts, [params(None)] * len(prompts))
     plain_ppl = [perplexity(engine, p, o["token_ids"]) for p, o in zip(prompts, plain, strict=True)]
@@ -139,8 +143,8 @@ def main() -> None:
         rows.append((c, sim_plain, sim_steered, statistics.median(ratios)))
 
     print(f"{len(d)} train concept vectors at layer {d.layer}; {len(heldout)} held-out concepts; "
-          f"{len(PROMPTS)} prompts; greedy, {args.max_tokens} tokens; value scale "
-          f"{args.value_scale}")  # fmt: skip
+          f"{len(PROMPTS)} prompts; temperature {args.temperature}, {args.max_tokens} tokens; "
+          f"value scale {args.value_scale}")  # fmt: skip
     print(f"{'held-out concept':28s} {'features chosen by AutoSteer':48s} unsteered steered ppl x")
     for c, sp, ss, r in rows:
         names = ", ".join(f"{f.label} {v:+.2f}" for f, v in chosen[c.id])[:48]

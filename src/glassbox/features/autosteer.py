@@ -1,8 +1,10 @@
 """AutoSteer: a description in words -> a set of feature edits.
 
 The description is searched like a query; the features that match it nearly as well as the
-best one are nudged, each in proportion to its match, the best by AUTOSTEER_VALUE (value 1.0
-is one steering unit: see features/concepts.py).
+best one share a steering budget of AUTOSTEER_TOTAL units (value 1.0 is one steering unit:
+see features/concepts.py), in proportion to their match. Sharing one budget keeps the total
+push the same whether one feature or several are chosen: summed full-strength nudges
+overshoot the coherent window.
 """
 
 from __future__ import annotations
@@ -10,20 +12,17 @@ from __future__ import annotations
 from glassbox.features.dictionary import Feature
 from glassbox.features.search import FeatureIndex
 
-AUTOSTEER_VALUE = 0.8
+AUTOSTEER_TOTAL = 1.0
 # Features scoring below this fraction of the best match are left out.
 RELATIVE_CUTOFF = 0.8
 
 
-def autosteer(index: FeatureIndex, description: str, top_k: int = 3) -> list[tuple[Feature, float]]:
+def autosteer(
+    index: FeatureIndex, description: str, top_k: int = 3, total: float = AUTOSTEER_TOTAL
+) -> list[tuple[Feature, float]]:
     hits = index.search(description, top_k)
-    if not hits:
+    if not hits or hits[0][1] <= 0:
         return []
-    best = hits[0][1]
-    if best <= 0:
-        return []
-    return [
-        (feature, round(AUTOSTEER_VALUE * score / best, 3))
-        for feature, score in hits
-        if score >= best * RELATIVE_CUTOFF
-    ]
+    chosen = [(f, s) for f, s in hits if s >= hits[0][1] * RELATIVE_CUTOFF]
+    mass = sum(s for _, s in chosen)
+    return [(f, round(total * s / mass, 3)) for f, s in chosen]
