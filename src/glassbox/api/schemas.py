@@ -78,6 +78,11 @@ def _check_stop(value: str | list[str] | None) -> list[str]:
     return stops
 
 
+class EmotionalStateIn(BaseModel):
+    valence: float = Field(ge=-1.0, le=1.0)
+    arousal: float = Field(ge=-1.0, le=1.0)
+
+
 class _SamplingFields(_Request):
     """Fields shared by chat and completions (OpenAI's plus vLLM's extras)."""
 
@@ -105,6 +110,10 @@ class _SamplingFields(_Request):
     variant: dict[str, Any] | None = None
     session_id: str | None = None
     variant_id: str | None = None
+    # glassbox (Elpis style): blend named steering vectors, or map an emotional state onto
+    # the four quadrant emotions; added to the variant's edits
+    emotion_coefficients: dict[str, float] | None = None
+    emotional_state: EmotionalStateIn | None = None
 
     @field_validator("stop")
     @classmethod
@@ -128,6 +137,8 @@ class _SamplingFields(_Request):
             raise ValueError("give 'variant' (inline) or 'session_id' (stored), not both")
         if self.variant_id is not None and self.session_id is None:
             raise ValueError("'variant_id' needs 'session_id'")
+        if self.emotion_coefficients is not None and self.emotional_state is not None:
+            raise ValueError("give 'emotion_coefficients' or 'emotional_state', not both")
         return self
 
     @property

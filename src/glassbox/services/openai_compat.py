@@ -36,6 +36,7 @@ from glassbox.engine.llm_engine import STEERING_ABORT
 from glassbox.engine.sequence import TokenLogprob
 from glassbox.services.generation import Generation, GenerationService, Job
 from glassbox.services.steering import SteeringService
+from glassbox.steering.emotion import EmotionalState
 from glassbox.steering.plan import SteeringPlan
 
 _TEMPLATE_ROLE = {"developer": "system"}  # chat templates know 'system', not 'developer'
@@ -75,12 +76,24 @@ class OpenAIService:
 
     async def _plan(self, req) -> SteeringPlan | None:
         """The request's variant (`variant` inline, or `session_id` + `variant_id` stored)
-        resolved into the steering plan that every choice carries."""
-        if req.variant is None and req.session_id is None:
+        and its emotion (`emotion_coefficients` or `emotional_state`) resolved into the
+        steering plan that every choice carries."""
+        coefficients = req.emotion_coefficients
+        if req.emotional_state is not None:
+            state = EmotionalState(req.emotional_state.valence, req.emotional_state.arousal)
+            coefficients = state.get_steering_coefficients()
+        wants_variant = req.variant is not None or req.session_id is not None
+        if not wants_variant and coefficients is None:
             return None
         if self.steering is None:
             raise not_supported("variant", "this server has no feature dictionaries")
-        return await self.steering.plan(req.variant, req.session_id, req.variant_id)
+        plan = None
+        if wants_variant:
+            plan = await self.steering.plan(req.variant, req.session_id, req.variant_id)
+        if coefficients is not None:
+            emotion = await self.steering.emotion_plan(coefficients)
+            plan = emotion if plan is None else plan.combined(emotion)
+        return plan
 
     # --- logprobs -----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from glassbox.services.model_registry import ModelRegistry
 from glassbox.services.variants import DEFAULT_VARIANT, StoredVariant, VariantService
 from glassbox.steering.plan import SteeringPlan
 from glassbox.steering.variant import FeatureRef, VariantSpec
+from glassbox.steering.vectors import SteeringVectors
 
 
 def feature_ref(feature: Feature) -> FeatureRef:
@@ -32,6 +33,7 @@ class SteeringService:
         self.features = features
         self.variants = variants
         self.registry = registry
+        self._vectors: SteeringVectors | None = None
 
     # --- variant JSON -----------------------------------------------------------------
 
@@ -91,6 +93,17 @@ class SteeringService:
         else:
             return None
         return await self.features.resolve(spec)
+
+    async def emotion_plan(self, coefficients: Mapping[str, float]) -> SteeringPlan:
+        """Elpis-style steering: named vectors (concept ids such as excited, calm,
+        frustrated, depleted, or labels) blended by their coefficients."""
+        if self._vectors is None:
+            concepts = (await self.features.dictionaries())[0]
+            self._vectors = SteeringVectors.from_concepts(concepts)
+        try:
+            return self._vectors.blend(dict(coefficients))
+        except ValueError as exc:
+            raise APIError(str(exc), param="emotion_coefficients") from exc
 
     # --- features under a variant -----------------------------------------------------
 

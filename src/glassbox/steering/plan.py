@@ -87,6 +87,10 @@ class SteeringPlan:
     def is_empty(self) -> bool:
         return not self.edits and not self.scopes
 
+    def combined(self, other: SteeringPlan) -> SteeringPlan:
+        """Both plans' edits and scopes (nudges of one feature add up)."""
+        return SteeringPlan(self.edits + other.edits, self.scopes + other.scopes)
+
 
 class _EditSet:
     """Coefficients of one group of edits (the unconditional ones, or one scope) for every
