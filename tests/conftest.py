@@ -61,6 +61,7 @@ def tiny_settings(model_dir: Path, cache_dir: Path) -> Settings:
         max_model_len=TINY_MAX_LEN,
         kv_cache_bytes=32 * 1024 * 1024,
         cache_dir=cache_dir,
+        warm_features=False,  # features load on first use: tests that need them pay for it
     )
 
 

@@ -46,6 +46,18 @@ def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
     return AsyncLLMEngine(engine), resolved
 
 
+async def _warm_features(features: FeatureService) -> None:
+    """Load (or build, once) the dictionaries and the search index in the background, so the
+    first features request does not pay for them (the goodfire SDK times out after 10 s)."""
+    t0 = time.perf_counter()
+    try:
+        await features.index()
+    except Exception:  # the request that needs features will report the problem
+        log.exception("feature warm-up failed")
+        return
+    log.info("features ready", duration_ms=round((time.perf_counter() - t0) * 1000, 1))
+
+
 def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> FastAPI:
     """The server. Without `engine` the lifespan loads the configured model and stops the
     engine at shutdown; a given engine belongs to the caller (who shuts it down)."""
@@ -58,6 +70,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             aengine, resolved = engine, await asyncio.to_thread(resolve_model, settings)
         name = settings.served_model_name or resolved.name
         db = None
+        warmup = None
         try:
             generation = GenerationService(aengine, app.state.metrics)
             app.state.generation = generation
@@ -78,8 +91,13 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.variants = VariantService(db, name)
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.openai = OpenAIService(generation, app.state.steering)
+            warmup = (
+                asyncio.create_task(_warm_features(features)) if settings.warm_features else None
+            )
             yield
         finally:
+            if warmup is not None and not warmup.done():
+                warmup.cancel()
             if db is not None:
                 db.close()
             if engine is None:

@@ -64,5 +64,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Folders of steering vector files, one per name"
     )
 
+    warm_features: bool = Field(
+        True,
+        description="Load the feature dictionaries and search index in the background at "
+        "start-up (building the concept vectors once per model), instead of on first use",
+    )
+
     log_level: str = "INFO"
     log_json: bool = True

@@ -93,6 +93,11 @@ class FeatureService:
         self._dictionaries: list[FeatureDictionary] | None = None
         self._index: FeatureIndex | None = None
 
+    @property
+    def is_ready(self) -> bool:
+        """Dictionaries and search index loaded (features requests answer without delay)."""
+        return self._index is not None
+
     # --- dictionaries -------------------------------------------------------------------
 
     async def dictionaries(self) -> list[FeatureDictionary]:

@@ -1,0 +1,28 @@
+"""Feature dictionaries and the search index load in the background at start-up."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import tiny_settings
+from fastapi.testclient import TestClient
+
+from glassbox.app import create_app
+from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.llm_engine import LLMEngine
+
+
+def test_features_are_warmed_up_without_a_request(tiny_model_dir, tmp_path) -> None:
+    settings = tiny_settings(tiny_model_dir, tmp_path).model_copy(update={"warm_features": True})
+    engine = AsyncLLMEngine(LLMEngine.from_settings(settings)[0])
+    try:
+        with TestClient(create_app(settings, engine=engine)) as tc:
+            features = tc.app.state.features
+            deadline = time.monotonic() + 60
+            while not features.is_ready and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert features.is_ready  # built with no features request made
+            r = tc.post("/features/search", json={"query": "pirate", "session_id": "s", "top_k": 3})
+            assert r.status_code == 200 and len(r.json()) == 3
+    finally:
+        engine.shutdown()
