@@ -42,7 +42,13 @@ def test_required_emotions_and_categories(data):
 def test_concept_shape(data):
     for c in data["concepts"]:
         assert set(c) == {
-            "id", "label", "category", "description", "examples", "queries", "split"
+            "id",
+            "label",
+            "category",
+            "description",
+            "examples",
+            "queries",
+            "split",
         }, c["id"]
         assert c["label"].strip() and c["description"].strip(), c["id"]
         assert len(c["examples"]) == 8, c["id"]

@@ -45,7 +45,7 @@ class LlamaCppBackend(InferenceEngine):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: GGUF model file does not exist")
         llama_kwargs.setdefault("verbose", False)
-        self.llm = _load_llama(
+        self.llm = load_llama(
             extra_buffer_types,
             model_path=str(path),
             n_ctx=n_ctx,
@@ -128,7 +128,7 @@ class LlamaCppBackend(InferenceEngine):
         await asyncio.to_thread(close)
 
 
-def _load_llama(extra_buffer_types: bool, **kwargs: Any):
+def load_llama(extra_buffer_types: bool, **kwargs: Any):
     """`llama_cpp.Llama(**kwargs)` with the model parameter `use_extra_bufts` set.
 
     `Llama` has no argument for it and fills its model parameters from
