@@ -46,9 +46,12 @@ def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
     return AsyncLLMEngine(engine), resolved
 
 
-async def _warm_features(features: FeatureService) -> None:
+async def _warm_features(features: FeatureService, delay: float) -> None:
     """Load (or build, once) the dictionaries and the search index in the background, so the
-    first features request does not pay for them (the goodfire SDK times out after 10 s)."""
+    first features request does not pay for them (the goodfire SDK times out after 10 s).
+    It starts `delay` seconds after start-up: loading the embedding model holds the GIL for
+    seconds, and the server's first answers should not wait for it."""
+    await asyncio.sleep(delay)
     t0 = time.perf_counter()
     try:
         await features.index()
@@ -91,9 +94,9 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.variants = VariantService(db, name)
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.openai = OpenAIService(generation, app.state.steering)
-            warmup = (
-                asyncio.create_task(_warm_features(features)) if settings.warm_features else None
-            )
+            if settings.warm_features:
+                delay = settings.warm_features_after
+                warmup = asyncio.create_task(_warm_features(features, delay))
             yield
         finally:
             if warmup is not None and not warmup.done():

@@ -70,5 +70,7 @@ class Settings(BaseSettings):
         "start-up (building the concept vectors once per model), instead of on first use",
     )
 
+    warm_features_after: float = Field(10.0, ge=0, description="Seconds after start-up")
+
     log_level: str = "INFO"
     log_json: bool = True

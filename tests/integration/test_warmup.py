@@ -13,7 +13,9 @@ from glassbox.engine.llm_engine import LLMEngine
 
 
 def test_features_are_warmed_up_without_a_request(tiny_model_dir, tmp_path) -> None:
-    settings = tiny_settings(tiny_model_dir, tmp_path).model_copy(update={"warm_features": True})
+    settings = tiny_settings(tiny_model_dir, tmp_path).model_copy(
+        update={"warm_features": True, "warm_features_after": 0.0}
+    )
     engine = AsyncLLMEngine(LLMEngine.from_settings(settings)[0])
     try:
         with TestClient(create_app(settings, engine=engine)) as tc:
