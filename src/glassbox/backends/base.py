@@ -41,7 +41,6 @@ class InferenceEngine(ABC):
         self.default_temperature = temperature
         self.default_top_p = top_p
 
-    @abstractmethod
     async def chat_completion(
         self,
         messages: list[Message],
@@ -50,7 +49,11 @@ class InferenceEngine(ABC):
         top_p: float | None = None,
         emotion_coefficients: Mapping[str, float] | None = None,
     ) -> str:
-        """The assistant's reply to `messages`."""
+        """The assistant's reply to `messages` (by default: the whole stream, joined)."""
+        stream = self.chat_completion_stream(
+            messages, max_tokens, temperature, top_p, emotion_coefficients
+        )
+        return "".join([piece async for piece in stream])
 
     @abstractmethod
     def chat_completion_stream(

@@ -40,19 +40,6 @@ class LocalBackend(InferenceEngine):
         self.vectors = vectors
         self.strength = strength
 
-    async def chat_completion(
-        self,
-        messages: list[Message],
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        emotion_coefficients: Mapping[str, float] | None = None,
-    ) -> str:
-        stream = self.chat_completion_stream(
-            messages, max_tokens, temperature, top_p, emotion_coefficients
-        )
-        return "".join([piece async for piece in stream])
-
     async def chat_completion_stream(
         self,
         messages: list[Message],
