@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from glassbox.features.concepts import (
+    NOISE_Z,
     Concept,
     ConceptData,
     build_concept_dictionary,
@@ -50,12 +51,22 @@ def test_diffmean_directions_are_unit_steps_centred_on_neutral_text(engine):
         assert own[i] > 0 and own[i] == own.max()  # a concept's texts read highest on it
 
 
-def test_inspection_reports_the_positive_part(engine):
+def test_inspection_reports_what_stands_out_of_neutral_noise(engine):
     d = build_concept_dictionary(engine, DATA, layer=1, progress=False)
+    assert (d.noise > 0).all()
     h = torch.randn(5, engine.model.config.hidden_size)
     acts = d.activations(h)
     assert (acts >= 0).all()
-    torch.testing.assert_close(acts, d.read_linear(h).clamp(min=0))
+    torch.testing.assert_close(acts, (d.read_linear(h) - NOISE_Z * d.noise).clamp(min=0))
+
+    def firing(texts):
+        captured, _ = engine.capture([engine.tokenizer.encode(t) for t in texts], {1})
+        return torch.cat([(d.activations(c[1][1:]) > 0).float() for c in captured]).mean(0)
+
+    neutral = firing(list(DATA.neutral))
+    assert neutral.max() < 0.25  # ordinary text rarely fires a concept
+    for i, concept in enumerate(DATA.concepts):
+        assert firing(list(concept.examples))[i] > neutral[i]
 
 
 def test_cache_round_trip_and_reuse(engine, tmp_path):
@@ -65,7 +76,7 @@ def test_cache_round_trip_and_reuse(engine, tmp_path):
     loaded = load_dictionary(path, "fp")
     assert loaded.labels == d.labels and loaded.descriptions == d.descriptions
     assert [f.uuid for f in loaded.features] == [f.uuid for f in d.features]
-    for name in ("write", "read", "read_bias"):
+    for name in ("write", "read", "read_bias", "noise"):
         assert torch.equal(getattr(loaded, name), getattr(d, name))
 
 

@@ -28,6 +28,9 @@ from glassbox.engine.llm_engine import LLMEngine
 from glassbox.features.dictionary import FeatureDictionary
 
 STEER_FRACTION = 0.25
+NOISE_Z = 2.0
+# Bumped when what is cached changes, so older caches are rebuilt rather than misread.
+CACHE_FORMAT = 2
 DICTIONARY_NAME = "concepts"
 
 
@@ -69,11 +72,19 @@ def load_concept_data() -> ConceptData:
 
 class ConceptDictionary(FeatureDictionary):
     """Concept activations are centred on the neutral texts (read_bias), so 0 is "as much as
-    ordinary text" and 1.0 is one steering unit more. Inspection reports the positive part,
-    like an SAE's non-negative latents."""
+    ordinary text" and 1.0 is one steering unit more.
+
+    Concept directions are dense: every token projects a little on every one of them. So
+    inspection reports, like an SAE's sparse non-negative latents, only what stands out:
+    the part of a token's reading above NOISE_Z standard deviations of that feature's
+    per-token readings on neutral text (`noise`)."""
+
+    def __init__(self, *args, noise: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.noise = torch.zeros(len(self)) if noise is None else noise.float().reshape(-1)
 
     def activations(self, h: torch.Tensor) -> torch.Tensor:
-        return self.read_linear(h).clamp(min=0.0)
+        return (self.read_linear(h) - NOISE_Z * self.noise).clamp(min=0.0)
 
 
 def default_layer(engine: LLMEngine) -> int:
@@ -83,18 +94,19 @@ def default_layer(engine: LLMEngine) -> int:
 def _mean_residuals(
     engine: LLMEngine, texts: list[str], layer: int, batch: int, bar: tqdm | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per text: the mean residual over positions 1.. at `layer`, and those positions' norms."""
-    means, norms = [], []
+    """Per text: the mean residual over positions 1.. at `layer`; and all those positions'
+    residuals [positions, hidden]."""
+    means, positions = [], []
     for start in range(0, len(texts), batch):
         chunk = [engine.tokenizer.encode(t) for t in texts[start : start + batch]]
         captured, _ = engine.capture(chunk, {layer})
         for c in captured:
             h = c[layer][1:] if c[layer].shape[0] > 1 else c[layer]
             means.append(h.mean(dim=0))
-            norms.append(h.norm(dim=-1))
+            positions.append(h)
         if bar is not None:
             bar.update(len(chunk))
-    return torch.stack(means), torch.cat(norms)
+    return torch.stack(means), torch.cat(positions)
 
 
 def build_concept_dictionary(
@@ -110,9 +122,9 @@ def build_concept_dictionary(
     examples = [e for c in data.concepts for e in c.examples]
     total = len(data.neutral) + len(examples)
     with tqdm(total=total, desc="building concept vectors", disable=not progress) as bar:
-        neutral, neutral_norms = _mean_residuals(engine, list(data.neutral), layer, batch, bar)
+        neutral, neutral_h = _mean_residuals(engine, list(data.neutral), layer, batch, bar)
         per_example, _ = _mean_residuals(engine, examples, layer, batch, bar)
-    r = float(neutral_norms.median())
+    r = float(neutral_h.norm(dim=-1).median())
     baseline = neutral.mean(dim=0)
     directions, start = [], 0
     for c in data.concepts:
@@ -121,25 +133,27 @@ def build_concept_dictionary(
         start += len(c.examples)
     write = torch.stack(directions) * (STEER_FRACTION * r)
     read = write / (STEER_FRACTION * r) ** 2
+    read_bias = -(read @ baseline)
+    noise = (neutral_h @ read.T + read_bias).std(dim=0)
     return ConceptDictionary(
         DICTIONARY_NAME,
         layer,
         [c.label for c in data.concepts],
         write,
         read,
-        read_bias=-(read @ baseline),
+        read_bias=read_bias,
+        noise=noise,
         model_fingerprint=model_fingerprint,
         descriptions=[c.description for c in data.concepts],
     )
 
 
 def cache_path(cache_dir: Path, model_fingerprint: str, layer: int, digest: str) -> Path:
-    return (
-        Path(cache_dir) / "features" / f"{model_fingerprint}-concepts-L{layer}-{digest}.safetensors"
-    )
+    name = f"{model_fingerprint}-concepts-L{layer}-{digest}-v{CACHE_FORMAT}.safetensors"
+    return Path(cache_dir) / "features" / name
 
 
-def save_dictionary(dictionary: FeatureDictionary, path: Path) -> None:
+def save_dictionary(dictionary: ConceptDictionary, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "name": dictionary.name,
@@ -152,6 +166,7 @@ def save_dictionary(dictionary: FeatureDictionary, path: Path) -> None:
         "write": dictionary.write,
         "read": dictionary.read,
         "read_bias": dictionary.read_bias,
+        "noise": dictionary.noise,
     }
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -170,6 +185,7 @@ def load_dictionary(path: Path, model_fingerprint: str) -> ConceptDictionary:
         tensors["write"],
         tensors["read"],
         read_bias=tensors["read_bias"],
+        noise=tensors["noise"],
         model_fingerprint=model_fingerprint,
         descriptions=json.loads(meta["descriptions"]),
     )
