@@ -158,7 +158,7 @@ def test_inspect_under_a_variant_sees_the_steered_feature(
 ) -> None:
     plain = gf.features.activations(MESSAGES, model=ALIAS, features=pirate)
     variant = goodfire.Variant(ALIAS)
-    variant.set(pirate, 1.0)
+    variant.set(pirate, 5.0)  # well above the feature's neutral noise
     steered = gf.features.activations(MESSAGES, model=variant, features=pirate)
     column = pirate.index_in_sae
     assert steered[-1, column] > plain[-1, column]

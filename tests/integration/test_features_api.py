@@ -148,9 +148,12 @@ def test_inspect_tokens_and_features(http) -> None:
     assert r.status_code == 200, r.text
     out = r.json()
     assert "matrix" not in out
-    tokens = http.post("/tokenize", json={"messages": MESSAGES, "add_generation_prompt": False})
-    ids = tokens.json()["tokens"]
-    assert out["token_ids"] == ids[1:]  # the first position is left out
+    # the messages' own tokens, in order: not the chat template's markers
+    assert "".join(out["tokens"]) == MESSAGES[0]["content"]
+    template = http.post("/tokenize", json={"messages": MESSAGES, "add_generation_prompt": False})
+    ids = template.json()["tokens"]
+    assert len(out["token_ids"]) < len(ids) - 1
+    assert all(t not in out["tokens"] for t in ("<|im_start|>", "<|im_end|>"))
     assert len(out["tokens"]) == len(out["token_ids"])
     assert len(out["features"]) == 5
     assert set(out["features"][0]) == {"uuid", "label", "index_in_sae", "activation"}
@@ -176,7 +179,7 @@ def test_inspect_sees_the_variant(http, feature) -> None:
     body = {"messages": MESSAGES, "session_id": s, "top_k": 1, "aggregate_by": "mean"}
     before = http.post("/features/inspect", json=body).json()
     http.post(
-        "/features/steer", json={"session_id": s, "feature_id": feature["uuid"], "value": 3.0}
+        "/features/steer", json={"session_id": s, "feature_id": feature["uuid"], "value": 8.0}
     )
     after = http.post("/features/inspect", json=body).json()
     assert after["features"][0]["uuid"] == feature["uuid"]

@@ -9,6 +9,7 @@ thread, and cached on disk). Everything that runs the model goes through the eng
 from __future__ import annotations
 
 import asyncio
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,14 +267,35 @@ class FeatureService:
         ids = self._prompt(messages)
         plan = await self.resolve(spec)
         captured, _ = await self._capture([ids], {d.layer}, plan)
-        h = captured[0][d.layer]
+        acts = d.activations(captured[0][d.layer])
+        # Report the messages' own tokens: the chat template's role markers and default
+        # system prompt light up format-like features on every conversation alike.
+        keep = [i for i in self._content_positions(messages, ids) if i > 0]
+        if not keep:
+            keep = list(range(1, len(ids))) or [0]
         tok = self.engine.tokenizer
         return Inspection(
-            tokens=[tok.token_str(i) for i in ids[1:]],
-            token_ids=ids[1:],
+            tokens=[tok.token_str(ids[i]) for i in keep],
+            token_ids=[ids[i] for i in keep],
             dictionary=d,
-            acts=d.activations(h[1:] if h.shape[0] > 1 else h),
+            acts=acts[keep],
         )
+
+    def _content_positions(self, messages: list[dict], ids: list[int]) -> list[int]:
+        """Positions of `ids` that come from the messages' contents: those not matched by
+        the same conversation with every content emptied (the template's skeleton)."""
+        skeleton_messages = [{**m, "content": ""} for m in messages]
+        try:
+            skeleton = self.engine.tokenizer.apply_chat_template(
+                skeleton_messages, add_generation_prompt=False
+            )
+        except ValueError:
+            return list(range(len(ids)))
+        in_skeleton = set()
+        matcher = difflib.SequenceMatcher(a=ids, b=skeleton, autojunk=False)
+        for block in matcher.get_matching_blocks():
+            in_skeleton.update(range(block.a, block.a + block.size))
+        return [i for i in range(len(ids)) if i not in in_skeleton]
 
     async def logits(
         self, messages: list[dict], spec: VariantSpec | None, top_k: int
