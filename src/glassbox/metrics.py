@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -23,14 +23,24 @@ _ENGINE_GAUGES = {
 }
 
 
+_ENGINE_COUNTERS = {
+    "prefix_cached_tokens": (
+        "glassbox_prefix_cache_hit_tokens",
+        "Prompt tokens whose KV came from the prefix cache instead of being computed",
+    ),
+}
+
+
 class _EngineCollector(Collector):
     def __init__(self, stats: Callable[[], dict[str, int]]):
         self._stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._stats()
         for key, (name, doc) in _ENGINE_GAUGES.items():
             yield GaugeMetricFamily(name, doc, value=stats.get(key, 0))
+        for key, (name, doc) in _ENGINE_COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
 
 
 class Metrics:

@@ -103,3 +103,13 @@ def test_log_lines_are_json_with_request_id_and_duration(http) -> None:
     assert access[0]["status"] == 200 and access[0]["method"] == "POST"
     assert access[0]["path"] == "/v1/chat/completions" and access[0]["duration_ms"] > 0
     assert {"timestamp", "level"} <= set(access[0])
+
+
+def test_prefix_cache_hits_are_counted(http) -> None:
+    """A repeated long prompt reuses the cached KV blocks of its prefix."""
+    long_prompt = [{"role": "user", "content": "Tell me a story about the sea. " * 8}]
+    body = {"model": TINY_NAME, "messages": long_prompt, "max_tokens": 2}
+    before = value(scrape(http), "glassbox_prefix_cache_hit_tokens_total")
+    assert http.post("/v1/chat/completions", json=body).status_code == 200
+    assert http.post("/v1/chat/completions", json=body).status_code == 200
+    assert value(scrape(http), "glassbox_prefix_cache_hit_tokens_total") - before >= 16

@@ -69,6 +69,7 @@ class AsyncLLMEngine:
             "waiting": len(self.engine.scheduler.waiting) + len(self._pending),
             "kv_blocks_used": used,
             "kv_blocks_total": total,
+            "prefix_cached_tokens": self.engine.stats.prefix_cached_tokens,
         }
 
     async def submit(

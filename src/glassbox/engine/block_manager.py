@@ -37,7 +37,6 @@ class BlockManager:
         # prefixes). OrderedDict gives O(1) removal when a cached free block is hit again.
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.prefix_hits = 0
-        self.prefix_queries = 0
 
     @property
     def num_blocks(self) -> int:
@@ -95,7 +94,6 @@ class BlockManager:
             full = len(tokens) == self.block_size
             block_id = None
             if full and i < last_full and not cache_miss:
-                self.prefix_queries += 1
                 h = chain_hash(prefix_hash, tokens)
                 candidate = self.hash_to_block.get(h)
                 if candidate is not None and self.blocks[candidate].token_ids == tuple(tokens):

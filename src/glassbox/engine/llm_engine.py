@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -59,7 +58,6 @@ class EngineStats:
     generation_tokens: int = 0
     prefix_cached_tokens: int = 0
     steps: int = 0
-    step_seconds: float = 0.0
     finished: dict[str, int] = field(default_factory=dict)
 
 
@@ -154,11 +152,9 @@ class LLMEngine:
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
             return []
-        t0 = time.perf_counter()
         logits, aborted = self.runner.run(seqs, is_prefill)
         tokens, logprobs = self.sampler(logits, seqs)
         self.stats.steps += 1
-        self.stats.step_seconds += time.perf_counter() - t0
         outputs = []
         for row, (seq, token, info) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
             if is_prefill:

@@ -77,10 +77,6 @@ class Linear:
             return F.linear(x, self.weight, self.bias)
         return y if self.bias is None else y + self.bias
 
-    def nbytes(self) -> int:
-        n = self.weight.numel() * self.weight.element_size()
-        return n + (0 if self.scales is None else self.scales.numel() * 2)
-
 
 def _int4_pack(
     weight: torch.Tensor, require_lossless: bool

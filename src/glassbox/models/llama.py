@@ -160,12 +160,6 @@ class LlamaModel:
                     weights[name] = fh.get_tensor(name)
         return cls(config, weights, fmt)
 
-    def weight_bytes(self) -> int:
-        linears = [
-            lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)
-        ]
-        return sum(lin.nbytes() for lin in linears) + self.lm_head.nbytes() + self.embed.numel() * 4
-
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for every head of the fused qkv output, [T, heads, D].
 
