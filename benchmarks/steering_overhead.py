@@ -20,14 +20,9 @@ from glassbox.config import Settings
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.features.concepts import concept_dictionary
-from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
+from glassbox.steering.plan import ResolvedEdit, SteeringPlan
 
 TARGET = 0.90
-
-
-def _direction(d, i: int) -> Direction:
-    f = d.features[i]
-    return Direction(f.uuid, d.layer, d.read[i], float(d.read_bias[i]), d.write[i])
 
 
 def _run(engine: LLMEngine, prompts, params) -> float:
@@ -61,9 +56,9 @@ def main() -> None:
     plain = [params(None) for _ in prompts]
     steered = []
     for i in range(args.rows):
-        edits = [ResolvedEdit(_direction(d, (7 * i) % len(d)), "nudge", 0.5)]
+        edits = d.nudge((7 * i) % len(d), 0.5)
         if i % 2:
-            edits.append(ResolvedEdit(_direction(d, (7 * i + 3) % len(d)), "pin", 0.2))
+            edits.append(ResolvedEdit(d.direction((7 * i + 3) % len(d)), "pin", 0.2))
         steered.append(params(SteeringPlan(edits)))
 
     _run(engine, prompts[:4], [params(None)] * 4)  # warm-up

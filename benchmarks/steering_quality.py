@@ -38,7 +38,7 @@ from glassbox.features.concepts import (
     save_dictionary,
 )
 from glassbox.features.search import FeatureIndex
-from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
+from glassbox.steering.plan import SteeringPlan
 
 PROMPTS = [
     "Tell me about your day.",
@@ -108,20 +108,7 @@ def main() -> None:
         edits = autosteer(index, c.description, args.top_k)
         chosen[c.id] = edits
         plan = SteeringPlan(
-            [
-                ResolvedEdit(
-                    Direction(
-                        f.uuid,
-                        d.layer,
-                        d.read[f.index],
-                        float(d.read_bias[f.index]),
-                        d.write[f.index],
-                    ),
-                    "nudge",
-                    value * args.value_scale,
-                )  # fmt: skip
-                for f, value in edits
-            ]
+            [x for f, value in edits for x in d.nudge(f.index, value * args.value_scale)]
         )
         for i, p in enumerate(prompts):
             jobs.append((p, params(plan)))

@@ -21,6 +21,7 @@ from live_server import serve_in_thread
 
 from glassbox.app import create_app
 from glassbox.config import Settings
+from glassbox.features.autosteer import AUTOSTEER_TOTAL
 from glassbox.models.loader import resolve_model
 from glassbox.services.ember import sse_event
 
@@ -180,7 +181,7 @@ def test_autosteer_edits_set_on_a_variant(gf: goodfire.Client) -> None:
     edits = gf.features.AutoSteer(specification="talk like a pirate", model=ALIAS)
     assert len(edits) >= 1
     feature, value = next(iter(edits._edits.items()))
-    assert "pirate" in feature.label.lower() and 0 < value <= 1
+    assert "pirate" in feature.label.lower() and 0 < value <= AUTOSTEER_TOTAL
     variant = goodfire.Variant(ALIAS)
     variant.set(edits)
     assert chat(gf, variant)

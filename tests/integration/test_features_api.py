@@ -196,12 +196,23 @@ def chat(client: openai.OpenAI, **extra) -> str:
     return r.choices[0].message.content
 
 
+def chat_tokens(client: openai.OpenAI, **extra) -> list[tuple[str, float]]:
+    """The generated tokens with their logprobs: the tiny random model's text often decodes
+    to nothing (lone bytes of multi-byte characters), so compare what it computed."""
+    kwargs = dict(GREEDY)
+    kwargs["extra_body"] = {**GREEDY["extra_body"], **extra}
+    r = client.chat.completions.create(model=TINY_NAME, messages=MESSAGES, logprobs=True, **kwargs)
+    return [(t.token, round(t.logprob, 4)) for t in r.choices[0].logprobs.content]
+
+
 def test_inline_variant_steers_and_empty_variant_does_not(client, feature) -> None:
-    plain = chat(client)
-    steered = chat(client, variant=nudge(feature, 4.0))
+    plain = chat_tokens(client)
+    steered = chat_tokens(client, variant=nudge(feature, 4.0))
     assert steered != plain
-    assert chat(client, variant={"base_model": TINY_NAME, "edits": [], "scopes": []}) == plain
-    assert chat(client, variant=nudge(feature, 4.0)) == steered  # deterministic
+    assert (
+        chat_tokens(client, variant={"base_model": TINY_NAME, "edits": [], "scopes": []}) == plain
+    )
+    assert chat_tokens(client, variant=nudge(feature, 4.0)) == steered  # deterministic
 
 
 def test_stored_variant_by_session(client, http, feature) -> None:
@@ -209,13 +220,15 @@ def test_stored_variant_by_session(client, http, feature) -> None:
     http.post(
         "/variants", json={"session_id": s, "variant_id": "loud", "variant": nudge(feature, 4.0)}
     )
-    steered = chat(client, variant=nudge(feature, 4.0))
-    assert chat(client, session_id=s, variant_id="loud") == steered
-    assert chat(client, session_id=s) == chat(client)  # the session's default is empty
+    steered = chat_tokens(client, variant=nudge(feature, 4.0))
+    assert chat_tokens(client, session_id=s, variant_id="loud") == steered
+    assert chat_tokens(client, session_id=s) == chat_tokens(
+        client
+    )  # the session's default is empty
     http.post(
         "/features/steer", json={"session_id": s, "feature_id": feature["uuid"], "value": 4.0}
     )
-    assert chat(client, session_id=s) == steered
+    assert chat_tokens(client, session_id=s) == steered
 
 
 def test_steered_stream_and_completions(client, feature) -> None:

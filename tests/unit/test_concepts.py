@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from glassbox.features.concepts import (
     NOISE_Z,
+    STEER_SPREAD,
     Concept,
     ConceptData,
     build_concept_dictionary,
@@ -76,6 +78,7 @@ def test_cache_round_trip_and_reuse(engine, tmp_path):
     loaded = load_dictionary(path, "fp")
     assert loaded.labels == d.labels and loaded.descriptions == d.descriptions
     assert [f.uuid for f in loaded.features] == [f.uuid for f in d.features]
+    assert loaded.steer_layers == d.steer_layers
     for name in ("write", "read", "read_bias", "noise"):
         assert torch.equal(getattr(loaded, name), getattr(d, name))
 
@@ -97,3 +100,13 @@ def test_concept_dictionary_builds_once_then_loads(engine, tmp_path, monkeypatch
     assert len(calls) == 1 and second.labels == first.labels
     concept_dictionary(engine, tmp_path, "fp", layer=1, rebuild=True, progress=False)
     assert len(calls) == 2
+
+
+def test_nudges_spread_over_neighbouring_layers(engine):
+    d = build_concept_dictionary(engine, DATA, layer=1, progress=False)
+    last = engine.model.config.num_layers - 1
+    assert d.steer_layers == tuple(range(max(0, 1 - STEER_SPREAD), min(last, 1 + STEER_SPREAD) + 1))
+    edits = d.nudge(2, 0.9)
+    assert [e.direction.layer for e in edits] == list(d.steer_layers)
+    assert sum(e.value for e in edits) == pytest.approx(0.9)
+    assert all(torch.equal(e.direction.write, d.write[2]) for e in edits)

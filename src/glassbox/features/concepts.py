@@ -29,8 +29,13 @@ from glassbox.features.dictionary import FeatureDictionary
 
 STEER_FRACTION = 0.25
 NOISE_Z = 2.0
+# Nudges are spread over the layers within this distance of the dictionary's layer. On the
+# bundled model, steering_quality.py (temperature 0.7, AutoSteer toward held-out concepts)
+# measured for layers 13-17: similarity gain +0.072 at perplexity x1.42 (budget 1.0), +0.093
+# at x1.91 (budget 1.25); for layer 15 alone: +0.070 at x1.64 (1.0), +0.089 at x2.40 (1.4).
+STEER_SPREAD = 2
 # Bumped when what is cached changes, so older caches are rebuilt rather than misread.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 DICTIONARY_NAME = "concepts"
 
 
@@ -135,6 +140,8 @@ def build_concept_dictionary(
     read = write / (STEER_FRACTION * r) ** 2
     read_bias = -(read @ baseline)
     noise = (neutral_h @ read.T + read_bias).std(dim=0)
+    last = engine.model.config.num_layers - 1
+    window = range(max(0, layer - STEER_SPREAD), min(last, layer + STEER_SPREAD) + 1)
     return ConceptDictionary(
         DICTIONARY_NAME,
         layer,
@@ -145,6 +152,7 @@ def build_concept_dictionary(
         noise=noise,
         model_fingerprint=model_fingerprint,
         descriptions=[c.description for c in data.concepts],
+        steer_layers=tuple(window),
     )
 
 
@@ -160,6 +168,7 @@ def save_dictionary(dictionary: ConceptDictionary, path: Path) -> None:
         "layer": str(dictionary.layer),
         "labels": json.dumps(dictionary.labels),
         "descriptions": json.dumps(dictionary.descriptions),
+        "steer_layers": json.dumps(list(dictionary.steer_layers)),
     }
     tmp = path.with_suffix(".tmp")
     tensors = {
@@ -188,6 +197,7 @@ def load_dictionary(path: Path, model_fingerprint: str) -> ConceptDictionary:
         noise=tensors["noise"],
         model_fingerprint=model_fingerprint,
         descriptions=json.loads(meta["descriptions"]),
+        steer_layers=tuple(json.loads(meta["steer_layers"])),
     )
 
 

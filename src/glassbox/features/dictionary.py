@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from glassbox.steering.plan import Direction, ResolvedEdit
+
 # Feature ids are UUIDs like Ember's, derived from (model fingerprint, dictionary, index) so
 # they stay the same across restarts and machines.
 _NAMESPACE = uuid.UUID("6f1d8b7e-2c4a-4f0e-9a51-3d2b7c9e8a10")
@@ -54,6 +56,7 @@ class FeatureDictionary:
         read_bias: torch.Tensor | None = None,
         model_fingerprint: str = "",
         descriptions: list[str] | None = None,
+        steer_layers: tuple[int, ...] | None = None,
     ):
         n = len(labels)
         if write.ndim != 2 or write.shape[0] != n or read.shape != write.shape:
@@ -63,6 +66,9 @@ class FeatureDictionary:
             )
         self.name = name
         self.layer = layer
+        # Where a nudge is written: its value is split evenly over these layers (the same
+        # direction at neighbouring layers steers more fluently than all of it at one).
+        self.steer_layers = tuple(steer_layers) if steer_layers else (layer,)
         self.labels = list(labels)
         self.descriptions = list(descriptions) if descriptions else list(labels)
         self.write = write.float().contiguous()
@@ -98,3 +104,18 @@ class FeatureDictionary:
         """What inspection reports: [T, hidden] -> [T, n]. Linear dictionaries report the
         projection itself; an SAE overrides this with its activation function."""
         return self.read_linear(h)
+
+    def direction(self, index: int, layer: int | None = None) -> Direction:
+        """Feature `index`'s read/write vectors, applied at `layer` (default: its own)."""
+        return Direction(
+            self.features[index].uuid,
+            self.layer if layer is None else layer,
+            self.read[index],
+            float(self.read_bias[index]),
+            self.write[index],
+        )
+
+    def nudge(self, index: int, value: float) -> list[ResolvedEdit]:
+        """The edits that add `value` of feature `index`, spread over `steer_layers`."""
+        share = value / len(self.steer_layers)
+        return [ResolvedEdit(self.direction(index, at), "nudge", share) for at in self.steer_layers]

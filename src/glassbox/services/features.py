@@ -204,9 +204,7 @@ class FeatureService:
         async def direction(ref: FeatureRef) -> Direction:
             if ref.uuid not in directions:
                 d, f = await self.feature(ref.uuid)
-                directions[ref.uuid] = Direction(
-                    f.uuid, d.layer, d.read[f.index], float(d.read_bias[f.index]), d.write[f.index]
-                )
+                directions[ref.uuid] = d.direction(f.index)
             return directions[ref.uuid]
 
         async def edit(e: Edit) -> ResolvedEdit:
@@ -223,7 +221,15 @@ class FeatureService:
                     items.append(await group(item))
             return ResolvedGroup(g.join, tuple(items))
 
-        edits = [await edit(e) for e in spec.edits]
+        # Unconditional nudges are spread over the dictionary's steering layers; pins, muls,
+        # ablations and scopes act where the feature is read, at its own layer.
+        edits: list[ResolvedEdit] = []
+        for e in spec.edits:
+            if e.mode == "nudge":
+                d, f = await self.feature(e.feature.uuid)
+                edits.extend(d.nudge(f.index, e.value))
+            else:
+                edits.append(await edit(e))
         scopes = []
         for s in spec.scopes:
             when = await group(s.when)

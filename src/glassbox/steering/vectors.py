@@ -23,7 +23,7 @@ import torch
 from glassbox.features.concepts import ConceptData, load_concept_data
 from glassbox.features.dictionary import FeatureDictionary
 from glassbox.features.vector_files import load_vector_folder
-from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
+from glassbox.steering.plan import Direction, SteeringPlan
 
 
 class SteeringVectors:
@@ -127,22 +127,17 @@ class SteeringVectors:
     def direction(self, name: str) -> Direction:
         index = self._resolve(name)
         if index not in self._directions:
-            d, f = self.dictionary, self.dictionary.features[index]
-            self._directions[index] = Direction(
-                f.uuid, d.layer, d.read[index], float(d.read_bias[index]), d.write[index]
-            )
+            self._directions[index] = self.dictionary.direction(index)
         return self._directions[index]
 
     def blend(self, coefficients: Mapping[str, float], strength: float = 1.0) -> SteeringPlan:
         """One nudge edit per non-zero coefficient, of value coefficient x strength."""
         checked = self._check(coefficients, strength)
-        return SteeringPlan(
-            edits=[
-                ResolvedEdit(self.direction(name), "nudge", c * strength)
-                for name, c in checked.items()
-                if c * strength != 0.0
-            ]
-        )
+        edits = []
+        for name, c in checked.items():
+            if c * strength != 0.0:
+                edits.extend(self.dictionary.nudge(self._resolve(name), c * strength))
+        return SteeringPlan(edits=edits)
 
     def blended_vector(
         self, coefficients: Mapping[str, float], strength: float = 1.0
