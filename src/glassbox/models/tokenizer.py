@@ -22,7 +22,6 @@ class Tokenizer:
         else:
             self.hf = AutoTokenizer.from_pretrained(str(model_dir))
         self.vocab_size = len(self.hf)
-        self.special_ids = set(self.hf.all_special_ids)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.hf.encode(text, add_special_tokens=add_special_tokens)

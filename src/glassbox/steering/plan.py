@@ -102,15 +102,19 @@ class _EditSet:
         self.pin_value = torch.zeros(num_rows, num_dirs)
         self.mul = torch.zeros(num_rows, num_dirs)  # (v - 1) for mul edits, 0 elsewhere
         self.used = False
+        self.has_pin = False
+        self.has_mul = False
 
     def add(self, row: int, col: int, edit: ResolvedEdit) -> None:
         self.used = True
         if edit.mode == "nudge":
             self.nudge[row, col] += edit.value
         elif edit.mode in ("pin", "ablate"):
+            self.has_pin = True
             self.pin_mask[row, col] = 1.0
             self.pin_value[row, col] = 0.0 if edit.mode == "ablate" else edit.value
         elif edit.mode == "mul":
+            self.has_mul = True
             self.mul[row, col] = edit.value - 1.0
         else:
             raise ValueError(f"unknown edit mode {edit.mode!r}")
@@ -118,10 +122,10 @@ class _EditSet:
     def coefficients(self, acts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """[T, F] amounts of each write vector to add, given activations [T, F]."""
         coef = self.nudge[rows]
-        if bool(self.pin_mask.any()):
+        if self.has_pin:
             pm = self.pin_mask[rows]
             coef = coef + pm * (self.pin_value[rows] - acts)
-        if bool(self.mul.any()):
+        if self.has_mul:
             coef = coef + self.mul[rows] * acts
         return coef
 
