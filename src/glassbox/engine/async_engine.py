@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import LLMEngine, StepOutput
 from glassbox.engine.sequence import SamplingParams
 
@@ -36,7 +37,7 @@ class AsyncLLMEngine:
         self.engine = engine
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._pending: list[tuple[int, list[int], SamplingParams, _Stream]] = []
+        self._pending: list[tuple[int, list[int], SamplingParams, KVHandle | None, _Stream]] = []
         self._aborts: set[int] = set()
         self._calls: list[tuple[Callable, asyncio.Future]] = []
         self._streams: dict[int, _Stream] = {}
@@ -73,15 +74,20 @@ class AsyncLLMEngine:
         }
 
     async def submit(
-        self, prompt_token_ids: list[int], params: SamplingParams
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        prefix: KVHandle | None = None,
     ) -> AsyncIterator[StepOutput]:
+        """Stream a sequence's outputs. `prefix`: see `LLMEngine.add_request` (the sequence
+        takes the handle over, whether it runs or not)."""
         if self._stopped:
             raise EngineDeadError("the engine has stopped")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._wake:
             ticket = self._next_id
             self._next_id += 1
-            self._pending.append((ticket, list(prompt_token_ids), params, stream))
+            self._pending.append((ticket, list(prompt_token_ids), params, prefix, stream))
             self._wake.notify()
         finished = False
         try:
@@ -136,11 +142,13 @@ class AsyncLLMEngine:
                 calls, self._calls = self._calls, []
                 pending, self._pending = self._pending, []
                 aborts, self._aborts = self._aborts, set()
-            for ticket, ids, params, stream in pending:
+            for ticket, ids, params, prefix, stream in pending:
                 if ticket in aborts:
+                    if prefix is not None:
+                        self.engine.block_manager.release(prefix)
                     continue
                 try:
-                    seq = self.engine.add_request(ids, params)
+                    seq = self.engine.add_request(ids, params, prefix)
                 except ValueError as exc:
                     stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
                     continue
@@ -191,6 +199,8 @@ class AsyncLLMEngine:
         for out in outputs:
             stream = self._streams.get(out.seq_id)
             if stream is None:
+                if out.kv is not None:  # its consumer is gone: nobody will keep this KV
+                    self.engine.block_manager.release(out.kv)
                 continue
             by_loop.setdefault(stream.loop, []).append((stream.queue, out))
             if out.finish_reason is not None:

@@ -5,13 +5,35 @@ full block is registered under a hash of its tokens chained with the hash of the
 before it, so a later sequence whose prompt starts with the same tokens shares those blocks
 instead of recomputing them. Freed blocks keep their hash and contents until they are
 handed out again (oldest first), so a repeated prefix hits even after its first owner ended.
+
+A `KVHandle` holds references on the blocks of a token sequence whose KV was computed (a
+KV state, or a lease a running sequence takes on one): while it lives, those blocks are
+never handed out. Sharing a handle costs reference counts, never KV bytes; a sequence that
+continues from a handle copies only the partial last block, which it would write into.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from glassbox.engine.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class KVHandle:
+    """The KV of `token_ids[:num_kv]` in `block_ids` (one reference held on each).
+
+    `num_kv` is `len(token_ids) - 1`: the last token is computed by whoever continues, which
+    is what yields the logits of the token after it."""
+
+    token_ids: tuple[int, ...]
+    block_ids: tuple[int, ...]
+
+    @property
+    def num_kv(self) -> int:
+        return len(self.token_ids) - 1
 
 
 class Block:
@@ -29,8 +51,14 @@ def chain_hash(prefix_hash: int | None, token_ids: list[int] | tuple[int, ...]) 
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        copy_block: Callable[[int, int], None] = lambda src, dst: None,
+    ):
         self.block_size = block_size
+        self.copy_block = copy_block  # copies a block's KV (src -> dst) in the pool
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.hash_to_block: dict[int, int] = {}
         # Free blocks in eviction order: the oldest freed is reused first (an LRU of cached
@@ -76,7 +104,8 @@ class BlockManager:
         self.hash_to_block[block.hash] = block.block_id
 
     def can_allocate(self, seq: Sequence) -> bool:
-        return self.num_free >= seq.num_blocks
+        shared = seq.prefix.num_kv // self.block_size if seq.prefix is not None else 0
+        return self.num_free >= seq.num_blocks - shared
 
     def allocate(self, seq: Sequence, use_cache: bool = True) -> None:
         """Give `seq` blocks for all its tokens, reusing cached full blocks of its prefix
@@ -86,6 +115,9 @@ class BlockManager:
         computed to produce the logits of the next one.
         """
         assert not seq.block_table
+        if seq.prefix is not None:
+            self._allocate_from(seq, seq.prefix)
+            return
         prefix_hash: int | None = None
         cache_miss = not use_cache
         last_full = (len(seq) - 1) // self.block_size  # blocks before this one are reusable
@@ -116,6 +148,47 @@ class BlockManager:
             prefix_hash = block.hash
             seq.block_table.append(block.block_id)
         seq.num_computed_tokens = seq.num_cached_tokens
+
+    def _allocate_from(self, seq: Sequence, prefix: KVHandle) -> None:
+        """Share the full blocks of `prefix`; copy its partial last block (copy-on-write:
+        `seq` writes its next tokens there, the prefix's other holders must not see them)."""
+        full, partial = divmod(prefix.num_kv, self.block_size)
+        for block_id in prefix.block_ids[:full]:
+            self.blocks[block_id].ref_count += 1
+            seq.block_table.append(block_id)
+        if partial:
+            block = self._take()
+            self.copy_block(prefix.block_ids[full], block.block_id)
+            seq.block_table.append(block.block_id)
+        while len(seq.block_table) < seq.num_blocks:
+            seq.block_table.append(self._take().block_id)
+        seq.num_cached_tokens = seq.num_computed_tokens = prefix.num_kv
+
+    def hold(self, token_ids: list[int] | tuple[int, ...], block_ids: list[int]) -> KVHandle:
+        """A new handle on the blocks holding the KV of `token_ids[:-1]` (the first
+        blocks of `block_ids`)."""
+        n = (len(token_ids) - 1 + self.block_size - 1) // self.block_size
+        assert len(block_ids) >= n, "fewer blocks than the tokens' KV needs"
+        for block_id in block_ids[:n]:
+            block = self.blocks[block_id]
+            assert block.ref_count > 0, "holding a free block"
+            block.ref_count += 1
+        return KVHandle(tuple(token_ids), tuple(block_ids[:n]))
+
+    def share(self, handle: KVHandle, num_tokens: int | None = None) -> KVHandle:
+        """Another handle on the same KV, or on its first `num_tokens` tokens (>= 1)."""
+        tokens = handle.token_ids if num_tokens is None else handle.token_ids[:num_tokens]
+        return self.hold(tokens, list(handle.block_ids))
+
+    def release(self, handle: KVHandle) -> None:
+        for block_id in reversed(handle.block_ids):
+            self._release(block_id)
+
+    def take_blocks(self, n: int) -> list[int]:
+        """`n` fresh blocks (one reference each) to load KV into; fails if the pool is full."""
+        if n > self.num_free:
+            raise MemoryError(f"the KV pool has {self.num_free} free blocks, {n} needed")
+        return [self._take().block_id for _ in range(n)]
 
     def free_sequence(self, seq: Sequence) -> None:
         for block_id in reversed(seq.block_table):

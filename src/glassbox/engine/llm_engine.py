@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from glassbox.config import Settings
-from glassbox.engine.block_manager import BlockManager
+from glassbox.engine.block_manager import BlockManager, KVHandle
 from glassbox.engine.detokenizer import IncrementalDetokenizer
 from glassbox.engine.model_runner import ModelRunner
 from glassbox.engine.sampler import Sampler
@@ -50,6 +50,7 @@ class StepOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     num_cached_tokens: int
+    kv: KVHandle | None = None  # the finished sequence's KV when its params asked to keep it
 
 
 @dataclass
@@ -72,11 +73,13 @@ class LLMEngine:
                         pool_tokens, config.max_model_len)  # fmt: skip
             config = replace(config, max_model_len=pool_tokens)
         self.config = config
-        self.block_manager = BlockManager(config.num_blocks, config.block_size)
+        self.runner = ModelRunner(model, config.num_blocks, config.block_size)
+        self.block_manager = BlockManager(
+            config.num_blocks, config.block_size, self.runner.copy_block
+        )
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
-        self.runner = ModelRunner(model, config.num_blocks, config.block_size)
         self.sampler = Sampler()
         self.eos_token_ids = set(model.config.eos_token_ids)
         if tokenizer.hf.eos_token_id is not None:
@@ -105,9 +108,27 @@ class LLMEngine:
         )
         return cls(model, tokenizer, config), resolved
 
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
-        self._validate(prompt_token_ids, params)
-        seq = Sequence(prompt_token_ids, params, self.config.block_size)
+    def add_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        prefix: KVHandle | None = None,
+    ) -> Sequence:
+        """Queue a sequence. With `prefix` (a handle the sequence takes over and releases
+        when it ends), the prompt starts with the prefix's tokens and only the rest of it is
+        computed."""
+        try:
+            self._validate(prompt_token_ids, params)
+            if prefix is not None and (
+                len(prefix.token_ids) > len(prompt_token_ids)
+                or tuple(prompt_token_ids[: len(prefix.token_ids)]) != prefix.token_ids
+            ):
+                raise ValueError("the prompt does not start with the prefix's tokens")
+        except ValueError:
+            if prefix is not None:
+                self.block_manager.release(prefix)
+            raise
+        seq = Sequence(prompt_token_ids, params, self.config.block_size, prefix)
         self.seqs[seq.seq_id] = seq
         self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
             self.tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens
@@ -142,8 +163,7 @@ class LLMEngine:
         seq = self.seqs.get(seq_id)
         if seq is None:
             return None
-        self.scheduler.finish(seq, "abort")
-        return self._finish_output(seq, [], [])
+        return self._finish(seq, "abort", [], [])
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
@@ -163,8 +183,7 @@ class LLMEngine:
             seq.num_computed_tokens = len(seq)
             if row in aborted:
                 # A steering scope's abort condition held: end it without a new token.
-                self.scheduler.finish(seq, STEERING_ABORT)
-                outputs.append(self._finish_output(seq, [], []))
+                outputs.append(self._finish(seq, STEERING_ABORT, [], []))
                 continue
             outputs.append(self._postprocess(seq, token, info))
         return outputs
@@ -187,24 +206,73 @@ class LLMEngine:
         ):
             reason = "length"
         if reason is not None:
-            self.scheduler.finish(seq, reason)
-            return self._finish_output(seq, [token], infos)
+            return self._finish(seq, reason, [token], infos)
         return StepOutput(
             seq.seq_id, detok.take(), [token], infos, None,
             seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
         )  # fmt: skip
 
-    def _finish_output(
-        self, seq: Sequence, tokens: list[int], infos: list[TokenLogprob]
+    def _finish(
+        self, seq: Sequence, reason: str, tokens: list[int], infos: list[TokenLogprob]
     ) -> StepOutput:
+        kv = None
+        keep = seq.params.keep_kv and reason != "abort" and seq.block_table
+        if keep and seq.num_computed_tokens >= len(seq) - 1:
+            kv = self.block_manager.hold(seq.token_ids, seq.block_table)
+        self.scheduler.finish(seq, reason)
         detok = self.detokenizers.pop(seq.seq_id)
         del self.seqs[seq.seq_id]
-        reason = seq.finish_reason or "abort"
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         return StepOutput(
             seq.seq_id, detok.take(final=True), tokens, infos, reason,
-            seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
+            seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens, kv,
         )  # fmt: skip
+
+    # --- KV states: handles on computed KV (engine thread only) ---------------------------
+
+    def prefill_kv(self, token_ids: list[int], prefix: KVHandle | None = None) -> KVHandle:
+        """Compute the KV of `token_ids[:-1]` now (the last token is left for whoever
+        continues) and return a handle on it. Full blocks already in the prefix cache, or
+        in `prefix` (borrowed, not taken over), are shared instead of computed."""
+        self._validate(token_ids, SamplingParams())
+        bm = self.block_manager
+        if prefix is not None and len(prefix.token_ids) >= len(token_ids):
+            if tuple(token_ids) != prefix.token_ids[: len(token_ids)]:
+                raise ValueError("the tokens do not start with the prefix's tokens")
+            return bm.share(prefix, len(token_ids))
+        if len(token_ids) == 1:
+            return KVHandle(tuple(token_ids), ())
+        lease = bm.share(prefix) if prefix is not None else None
+        seq = Sequence(token_ids[:-1], SamplingParams(), self.config.block_size, lease)
+        try:
+            if lease is not None and tuple(token_ids[: len(lease.token_ids)]) != lease.token_ids:
+                raise ValueError("the tokens do not start with the prefix's tokens")
+            if not bm.can_allocate(seq):
+                raise MemoryError("not enough free KV blocks for this prompt now")
+            bm.allocate(seq)
+            if seq.num_computed_tokens < len(seq):
+                self.runner.run([seq], True)
+            self.stats.prompt_tokens += len(seq) - seq.num_computed_tokens
+            return bm.hold(token_ids, seq.block_table)
+        finally:
+            bm.free_sequence(seq)
+            if lease is not None:
+                bm.release(lease)
+
+    def read_kv(self, handle: KVHandle) -> torch.Tensor:
+        """A copy of the handle's KV: [layers, num_kv, 2 * kv_heads, head_dim]."""
+        return self.runner.read_kv(list(handle.block_ids), handle.num_kv)
+
+    def load_kv(self, token_ids: list[int], kv: torch.Tensor) -> KVHandle:
+        """Put KV read by `read_kv` (or from a file) back into fresh blocks of the pool."""
+        self._validate(token_ids, SamplingParams())
+        expected = self.runner.kv_shape(len(token_ids) - 1)
+        if tuple(kv.shape) != expected:
+            raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit: expected {expected}")
+        n = (len(token_ids) - 1 + self.config.block_size - 1) // self.config.block_size
+        block_ids = self.block_manager.take_blocks(n)
+        self.runner.write_kv(block_ids, kv)
+        return KVHandle(tuple(token_ids), tuple(block_ids))
 
     def capture(
         self,

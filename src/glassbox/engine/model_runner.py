@@ -24,6 +24,29 @@ class ModelRunner:
     def kv_bytes_per_block(model: LlamaModel, block_size: int) -> int:
         return model.config.kv_bytes_per_token() * block_size
 
+    def copy_block(self, src: int, dst: int) -> None:
+        for layer in self.kv_cache:
+            layer[dst] = layer[src]
+
+    def kv_shape(self, num_tokens: int) -> tuple[int, ...]:
+        first = self.kv_cache[0]
+        return (len(self.kv_cache), num_tokens, *first.shape[2:])
+
+    def read_kv(self, block_ids: list[int], num_tokens: int) -> torch.Tensor:
+        """[layers, num_tokens, 2 * kv_heads, head_dim]: the KV of the first num_tokens
+        slots of these blocks, copied out of the pool."""
+        index = torch.tensor(block_ids, dtype=torch.long)
+        out = torch.empty(self.kv_shape(num_tokens), dtype=self.kv_cache[0].dtype)
+        for i, layer in enumerate(self.kv_cache):
+            out[i] = layer.index_select(0, index).flatten(0, 1)[:num_tokens]
+        return out
+
+    def write_kv(self, block_ids: list[int], kv: torch.Tensor) -> None:
+        for i, layer in enumerate(self.kv_cache):
+            for j, block_id in enumerate(block_ids):
+                part = kv[i, j * self.block_size : (j + 1) * self.block_size]
+                layer[block_id, : part.shape[0]] = part
+
     def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
         pos = torch.arange(start, end)
         table = torch.tensor(block_table, dtype=torch.long)

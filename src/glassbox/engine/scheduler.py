@@ -65,6 +65,9 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         self.block_manager.free_sequence(seq)
+        if seq.prefix is not None:
+            self.block_manager.release(seq.prefix)
+            seq.prefix = None
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:

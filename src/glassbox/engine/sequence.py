@@ -5,10 +5,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 import torch
 
 from glassbox.steering.plan import SteeringPlan
+
+if TYPE_CHECKING:
+    from glassbox.engine.block_manager import KVHandle
 
 
 @dataclass
@@ -29,6 +33,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + top k
     skip_special_tokens: bool = True
     steering: SteeringPlan | None = None  # this row's variant, resolved against dictionaries
+    keep_kv: bool = False  # on finishing, hand the sequence's KV back as a KVHandle
 
     @property
     def greedy(self) -> bool:
@@ -59,7 +64,13 @@ class TokenLogprob:
 class Sequence:
     _ids = itertools.count()
 
-    def __init__(self, prompt_token_ids: list[int], params: SamplingParams, block_size: int):
+    def __init__(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        block_size: int,
+        prefix: KVHandle | None = None,
+    ):
         self.seq_id = next(Sequence._ids)
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -76,6 +87,9 @@ class Sequence:
         # Penalty state: counts of generated tokens, and the set of prompt tokens.
         self.output_counts: dict[int, int] = {}
         self.aborted = False
+        # KV already computed for the start of the prompt (a state this continues): the
+        # sequence owns this handle and releases it when it finishes.
+        self.prefix = prefix
 
     def __len__(self) -> int:
         return len(self.token_ids)
