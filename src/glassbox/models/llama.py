@@ -199,15 +199,9 @@ class LlamaModel:
         c = self.config
         h = F.embedding(input_ids, self.embed)
         cos, sin = self._rope(positions)
-        t = h.shape[0]
-        heads = c.num_heads + 2 * c.num_kv_heads
-        half = c.head_dim // 2
         dense = attn.prefill_spans is not None  # see Linear.dense
         for i, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer.input_norm, c.rms_norm_eps).to(self.dtype)
-            qkv = layer.qkv(x, dense).float().view(t, heads, c.head_dim)
-            flipped = qkv.view(t, heads, 2, half).flip(2).view(t, heads, c.head_dim)
-            qkv = torch.addcmul(qkv * cos, flipped, sin)
+            qkv = self._rotated_qkv(layer, h, cos, sin, dense)
             pool = kv_cache[i]
             pool.view(-1, 2 * c.num_kv_heads, c.head_dim).index_copy_(
                 0, attn.slot_mapping, qkv[:, c.num_heads :]
@@ -220,6 +214,31 @@ class LlamaModel:
             if hook is not None:
                 h = hook(i, h)
         return _rms_norm(h, self.norm, c.rms_norm_eps)
+
+    def _rotated_qkv(
+        self,
+        layer: DecoderLayer,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        dense: bool,
+    ) -> torch.Tensor:
+        """Input norm, fused q/k/v projection and RoPE: [T, heads + 2 * kv_heads, D]."""
+        c = self.config
+        t, heads, half = h.shape[0], c.num_heads + 2 * c.num_kv_heads, c.head_dim // 2
+        x = _rms_norm(h, layer.input_norm, c.rms_norm_eps).to(self.dtype)
+        qkv = layer.qkv(x, dense).float().view(t, heads, c.head_dim)
+        flipped = qkv.view(t, heads, 2, half).flip(2).view(t, heads, c.head_dim)
+        return torch.addcmul(qkv * cos, flipped, sin)
+
+    def queries_keys(self, layer: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries [T, heads, D] and keys [T, kv_heads, D] of decoder layer `layer` for one
+        sequence at positions 0..T-1, from the residual stream entering that layer: what
+        `forward` computes there (prefill's dense weights), for attention analysis."""
+        c = self.config
+        cos, sin = self._rope(torch.arange(h.shape[0]))
+        qkv = self._rotated_qkv(self.layers[layer], h, cos, sin, dense=True)
+        return qkv[:, : c.num_heads], qkv[:, c.num_heads : c.num_heads + c.num_kv_heads]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits from the output of `forward` (the final norm already applied)."""
