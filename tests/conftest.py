@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def _live(settings: Settings, step_delay: float = 0.0) -> Iterator[LiveServer]:
             yield LiveServer(url, app, aengine, settings)
     finally:
         aengine.shutdown()
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[LiveServer]:
+    """A live server of its own (own engine, cache and database) for the block's length."""
+    yield from _live(settings)
 
 
 @pytest.fixture(scope="session")

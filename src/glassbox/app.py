@@ -24,6 +24,7 @@ from glassbox.services.features import FeatureService
 from glassbox.services.generation import GenerationService
 from glassbox.services.model_registry import ModelRegistry
 from glassbox.services.openai_compat import OpenAIService
+from glassbox.services.states import StateService
 from glassbox.services.steering import SteeringService
 from glassbox.services.variants import VariantService
 from glassbox.store import Database
@@ -74,6 +75,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         name = settings.served_model_name or resolved.name
         db = None
         warmup = None
+        states = None
         try:
             generation = GenerationService(aengine, app.state.metrics)
             app.state.generation = generation
@@ -94,6 +96,14 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.variants = VariantService(db, name)
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.openai = OpenAIService(generation, app.state.steering)
+            states = StateService(
+                aengine,
+                db,
+                settings.states_dir or settings.cache_dir / "states",
+                resolved.fingerprint,
+                settings.state_memory_bytes or settings.kv_cache_bytes // 2,
+            )
+            app.state.states = states
             if settings.warm_features:
                 delay = settings.warm_features_after
                 warmup = asyncio.create_task(_warm_features(features, delay))
@@ -101,6 +111,8 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         finally:
             if warmup is not None and not warmup.done():
                 warmup.cancel()
+            if states is not None:
+                await states.flush()
             if db is not None:
                 db.close()
             if engine is None:

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(32, description="Most sequences decoded in one step")
     max_num_batched_tokens: int = Field(4096, description="Most prompt tokens in one prefill")
 
+    states_dir: Path | None = Field(
+        None, description="KV state files: spilled and exported states (default: cache_dir/states)"
+    )
+    state_memory_bytes: int | None = Field(
+        None,
+        description="Most bytes of the KV pool that stored states hold; the least recently "
+        "used are spilled to disk past it (default: half of kv_cache_bytes)",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL for stored variants (default: sqlite in cache_dir)"
     )

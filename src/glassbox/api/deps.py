@@ -10,6 +10,7 @@ from glassbox.metrics import Metrics
 from glassbox.services.generation import GenerationService
 from glassbox.services.model_registry import ModelRegistry
 from glassbox.services.openai_compat import OpenAIService
+from glassbox.services.states import StateService
 from glassbox.services.steering import SteeringService
 from glassbox.services.variants import VariantService
 
@@ -43,4 +44,11 @@ GenerationDep = Annotated[GenerationService, Depends(generation_service)]
 RegistryDep = Annotated[ModelRegistry, Depends(model_registry)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
 VariantsDep = Annotated[VariantService, Depends(variant_service)]
+
+
+def state_service(request: Request) -> StateService:
+    return request.app.state.states
+
+
+StatesDep = Annotated[StateService, Depends(state_service)]
 SteeringDep = Annotated[SteeringService, Depends(steering_service)]

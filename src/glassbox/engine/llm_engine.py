@@ -219,13 +219,14 @@ class LLMEngine:
         keep = seq.params.keep_kv and reason != "abort" and seq.block_table
         if keep and seq.num_computed_tokens >= len(seq) - 1:
             kv = self.block_manager.hold(seq.token_ids, seq.block_table)
+        cached = seq.num_cached_tokens  # finishing frees the blocks and clears it
         self.scheduler.finish(seq, reason)
         detok = self.detokenizers.pop(seq.seq_id)
         del self.seqs[seq.seq_id]
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         return StepOutput(
             seq.seq_id, detok.take(final=True), tokens, infos, reason,
-            seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens, kv,
+            seq.num_prompt_tokens, seq.num_output_tokens, cached, kv,
         )  # fmt: skip
 
     # --- KV states: handles on computed KV (engine thread only) ---------------------------

@@ -1,6 +1,6 @@
 """Durable state in SQL: SQLite by default, PostgreSQL by URL (SQLAlchemy 2)."""
 
 from glassbox.store.db import Database
-from glassbox.store.models import Base, VariantRow
+from glassbox.store.models import Base, StateRow, VariantRow
 
-__all__ = ["Base", "Database", "VariantRow"]
+__all__ = ["Base", "Database", "StateRow", "VariantRow"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, String, Text
+from sqlalchemy import DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -32,3 +32,21 @@ class VariantRow(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class StateRow(Base):
+    """A KV state's record: its tokens (int32, little-endian), config, checkpoints and place
+    in the tree. The KV itself lives in the engine's pool or in the state's file."""
+
+    __tablename__ = "states"
+
+    state_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    parent_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    num_tokens: Mapped[int] = mapped_column(Integer)
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    config: Mapped[str] = mapped_column(Text, default="{}")
+    checkpoints: Mapped[str] = mapped_column(Text, default="{}")
+    meta: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,5 +1,12 @@
 """Thin routers: validate, resolve the model name, call a service."""
 
-from glassbox.api.routes import features, openai, system, tokenize, variants
+from glassbox.api.routes import features, openai, states, system, tokenize, variants
 
-routers = [openai.router, tokenize.router, features.router, variants.router, system.router]
+routers = [
+    openai.router,
+    tokenize.router,
+    features.router,
+    variants.router,
+    states.router,
+    system.router,
+]

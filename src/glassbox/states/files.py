@@ -1,0 +1,114 @@
+"""One file per state: its KV, tokens, config and the fingerprint of the model it belongs to.
+
+Format (`.gbstate`): a zstandard frame (with its content checksum) around a safetensors
+file holding `kv` [layers, tokens - 1, 2 * kv_heads, head_dim] and `token_ids` [tokens]; the
+safetensors metadata carries the format tag, the model fingerprint and the state's JSON
+record. Spilled states and exported states use the same format. Reading checks the frame's
+checksum, the header and every shape before anything is used, so a corrupted or truncated
+file is refused whole, never half-loaded. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import zstandard
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+FORMAT = "glassbox-state/1"
+SUFFIX = ".gbstate"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# KV in fp32 compresses little; level 3 is zstd's default balance of speed and size.
+_LEVEL = 3
+
+
+class StateFileError(ValueError):
+    """The file is not a usable state file (corrupted, truncated, wrong model or shape)."""
+
+
+@dataclass
+class StateFile:
+    fingerprint: str
+    token_ids: list[int]
+    kv: torch.Tensor
+    record: dict[str, Any]  # the state's metadata as it was written
+
+
+def encode(fingerprint: str, token_ids: list[int], kv: torch.Tensor, record: dict) -> bytes:
+    if kv.shape[1] != len(token_ids) - 1:
+        raise ValueError("the KV must cover every token but the last")
+    payload = st_save(
+        {"kv": kv.contiguous(), "token_ids": torch.tensor(token_ids, dtype=torch.int64)},
+        metadata={"format": FORMAT, "fingerprint": fingerprint, "record": json.dumps(record)},
+    )
+    return zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compress(payload)
+
+
+def decode(data: bytes) -> StateFile:
+    try:
+        payload = zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as exc:
+        raise StateFileError(f"not a state file, or a truncated or corrupted one ({exc})") from exc
+    try:
+        tensors = st_load(payload)
+        metadata = _metadata(payload)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        raise StateFileError(f"the state file's contents are damaged ({exc})") from exc
+    if metadata.get("format") != FORMAT or set(tensors) != {"kv", "token_ids"}:
+        raise StateFileError(f"not a {FORMAT} file")
+    kv, tokens = tensors["kv"], tensors["token_ids"]
+    n = tokens.numel()
+    if tokens.dim() != 1 or n < 1 or kv.dim() != 4 or kv.shape[1] != n - 1:
+        raise StateFileError("the state file's KV and tokens do not match")
+    try:
+        record = json.loads(metadata.get("record", "{}"))
+    except json.JSONDecodeError as exc:
+        raise StateFileError("the state file's record is damaged") from exc
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(k, {}), dict) for k in ("config", "checkpoints", "meta")
+    ):
+        raise StateFileError("the state file's record is not in the expected shape")
+    return StateFile(metadata.get("fingerprint", ""), tokens.tolist(), kv, record)
+
+
+def _metadata(payload: bytes) -> dict[str, str]:
+    """The safetensors header's `__metadata__` (safetensors.torch.load drops it)."""
+    n = int.from_bytes(payload[:8], "little")
+    if n <= 0 or 8 + n > len(payload):
+        raise ValueError("bad header size")
+    return json.loads(payload[8 : 8 + n]).get("__metadata__", {})
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write next to `path` and rename over it: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def safe_path(directory: Path, name: str) -> Path:
+    """`directory/name.gbstate`, for a plain name only: no separators, no `..`, no hidden
+    files, so a name can never reach outside `directory`."""
+    stem = name.removesuffix(SUFFIX)
+    if not _NAME.fullmatch(stem) or ".." in stem:
+        raise ValueError(
+            "a state file name is 1-128 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    root = directory.resolve()
+    path = (root / (stem + SUFFIX)).resolve()
+    if path.parent != root:
+        raise ValueError("the name must stay inside the state directory")
+    return path

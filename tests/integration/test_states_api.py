@@ -1,0 +1,261 @@
+"""/states and /generate/token against a live tiny server: the tree of states, generation
+that reuses a state's KV, spill and reload, restart, export and import."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from conftest import LiveServer, running, tiny_settings
+
+TEXT = "the quick brown fox jumps over the lazy dog and then the dog runs after the fox"
+
+
+def create(http: httpx.Client, text: str = TEXT, **config) -> dict:
+    r = http.post("/states", json={"text": text, "config": config})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def generate(http: httpx.Client, state_id: str, **kw) -> dict:
+    body = {"state_id": state_id, "max_tokens": 8, "temperature": 1.0, "seed": 3, **kw}
+    r = http.post("/generate/token", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def blocks_used(server: LiveServer) -> int:
+    return server.engine.stats()["kv_blocks_used"]
+
+
+def test_create_read_list_delete(tiny_server: LiveServer, http: httpx.Client) -> None:
+    s = create(http, temperature=0.5, seed=9)
+    assert s["object"] == "state" and s["parent_id"] is None and s["location"] == "memory"
+    assert s["num_tokens"] == len(s["token_ids"]) > 10 and TEXT in s["text"]
+    assert s["config"] == {"temperature": 0.5, "top_p": 1.0, "seed": 9}
+    assert s["bytes"] > 0 and s["created"] <= s["modified"]
+    got = http.get(f"/states/{s['id']}").json()
+    assert got["token_ids"] == s["token_ids"]
+
+    others = [create(http, f"state number {i}")["id"] for i in range(3)]
+    page = http.get("/states", params={"limit": 2, "after": s["id"]}).json()
+    assert [d["id"] for d in page["data"]] == others[:2] and page["has_more"]
+    rest = http.get("/states", params={"limit": 2, "after": page["last_id"]}).json()
+    assert rest["data"][0]["id"] == others[2]
+
+    assert http.delete(f"/states/{s['id']}").json() == {
+        "object": "state.deleted",
+        "id": s["id"],
+        "deleted": True,
+    }
+    for method, path in [("GET", f"/states/{s['id']}"), ("DELETE", f"/states/{s['id']}")]:
+        r = http.request(method, path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "state_not_found"
+    assert http.post("/generate/token", json={"state_id": "nope"}).status_code == 404
+
+
+def test_create_from_messages_and_bad_input(http: httpx.Client) -> None:
+    r = http.post("/states", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 201 and "hi" in r.json()["text"]
+    for body in [{}, {"text": ""}, {"text": "a", "messages": [{"role": "user", "content": "x"}]},
+                 {"text": "a", "config": {"temperature": -1}}, {"text": "a", "model_id": "x"}]:  # fmt: skip
+        r = http.post("/states", json=body)
+        assert r.status_code in (400, 404, 422), (body, r.text)
+        assert "error" in r.json()
+    r = http.post("/states", json={"text": "word " * 600})
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+
+
+def test_generation_reuses_the_state_and_repeats_with_a_seed(
+    tiny_server: LiveServer, http: httpx.Client
+) -> None:
+    s = create(http)
+    a = generate(http, s["id"])
+    b = generate(http, s["id"])
+    assert a["text"] == b["text"] and len(a["tokens"]) == 8
+    assert a["usage"] == {
+        "prompt_tokens": s["num_tokens"],
+        "completion_tokens": 8,
+        "cached_tokens": s["num_tokens"] - 1,  # only the last prompt token is computed
+    }
+    other = generate(http, s["id"], seed=4)
+    assert other["text"] != a["text"]
+    assert a["child_state_id"] is None
+
+
+def test_state_config_gives_the_sampling_defaults(http: httpx.Client) -> None:
+    s = create(http, temperature=0.0)
+    greedy = [generate(http, s["id"], temperature=None, seed=i)["text"] for i in range(3)]
+    assert len(set(greedy)) == 1
+
+
+def test_commit_makes_a_child_that_continues_the_generation(
+    tiny_server: LiveServer, http: httpx.Client
+) -> None:
+    s = create(http)
+    whole = generate(http, s["id"], max_tokens=10, temperature=0.0)
+    part = generate(http, s["id"], max_tokens=4, temperature=0.0, commit=True)
+    child = http.get(f"/states/{part['child_state_id']}").json()
+    assert child["parent_id"] == s["id"]
+    assert child["token_ids"] == s["token_ids"] + [t["token_id"] for t in part["tokens"]]
+    rest = generate(http, child["id"], max_tokens=6, temperature=0.0)
+    ids = [t["token_id"] for t in part["tokens"] + rest["tokens"]]
+    assert ids == [t["token_id"] for t in whole["tokens"]]
+    history = http.get(f"/states/{child['id']}/history").json()
+    assert [d["id"] for d in history["data"]] == [child["id"], s["id"]]
+
+
+def test_streaming_sends_one_event_per_token(http: httpx.Client) -> None:
+    s = create(http)
+    expected = generate(http, s["id"], logprobs=2)
+    body = {"state_id": s["id"], "max_tokens": 8, "seed": 3, "stream": True, "logprobs": 2}
+    events = []
+    with http.stream("POST", "/generate/token", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    tokens = [e for e in events if "token_id" in e]
+    assert [e["index"] for e in tokens] == list(range(8))
+    assert [e["token_id"] for e in tokens] == [t["token_id"] for t in expected["tokens"]]
+    assert all(len(e["top_logprobs"]) == 2 for e in tokens)
+    assert "".join(e.get("text", "") for e in events) == expected["text"]
+    assert events[-1]["finish_reason"] == "length" and events[-1]["usage"]["completion_tokens"] == 8
+
+
+def test_fork_shares_blocks_and_rollback_truncates(
+    tiny_server: LiveServer, http: httpx.Client
+) -> None:
+    s = create(http, temperature=0.0)
+    before = blocks_used(tiny_server)
+    fork = http.post(f"/states/{s['id']}/fork").json()
+    assert blocks_used(tiny_server) == before  # no block copied, none added
+    assert fork["parent_id"] == s["id"] and fork["token_ids"] == s["token_ids"]
+    assert generate(http, fork["id"])["text"] == generate(http, s["id"])["text"]
+
+    head = http.post(f"/states/{s['id']}/fork", json={"token_index": 5}).json()
+    assert head["token_ids"] == s["token_ids"][:5]
+
+    r = http.post(f"/states/{fork['id']}/checkpoints", json={"name": "start", "token_index": 6})
+    assert r.status_code == 200 and r.json()["checkpoints"] == {"start": 6}
+    r = http.post(f"/states/{fork['id']}/rollback", json={"checkpoint": "start"})
+    assert r.status_code == 200 and r.json()["token_ids"] == s["token_ids"][:6]
+    six = http.post(f"/states/{s['id']}/fork", json={"token_index": 6}).json()
+    assert generate(http, fork["id"])["text"] == generate(http, six["id"])["text"]
+    assert http.get(f"/states/{s['id']}").json()["token_ids"] == s["token_ids"]  # parent intact
+
+    for body, code in [({"token_index": 0}, 400), ({"token_index": 10_000}, 400),
+                       ({"checkpoint": "nope"}, 404), ({}, 400)]:  # fmt: skip
+        r = http.post(f"/states/{fork['id']}/rollback", json=body)
+        assert r.status_code == code, (body, r.text)
+
+
+def test_diff_and_merge(http: httpx.Client) -> None:
+    root = create(http, "one two three four five six seven")
+    a = generate(http, root["id"], max_tokens=3, commit=True, seed=1)["child_state_id"]
+    b = generate(http, root["id"], max_tokens=3, commit=True, seed=2)["child_state_id"]
+    d = http.get(f"/states/{a}/diff/{b}").json()
+    assert d["common_ancestor_id"] == root["id"]
+    n = d["common_prefix_tokens"]
+    sa, sb = (http.get(f"/states/{x}").json() for x in (a, b))
+    assert sa["token_ids"][:n] == sb["token_ids"][:n] and n >= root["num_tokens"]
+    assert d["a"]["token_ids"] == sa["token_ids"][n:] and d["b"]["token_ids"] == sb["token_ids"][n:]
+
+    r = http.post("/states/merge", json={"state_ids": [a, b]})
+    assert r.status_code == 201, r.text
+    m = r.json()
+    assert m["token_ids"] == sa["token_ids"] + sb["token_ids"][n:]
+    assert m["parent_id"] == root["id"] and m["metadata"]["merged_from"] == [a, b]
+    fresh = create(http, m["text"])  # the merged state continues like its text read cold
+    if fresh["token_ids"] == m["token_ids"]:
+        g1 = generate(http, m["id"], temperature=0.0)
+        assert g1["text"] == generate(http, fresh["id"], temperature=0.0)["text"]
+    assert http.post("/states/merge", json={"state_ids": [a]}).status_code == 400
+    assert http.post("/states/merge", json={"state_ids": [a, "nope"]}).status_code == 404
+
+
+def test_states_spill_over_budget_and_come_back(tiny_model_dir, tmp_path) -> None:
+    settings = tiny_settings(tiny_model_dir, tmp_path)
+    per_token = 2 * 2 * 2 * 16 * 4  # tiny model: layers * (K, V) * kv_heads * head_dim * fp32
+    settings.state_memory_bytes = 5 * settings.block_size * per_token  # 2 or 3 states
+    with running(settings) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
+        ids = [create(http, f"{TEXT} number {i}")["id"] for i in range(6)]
+        expected = {i: generate(http, i)["text"] for i in ids}
+        states = server.app.state.states
+        assert states.residency.bytes <= settings.state_memory_bytes
+        places = [http.get(f"/states/{i}").json()["location"] for i in ids]
+        assert "disk" in places and "memory" in places
+        spilled = next(i for i, p in zip(ids, places, strict=True) if p == "disk")
+        assert http.get(f"/states/{spilled}").json()["file_bytes"] > 0
+        for i in ids:  # every state still usable, identical after a trip to disk
+            assert generate(http, i)["text"] == expected[i]
+        assert states.residency.bytes <= settings.state_memory_bytes
+
+
+def test_states_survive_a_restart_and_export_import(tiny_model_dir, tmp_path) -> None:
+    settings = tiny_settings(tiny_model_dir, tmp_path)
+    with running(settings) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
+        s = create(http, seed=11)
+        child = generate(http, s["id"], commit=True)["child_state_id"]
+        expected = generate(http, child)["text"]
+        exported = http.post(f"/states/{child}/export", json={"name": "kept"}).json()
+        assert exported["name"] == "kept" and exported["bytes"] > 0
+        download = http.get(f"/states/{child}/export")
+        assert download.headers["content-type"] == "application/octet-stream"
+    with running(settings) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
+        got = http.get(f"/states/{child}").json()
+        assert got["location"] == "disk" and got["parent_id"] == s["id"]
+        assert generate(http, child)["text"] == expected
+        r = http.post("/states/import", json={"name": "kept"})
+        assert r.status_code == 201, r.text
+        imported = r.json()
+        assert imported["metadata"]["imported_from"] == child and imported["id"] != child
+        assert generate(http, imported["id"])["text"] == expected
+        r = http.post(
+            "/states/import",
+            content=download.content,
+            headers={"content-type": "application/octet-stream"},
+        )
+        assert r.status_code == 201 and generate(http, r.json()["id"])["text"] == expected
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda b: b[: len(b) // 2], lambda b: b[:100] + bytes([b[100] ^ 0xFF]) + b[101:],
+     lambda b: b"not a state file at all"],  # fmt: skip
+)
+def test_damaged_state_files_are_refused_whole(
+    tiny_server: LiveServer, http: httpx.Client, damage
+) -> None:
+    s = create(http)
+    data = http.get(f"/states/{s['id']}/export").content
+    before = len(http.get("/states", params={"limit": 100}).json()["data"])
+    blocks = blocks_used(tiny_server)
+    r = http.post(
+        "/states/import", content=damage(data), headers={"content-type": "application/octet-stream"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_state_file"
+    assert len(http.get("/states", params={"limit": 100}).json()["data"]) == before
+    assert blocks_used(tiny_server) == blocks
+
+
+def test_state_files_of_another_model_and_bad_names_are_refused(
+    tiny_server: LiveServer, http: httpx.Client
+) -> None:
+    from glassbox.states import files
+
+    s = create(http)
+    loaded = files.decode(http.get(f"/states/{s['id']}/export").content)
+    other = files.encode("f" * 64, loaded.token_ids, loaded.kv, loaded.record)
+    r = http.post(
+        "/states/import", content=other, headers={"content-type": "application/octet-stream"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_mismatch"
+    for name in ["../escape", "/etc/passwd", ".hidden", "a/b", "..", ""]:
+        r = http.post(f"/states/{s['id']}/export", json={"name": name})
+        assert r.status_code == 400, (name, r.text)
+        r = http.post("/states/import", json={"name": name})
+        assert r.status_code in (400, 404), (name, r.text)
+    r = http.post("/states/import", json={"name": "never-exported"})
+    assert r.status_code == 404
