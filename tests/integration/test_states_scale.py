@@ -1,0 +1,66 @@
+"""A thousand states of 500 tokens at once: the memory budget holds, the least recently used
+go to disk, and every one of them still continues exactly as it did when it was made."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from conftest import tiny_settings
+
+from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.llm_engine import LLMEngine
+from glassbox.engine.sequence import SamplingParams
+from glassbox.services.states import StateService
+from glassbox.store import Database
+
+NUM_STATES = 1000
+TOKENS = 500
+
+
+async def _first_token(states: StateService, state_id: str) -> int:
+    params = SamplingParams(max_tokens=1, temperature=1.0, seed=5)
+    async for out, _ in states.generate(state_id, params, commit=False):
+        return out.token_ids[0]
+    raise AssertionError("no output")
+
+
+@pytest.mark.slow
+def test_a_thousand_states_fit_the_budget_and_all_stay_usable(tiny_model_dir, tmp_path):
+    settings = tiny_settings(tiny_model_dir, tmp_path)
+    settings.max_model_len = 1024
+    llm, resolved = LLMEngine.from_settings(settings)
+    engine = AsyncLLMEngine(llm)
+    block_bytes = llm.model.config.kv_bytes_per_token() * llm.config.block_size
+    budget = 64 * (TOKENS // llm.config.block_size + 1) * block_bytes  # ~64 states resident
+    db = Database(f"sqlite:///{tmp_path / 'states.db'}")
+    states = StateService(engine, db, tmp_path / "states", resolved.fingerprint, budget)
+    rng = random.Random(0)
+    vocab = llm.tokenizer.hf.vocab_size
+
+    async def run() -> None:
+        ids, first = [], {}
+        for i in range(NUM_STATES):
+            tokens = [rng.randrange(vocab) for _ in range(TOKENS)]
+            s = await states.create(tokens, {})
+            ids.append(s.state_id)
+            if i % 50 == 0:  # a sample, continued while still in memory
+                first[s.state_id] = await _first_token(states, s.state_id)
+            assert states.residency.bytes <= budget
+            used, _ = llm.kv_usage()
+            assert used * block_bytes <= budget
+        on_disk = sum(states.location(i) == "disk" for i in ids)
+        assert on_disk >= NUM_STATES - 64 and len(states.residency) <= 64
+        for state_id in ids:  # every state comes back (most from disk) and continues
+            token = await _first_token(states, state_id)
+            if state_id in first:
+                assert token == first[state_id]
+            assert states.residency.bytes <= budget
+        assert len(list((tmp_path / "states").glob("*.gbstate"))) >= on_disk
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.shutdown()
+        db.close()
