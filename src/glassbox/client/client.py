@@ -36,17 +36,21 @@ def _body(**fields: Any) -> JSON:
 
 
 class Client:
-    """`async with Client("http://127.0.0.1:8000") as c: state = await c.create_state(...)`"""
+    """`async with Client("http://127.0.0.1:8000") as c: state = await c.create_state(...)`
+
+    `transport`: an httpx transport to use instead of the network (e.g. a MockTransport).
+    """
 
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000",
         api_key: str | None = None,
         timeout: float | httpx.Timeout = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
         )
 
     async def __aenter__(self) -> Self:
