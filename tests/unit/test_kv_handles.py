@@ -134,3 +134,30 @@ def test_prefill_kv_extends_a_prefix_and_reuses_its_blocks(engine):
     fresh = _run(engine, longer, _greedy(5))["token_ids"]
     assert _run(engine, longer, _greedy(5), ext)["token_ids"] == fresh
     bm.release(base)
+
+
+def test_a_continued_state_joins_the_decode_batch(engine):
+    """Its one token to compute is a decode step: no prefill runs, and the text does not
+    depend on what else is in the batch."""
+    handle = engine.prefill_kv(PROMPT)
+    alone = _run(engine, PROMPT, _seeded(6, 4), engine.block_manager.share(handle))
+    other = engine.add_request([9, 8, 7, 6, 5], _seeded(20, 1))
+    engine.step()  # the other sequence's prefill
+    steps = []
+    run = engine.runner.run
+
+    def recording_run(seqs, is_prefill, hook=None):
+        steps.append((is_prefill, {s.seq_id for s in seqs}))
+        return run(seqs, is_prefill, hook)
+
+    engine.runner.run = recording_run
+    seq = engine.add_request(PROMPT, _seeded(6, 4), engine.block_manager.share(handle))
+    tokens = []
+    while engine.has_work():
+        for o in engine.step():
+            if o.seq_id == seq.seq_id:
+                tokens += o.token_ids
+    assert steps[0] == (False, {other.seq_id, seq.seq_id})
+    assert not any(is_prefill for is_prefill, _ in steps)
+    assert tokens == alone["token_ids"]
+    engine.block_manager.release(handle)

@@ -199,7 +199,7 @@ class BlockManager:
 
     def can_append(self, seq: Sequence) -> bool:
         """Room for the KV of the token appended last (a new block when it starts one)."""
-        return self.num_free >= (1 if len(seq) % self.block_size == 1 else 0)
+        return self.num_free >= (1 if len(seq.block_table) < seq.num_blocks else 0)
 
     def may_append(self, seq: Sequence) -> None:
         """Called after `seq` grew by one token: add a block or register a filled one."""

@@ -177,7 +177,7 @@ class LLMEngine:
         self.stats.steps += 1
         outputs = []
         for row, (seq, token, info) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
-            if is_prefill:
+            if seq.num_output_tokens == 0:  # its prompt ran (a prefill, or a state's last token)
                 self.stats.prompt_tokens += seq.num_prompt_tokens
                 self.stats.prefix_cached_tokens += seq.num_cached_tokens
             seq.num_computed_tokens = len(seq)

@@ -36,7 +36,12 @@ class Scheduler:
             tokens += len(seq) - seq.num_cached_tokens
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()
-            scheduled.append(seq)
+            if len(seq) - seq.num_computed_tokens == 1:
+                # Only its last token to compute (a KV state continued): that is a decode
+                # step, so it joins the decode batch, and its kernels, instead of a prefill.
+                self.running.append(seq)
+            else:
+                scheduled.append(seq)
         if scheduled:
             self.running.extend(scheduled)
             return scheduled, True
