@@ -198,6 +198,13 @@ def test_states_spill_over_budget_and_come_back(tiny_model_dir, tmp_path) -> Non
             assert generate(http, i)["text"] == expected[i]
         assert states.residency.bytes <= settings.state_memory_bytes
 
+        spilled = next(i for i in ids if http.get(f"/states/{i}").json()["location"] == "disk")
+        path = settings.cache_dir / "states" / f"{spilled}.gbstate"
+        path.write_bytes(path.read_bytes()[:100])  # damaged on disk: recomputed from tokens
+        r = http.post("/generate/token", json={"state_id": spilled, "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert http.get(f"/states/{spilled}").json()["location"] == "memory"
+
 
 def test_states_survive_a_restart_and_export_import(tiny_model_dir, tmp_path) -> None:
     settings = tiny_settings(tiny_model_dir, tmp_path)

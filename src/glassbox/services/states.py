@@ -34,9 +34,12 @@ from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
+from glassbox.logs import get_logger
 from glassbox.states import files
 from glassbox.states.residency import Residency
 from glassbox.store import Database, StateRow
+
+log = get_logger(__name__)
 
 
 def _now() -> datetime:
@@ -218,11 +221,12 @@ class StateService:
         handle = self.residency.get(state.state_id)
         if handle is not None:
             return handle
+        loaded = None
         if state.state_id in self._on_disk:
-            data = await asyncio.to_thread(self._file(state.state_id).read_bytes)
-            loaded = await asyncio.to_thread(files.decode, data)
-            if loaded.token_ids != state.token_ids:
-                raise APIError(f"the file of state '{state.state_id}' is out of date", 500)
+            loaded = await asyncio.to_thread(self._read_file, state)
+            if loaded is None:
+                self._on_disk.discard(state.state_id)
+        if loaded is not None:
             call = lambda e: e.load_kv(state.token_ids, loaded.kv)  # noqa: E731
         else:
             call = lambda e: e.prefill_kv(state.token_ids)  # noqa: E731
@@ -232,6 +236,23 @@ class StateService:
             raise _engine_error(exc) from exc
         self.residency.add(state.state_id, handle)
         return handle
+
+    def _read_file(self, state: State) -> files.StateFile | None:
+        """The state's spilled KV, or None (then it is recomputed from its tokens) if the
+        file is gone, damaged, or not this state's."""
+        path = self._file(state.state_id)
+        try:
+            loaded = files.decode(path.read_bytes())
+        except (OSError, files.StateFileError) as exc:
+            log.warning("state file unusable; recomputing", state_id=state.state_id, error=str(exc))
+            loaded = None
+        if loaded is not None and (
+            loaded.token_ids != state.token_ids or loaded.fingerprint != self.fingerprint
+        ):
+            log.warning("state file does not match its record; recomputing",
+                        state_id=state.state_id)  # fmt: skip
+            loaded = None
+        return loaded
 
     async def _fit_budget(self, keep: str | None) -> None:
         """Spill the least recently used resident states until the rest fit the budget."""
