@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from glassbox.api.errors import APIError
 from glassbox.engine.async_engine import AsyncLLMEngine
@@ -149,8 +149,9 @@ class StateService:
         }
 
     def _insert(self, state: State) -> None:
-        with self.db.session() as s, s.begin():
-            s.add(StateRow(state_id=state.state_id, **self._row_values(state)))
+        # A Core insert: the ORM's unit of work costs more than the rest of a fork.
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(StateRow), {"state_id": state.state_id, **self._row_values(state)})
 
     def _update(self, *states: State) -> None:
         with self.db.session() as s, s.begin():
