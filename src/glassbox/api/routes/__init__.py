@@ -1,6 +1,6 @@
 """Thin routers: validate, resolve the model name, call a service."""
 
-from glassbox.api.routes import features, openai, states, system, tokenize, variants
+from glassbox.api.routes import analysis, features, openai, states, system, tokenize, variants
 
 routers = [
     openai.router,
@@ -8,5 +8,6 @@ routers = [
     features.router,
     variants.router,
     states.router,
+    analysis.router,
     system.router,
 ]
