@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
 
@@ -241,13 +241,33 @@ class Client:
         state_id: str,
         num_beams: int = 4,
         max_length: int = 16,
-        **options: Any,
+        length_penalty: float = 1.0,
+        num_beam_groups: int = 1,
+        diversity_penalty: float = 0.0,
+        no_repeat_ngram_size: int = 0,
+        early_stopping: bool | Literal["never"] = False,
+        num_return_sequences: int = 1,
+        commit: bool = False,
+        variant: JSON | None = None,
     ) -> JSON:
-        """Beam search from the state; `max_length` counts new tokens. `options` are the
-        request's other fields (length_penalty, num_beam_groups, diversity_penalty,
-        no_repeat_ngram_size, early_stopping, num_return_sequences, ...)."""
-        body = {"state_id": state_id, "num_beams": num_beams, "max_length": max_length}
-        return await self._json("POST", "/generate/beam", json=body | options)
+        """Beam search from the state (Hugging Face `generate(num_beams=...)` semantics):
+        {"beams": [{"text", "token_ids", "score", "finish_reason", "group"}] best first,
+        "child_state_id", "usage"}. `max_length` counts new tokens only; `commit` stores
+        the best beam as a child state."""
+        body = _body(
+            state_id=state_id,
+            num_beams=num_beams,
+            max_length=max_length,
+            length_penalty=length_penalty,
+            num_beam_groups=num_beam_groups,
+            diversity_penalty=diversity_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences,
+            commit=commit,
+            variant=variant,
+        )
+        return await self._json("POST", "/generate/beam", json=body)
 
     # --- analysis -----------------------------------------------------------------------
 
