@@ -1,6 +1,15 @@
 """Thin routers: validate, resolve the model name, call a service."""
 
-from glassbox.api.routes import analysis, features, openai, states, system, tokenize, variants
+from glassbox.api.routes import (
+    analysis,
+    beam,
+    features,
+    openai,
+    states,
+    system,
+    tokenize,
+    variants,
+)
 
 routers = [
     openai.router,
@@ -9,5 +18,6 @@ routers = [
     variants.router,
     states.router,
     analysis.router,
+    beam.router,
     system.router,
 ]
