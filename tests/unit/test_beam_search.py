@@ -9,7 +9,14 @@ import torch
 from glassbox.engine.beam_search import BeamSearch, BeamSearchParams
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
-from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
+from glassbox.steering.plan import (
+    Direction,
+    ResolvedCondition,
+    ResolvedEdit,
+    ResolvedGroup,
+    ResolvedScope,
+    SteeringPlan,
+)
 
 PROMPT = [301, 381, 376, 364, 17, 99, 42, 7, 61, 23]  # KV of 9 tokens: 2 full blocks + 1
 
@@ -184,6 +191,33 @@ def test_a_steered_search_runs_every_beam_under_the_plan(engine, tiny_model):
                 logprobs += [lp.logprob for lp in out.logprobs]
     assert one.token_ids == tokens
     assert one.score == pytest.approx(sum(logprobs) / len(tokens), abs=1e-4)
+    assert engine.block_manager.num_free == free0
+
+
+def test_beams_a_scope_aborts_end_as_hypotheses(engine, tiny_model):
+    hidden = tiny_model.config.hidden_size
+    w = torch.randn(hidden, generator=torch.Generator().manual_seed(5))
+    d = Direction("d", 0, w / w.norm(), 0.0, w)
+    captured, _ = engine.capture([PROMPT], {0})
+    # abort a beam when its newest token reads higher on d than the state's last token did
+    threshold = float(captured[0][0][-1] @ d.read) + 1e-3
+    when = ResolvedGroup("&", (ResolvedCondition(d, ">", threshold),))
+    plan = SteeringPlan([], [ResolvedScope(0, when, (), abort=True)])
+    free0 = engine.block_manager.num_free
+    params = BeamSearchParams(3, 8, num_return_sequences=3, steering=plan, keep_kv=True)
+    search = _search(engine, params)
+    aborted = [h for h in search.hypotheses if h.finish_reason == "steering_abort"]
+    assert aborted and all(h.token_ids for h in aborted)
+    for h in aborted:  # ended by its last token: the first token past the threshold
+        acts = engine.capture([PROMPT + h.token_ids], {0})[0][0][0][len(PROMPT) :] @ d.read
+        assert float(acts[-1]) > threshold and bool((acts[:-1] <= threshold).all())
+    engine.block_manager.release(search.take_kv())
+    assert engine.block_manager.num_free == free0
+
+    always = ResolvedScope(0, ResolvedGroup("|", (ResolvedCondition(d, ">", -1e9),)), (), True)
+    params = BeamSearchParams(3, 8, steering=SteeringPlan([], [always]), keep_kv=True)
+    search = _search(engine, params)  # aborted before its first token: nothing to return
+    assert search.hypotheses == [] and search.take_kv() is None
     assert engine.block_manager.num_free == free0
 
 
