@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from glassbox.engine.block_manager import BlockManager
 from glassbox.engine.sequence import SamplingParams, Sequence
+from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
 
 BS = 4
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
@@ -145,3 +147,24 @@ def test_out_of_blocks_preempts_and_the_preempted_sequence_completes_unchanged(m
     assert [g["token_ids"] for g in got] == [e["token_ids"] for e in expected]
     assert [g["finish_reason"] for g in got] == ["length"] * 3
     assert small.block_manager.num_used == 0
+
+
+def test_steered_kv_never_enters_or_comes_from_the_prefix_cache(engine):
+    """KV computed under a variant is not what the plain model computes: a steered run
+    must not leave blocks that an unsteered one reuses, nor reuse the plain model's."""
+    hidden = engine.model.config.hidden_size
+    write = torch.randn(hidden, generator=torch.Generator().manual_seed(1)) * 4
+    direction = Direction("d", 0, read=write / 4, read_bias=0.0, write=write)
+    plan = SteeringPlan([ResolvedEdit(direction, "nudge", 2.0)])
+    steered = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, steering=plan)
+    prompt = list(range(3, 22))
+    cold = engine.generate([prompt], GREEDY)[0]["token_ids"]
+    hits = engine.block_manager.prefix_hits
+    engine.generate([prompt], steered)  # the plain model's blocks are cached now
+    assert engine.block_manager.prefix_hits == hits
+
+    fresh = engine.block_manager.__class__(engine.block_manager.num_blocks, BS)
+    engine.block_manager = engine.scheduler.block_manager = fresh  # an empty cache
+    engine.generate([prompt], steered)
+    assert fresh.hash_to_block == {}
+    assert engine.generate([prompt], GREEDY)[0]["token_ids"] == cold

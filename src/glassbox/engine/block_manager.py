@@ -112,14 +112,16 @@ class BlockManager:
         (unless `use_cache` is off: activation capture needs every position computed).
 
         The block holding the last token is never taken from the cache: that token must be
-        computed to produce the logits of the next one.
+        computed to produce the logits of the next one. A steered sequence neither reuses
+        cached blocks nor registers its own: its KV is not what the plain model computes.
         """
         assert not seq.block_table
         if seq.prefix is not None:
             self._allocate_from(seq, seq.prefix)
             return
         prefix_hash: int | None = None
-        cache_miss = not use_cache
+        steered = _steered(seq)
+        cache_miss = not use_cache or steered
         last_full = (len(seq) - 1) // self.block_size  # blocks before this one are reusable
         for i in range(seq.num_blocks):
             tokens = seq.block_tokens(i)
@@ -143,7 +145,7 @@ class BlockManager:
             else:
                 cache_miss = True
                 block = self._take()
-                if full:
+                if full and not steered:
                     self._register(block, prefix_hash, tokens)
             prefix_hash = block.hash
             seq.block_table.append(block.block_id)
@@ -206,9 +208,14 @@ class BlockManager:
         n = len(seq)
         if n % self.block_size == 1 and len(seq.block_table) < seq.num_blocks:
             seq.block_table.append(self._take().block_id)
-        elif n % self.block_size == 0:
+        elif n % self.block_size == 0 and not _steered(seq):
             i = n // self.block_size - 1
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:
                 prev = self.blocks[seq.block_table[i - 1]].hash if i > 0 else None
                 self._register(block, prev, seq.block_tokens(i))
+
+
+def _steered(seq: Sequence) -> bool:
+    plan = seq.params.steering
+    return plan is not None and not plan.is_empty
