@@ -126,6 +126,25 @@ async def test_generate_stream_commit_diff_merge(c: Client) -> None:
     assert merged["metadata"]["merged_from"] == [streamed_child["id"], other]
 
 
+async def test_beam(c: Client) -> None:
+    s = await c.create_state(text=TEXT)
+    out = await c.beam(s["id"], num_beams=4, max_length=5, num_return_sequences=2, commit=True)
+    assert out["object"] == "beam_search" and len(out["beams"]) == 2
+    assert out["beams"][0]["score"] >= out["beams"][1]["score"]
+    child = await c.get_state(out["child_state_id"])
+    assert child["token_ids"] == s["token_ids"] + out["beams"][0]["token_ids"]
+    diverse = await c.beam(
+        s["id"], num_beams=4, max_length=4, num_beam_groups=2, diversity_penalty=1.0,
+        num_return_sequences=4, length_penalty=0.5, no_repeat_ngram_size=2, early_stopping=True,
+    )  # fmt: skip
+    assert {b["group"] for b in diverse["beams"]} == {0, 1}
+    with pytest.raises(GlassboxError) as info:
+        await c.beam(s["id"], num_beams=3, num_beam_groups=2)
+    assert info.value.status == 400
+    with pytest.raises(NotFoundError):
+        await c.beam("nope")
+
+
 async def test_export_and_import(c: Client) -> None:
     s = await c.create_state(text=TEXT, config={"seed": 11})
     expected = (await c.generate(s["id"], max_tokens=6))["text"]
