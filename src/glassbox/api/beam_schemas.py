@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, StrictBool, model_validator
 
-from glassbox.api.schemas import _Request
+from glassbox.api.state_schemas import VariantFields
 from glassbox.engine.beam_search import BeamSearchParams
 from glassbox.steering.plan import SteeringPlan
 
 MAX_BEAMS = 32  # every beam is a row of each step's batch and holds its own KV block
 
 
-class BeamSearchRequest(_Request):
+class BeamSearchRequest(VariantFields):
     state_id: str
     num_beams: int = Field(4, ge=1, le=MAX_BEAMS)
     max_length: int = Field(
@@ -30,16 +30,9 @@ class BeamSearchRequest(_Request):
     early_stopping: StrictBool | Literal["never"] = False
     num_return_sequences: int = Field(1, ge=1, description="Beams returned, best first")
     commit: bool = Field(False, description="Store the best beam as a child state")
-    variant: dict[str, Any] | None = Field(None, description="Inline variant (Ember JSON)")
-    session_id: str | None = None
-    variant_id: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> BeamSearchRequest:
-        if self.variant is not None and self.session_id is not None:
-            raise ValueError("give either 'variant' or 'session_id', not both")
-        if self.variant_id is not None and self.session_id is None:
-            raise ValueError("'variant_id' needs 'session_id'")
         self.search_params(None)  # the rules between fields, as a 400 before any work
         return self
 

@@ -131,7 +131,23 @@ class ImportRequest(_Request):
     name: str = Field(description="A file previously exported to the export directory")
 
 
-class GenerateTokenRequest(_Request):
+class VariantFields(_Request):
+    """The variant a generation from a state runs under, if any."""
+
+    variant: dict[str, Any] | None = Field(None, description="Inline variant (Ember JSON)")
+    session_id: str | None = None
+    variant_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_variant(self) -> VariantFields:
+        if self.variant is not None and self.session_id is not None:
+            raise ValueError("give either 'variant' or 'session_id', not both")
+        if self.variant_id is not None and self.session_id is None:
+            raise ValueError("'variant_id' needs 'session_id'")
+        return self
+
+
+class GenerateTokenRequest(VariantFields):
     state_id: str
     max_tokens: int = Field(16, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -141,18 +157,11 @@ class GenerateTokenRequest(_Request):
     stream: bool = False
     commit: bool = Field(False, description="Store prompt + output as a child state")
     logprobs: int | None = Field(None, ge=0, le=20, description="Top alternatives per token")
-    variant: dict[str, Any] | None = Field(None, description="Inline variant (Ember JSON)")
-    session_id: str | None = None
-    variant_id: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> GenerateTokenRequest:
         if any(s == "" for s in self.stop_sequences):
             raise ValueError("'stop_sequences' entries must not be empty")
-        if self.variant is not None and self.session_id is not None:
-            raise ValueError("give either 'variant' or 'session_id', not both")
-        if self.variant_id is not None and self.session_id is None:
-            raise ValueError("'variant_id' needs 'session_id'")
         return self
 
 
