@@ -1,4 +1,6 @@
-"""The `glassbox` command: `serve` runs the HTTP server, `chat` asks one question.
+"""The `glassbox` command: `serve` runs the HTTP server, `chat` asks one question,
+`features build` (re)builds the concept vectors, `states` lists, shows, deletes, exports
+and imports the KV states of a running server.
 
 Flags given on the command line override GLASSBOX_* environment variables (they are passed
 to Settings as init arguments, which pydantic-settings ranks above the environment).
@@ -10,6 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from glassbox.config import Settings
@@ -76,7 +79,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--layer", type=int, help="decoder layer (default: the middle one)")
     _add_model_flags(build)
+
+    states = sub.add_parser("states", help="KV states of a running server")
+    states.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
+    states_sub = states.add_subparsers(dest="states_command", required=True)
+    states_sub.add_parser("list", help="every state: id, parent, tokens, where its KV is")
+    for name, what in [("show", "one state as JSON"), ("delete", "forget a state")]:
+        states_sub.add_parser(name, help=what).add_argument("state_id")
+    export = states_sub.add_parser("export", help="download a state to a local file")
+    export.add_argument("state_id")
+    export.add_argument("file", type=Path)
+    load = states_sub.add_parser("import", help="upload a local state file as a new state")
+    load.add_argument("file", type=Path)
     return parser
+
+
+def states_command(args: argparse.Namespace) -> int:
+    from glassbox.client import Client, GlassboxError
+
+    async def run() -> None:
+        async with Client(args.url) as c:
+            if args.states_command == "list":
+                async for s in c.iter_states():
+                    print(f"{s['id']}  parent={s['parent_id'] or '-':32}  "
+                          f"{s['num_tokens']:6d} tokens  {s['location']}")  # fmt: skip
+            elif args.states_command == "show":
+                print(json.dumps(await c.get_state(args.state_id), indent=2))
+            elif args.states_command == "delete":
+                await c.delete_state(args.state_id)
+                print(f"deleted {args.state_id}")
+            elif args.states_command == "export":
+                data = await c.download_state(args.state_id)
+                args.file.write_bytes(data)
+                print(f"{args.state_id} -> {args.file} ({len(data)} bytes)")
+            else:
+                state = await c.import_state(data=args.file.read_bytes())
+                print(f"{args.file} -> {state['id']} ({state['num_tokens']} tokens)")
+
+    try:
+        asyncio.run(run())
+    except (GlassboxError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def features_build(args: argparse.Namespace) -> int:
@@ -199,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "features":
         return features_build(args)
+    if args.command == "states":
+        return states_command(args)
     if args.url:
         return _chat_remote(args)
     return _chat_local(args)

@@ -1,6 +1,9 @@
-"""The glassbox command line: `features build` and `chat` in-process."""
+"""The glassbox command line: `features build` and `chat` in-process, `states` against a
+live server."""
 
 from __future__ import annotations
+
+import json
 
 from glassbox.cli import main
 from glassbox.features.concepts import load_concept_data
@@ -25,3 +28,21 @@ def test_chat_in_process_streams_an_answer(tiny_model_dir, tmp_path, monkeypatch
     args = ["chat", "Hello", "--model", str(tiny_model_dir), "--dtype", "float32"]
     assert main([*args, "--max-tokens", "5", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_states_commands_against_a_live_server(tiny_server, http, tmp_path, capsys):
+    state = http.post("/states", json={"text": "a state for the command line"}).json()
+    url = ["states", "--url", tiny_server.base_url]
+    assert main([*url, "list"]) == 0
+    assert state["id"] in capsys.readouterr().out
+    assert main([*url, "show", state["id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == state["token_ids"]
+    path = tmp_path / "kept.gbstate"
+    assert main([*url, "export", state["id"], str(path)]) == 0 and path.stat().st_size > 0
+    assert main([*url, "import", str(path)]) == 0
+    new_id = capsys.readouterr().out.split("-> ")[-1].split()[0]
+    assert http.get(f"/states/{new_id}").json()["token_ids"] == state["token_ids"]
+    assert main([*url, "delete", new_id]) == 0
+    assert http.get(f"/states/{new_id}").status_code == 404
+    assert main([*url, "show", new_id]) == 1
+    assert "404" in capsys.readouterr().err
