@@ -49,6 +49,8 @@ class Residency:
     def victims(self, keep: str | None = None) -> list[str]:
         """The least recently used states to spill, oldest first, until the rest fits the
         budget. `keep` (the state in use) goes last, only if it alone is over budget."""
+        if self.bytes <= self.budget_bytes:
+            return []
         blocks = Counter(self._blocks)
         chosen = []
         order = [s for s in self._handles if s != keep] + ([keep] if keep in self else [])
