@@ -92,3 +92,31 @@ def test_glassbox_serve_answers_within_10_seconds(bundled_cache: Path, tmp_path:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_a_state_exported_and_imported_after_a_restart_continues_identically(
+    bundled_cache: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        model="bundled",
+        states_dir=tmp_path / "states",
+        database_url=f"sqlite:///{tmp_path / 'glassbox.db'}",
+        warm_features=False,
+    )
+    story = {"role": "user", "content": "Tell me a short story about a lighthouse keeper."}
+    body = {"max_tokens": 32, "temperature": 0.8, "seed": 1234}
+    with serve_in_thread(create_app(settings), startup_timeout=600) as url:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            state = http.post("/states", json={"messages": [story]}).json()
+            before = http.post("/generate/token", json={"state_id": state["id"], **body}).json()
+            data = http.get(f"/states/{state['id']}/export").content
+    with serve_in_thread(create_app(settings), startup_timeout=600) as url:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            r = http.post(
+                "/states/import", content=data, headers={"content-type": "application/octet-stream"}
+            )
+            assert r.status_code == 201, r.text
+            after = http.post("/generate/token", json={"state_id": r.json()["id"], **body}).json()
+            kept = http.post("/generate/token", json={"state_id": state["id"], **body}).json()
+    assert len(before["tokens"]) == 32
+    assert after["text"] == before["text"] and kept["text"] == before["text"]
