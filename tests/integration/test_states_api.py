@@ -275,3 +275,23 @@ def test_state_files_of_another_model_and_bad_names_are_refused(
         assert r.status_code in (400, 404), (name, r.text)
     r = http.post("/states/import", json={"name": "never-exported"})
     assert r.status_code == 404
+
+
+def test_stop_sequences_and_a_variant(http: httpx.Client) -> None:
+    s = create(http)
+    free = generate(http, s["id"], max_tokens=16, temperature=0.0)
+    cut = free["text"][len(free["text"]) // 2 :][:3]
+    stopped = generate(http, s["id"], max_tokens=16, temperature=0.0, stop_sequences=[cut])
+    assert stopped["finish_reason"] == "stop"
+    assert stopped["text"] == free["text"][: free["text"].index(cut)]
+
+    r = http.post("/features/search", json={"query": "pirate", "session_id": "states"})
+    assert r.status_code == 200, r.text
+    f = r.json()[0]
+    edit = {"feature_id": f["uuid"], "feature_label": f["label"],
+            "index_in_sae": f["index_in_sae"], "value": 1.0}  # fmt: skip
+    variant = {"base_model": "tiny-llama", "edits": [edit], "scopes": []}
+    steered = generate(http, s["id"], max_tokens=16, temperature=0.0, variant=variant)
+    assert steered["tokens"] != free["tokens"]
+    again = generate(http, s["id"], max_tokens=16, temperature=0.0)
+    assert again["tokens"] == free["tokens"]  # the state itself is untouched by the variant
