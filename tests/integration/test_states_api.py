@@ -7,6 +7,7 @@ import json
 
 import httpx
 import pytest
+import zstandard
 from conftest import LiveServer, running, tiny_settings
 
 TEXT = "the quick brown fox jumps over the lazy dog and then the dog runs after the fox"
@@ -275,6 +276,15 @@ def test_state_files_of_another_model_and_bad_names_are_refused(
         assert r.status_code in (400, 404), (name, r.text)
     r = http.post("/states/import", json={"name": "never-exported"})
     assert r.status_code == 404
+
+    limit = tiny_server.app.state.states.max_file_bytes
+    r = http.post("/states/import", content=b"x" * (limit + 1),
+                  headers={"content-type": "application/octet-stream"})  # fmt: skip
+    assert r.status_code == 413
+    huge = zstandard.ZstdCompressor().compress(b"\0" * (limit + 1))  # a decompression bomb
+    r = http.post("/states/import", content=huge,
+                  headers={"content-type": "application/octet-stream"})  # fmt: skip
+    assert r.status_code == 400 and "more than a state" in r.json()["error"]["message"]
 
 
 def test_stop_sequences_and_a_variant(http: httpx.Client) -> None:

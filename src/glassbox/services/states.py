@@ -111,6 +111,8 @@ class StateService:
         llm = engine.engine
         self.kv_bytes_per_token = llm.model.config.kv_bytes_per_token()
         self.residency = Residency(budget_bytes, self.kv_bytes_per_token * llm.config.block_size)
+        # The largest state file this model can have: KV and ids of a full context, a header.
+        self.max_file_bytes = llm.config.max_model_len * (self.kv_bytes_per_token + 8) + 2**20
         self._states: dict[str, State] = {}
         self._on_disk: set[str] = set()  # states whose file holds their current KV
         self._writes: deque[tuple[Callable[..., None], tuple]] = deque()
@@ -535,7 +537,7 @@ class StateService:
         """A new state from a state file: refused whole if it is damaged or belongs to
         another model."""
         try:
-            loaded = await asyncio.to_thread(files.decode, data)
+            loaded = await asyncio.to_thread(files.decode, data, self.max_file_bytes)
         except files.StateFileError as exc:
             raise APIError(str(exc), 400, param="file", code="invalid_state_file") from exc
         if loaded.fingerprint != self.fingerprint:

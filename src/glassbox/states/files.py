@@ -52,8 +52,18 @@ def encode(fingerprint: str, token_ids: list[int], kv: torch.Tensor, record: dic
     return zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compress(payload)
 
 
-def decode(data: bytes) -> StateFile:
+def decode(data: bytes, max_payload: int | None = None) -> StateFile:
+    """Read a state file; `max_payload` bounds its decompressed size (checked from the
+    frame header before anything is allocated)."""
     try:
+        size = zstandard.frame_content_size(data)
+        if size < 0:
+            raise StateFileError("not a state file: its frame does not declare its size")
+        if max_payload is not None and size > max_payload:
+            raise StateFileError(
+                f"the state file holds {size} bytes, more than a state of this model can "
+                f"({max_payload})"
+            )
         payload = zstandard.ZstdDecompressor().decompress(data)
     except zstandard.ZstdError as exc:
         raise StateFileError(f"not a state file, or a truncated or corrupted one ({exc})") from exc

@@ -36,7 +36,6 @@ from glassbox.models.tokenizer import ChatTemplateError
 from glassbox.services.states import State, StateService
 
 router = APIRouter(tags=["states"])
-_MAX_IMPORT_BYTES = 4 * 1024**3
 
 
 def state_object(states: StateService, s: State, model: str) -> StateObject:
@@ -127,13 +126,25 @@ async def import_state(request: Request, states: StatesDep, models: RegistryDep)
             raise APIError(f"invalid import request: {exc}", 400) from exc
         state = await states.import_file(req.name)
     else:
-        data = await request.body()
-        if not data:
-            raise APIError("the request body is empty: send the state file", 400, param="file")
-        if len(data) > _MAX_IMPORT_BYTES:
-            raise APIError("the state file is too large", 413, param="file")
-        state = await states.import_bytes(data)
+        state = await states.import_bytes(await _body(request, states.max_file_bytes))
     return state_object(states, state, models.served_name)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it outgrows `limit`."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(
+                f"the state file is larger than a state of this model can be ({limit} bytes)",
+                413,
+                param="file",
+            )
+        chunks.append(chunk)
+    if not size:
+        raise APIError("the request body is empty: send the state file", 400, param="file")
+    return b"".join(chunks)
 
 
 @router.post("/states/{state_id}/fork", response_model=StateObject, status_code=201)
