@@ -232,6 +232,12 @@ def test_states_survive_a_restart_and_export_import(tiny_model_dir, tmp_path) ->
             headers={"content-type": "application/octet-stream"},
         )
         assert r.status_code == 201 and generate(http, r.json()["id"])["text"] == expected
+        assert {"name": "kept", "bytes": exported["bytes"]} in http.get("/states/exports").json()[
+            "data"
+        ]
+        assert http.delete("/states/exports/kept").status_code == 204
+        assert http.delete("/states/exports/kept").status_code == 404
+        assert http.post("/states/import", json={"name": "kept"}).status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,16 @@ class ExportResult(BaseModel):
     bytes: int
 
 
+class ExportFile(BaseModel):
+    name: str
+    bytes: int
+
+
+class ExportList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ExportFile]
+
+
 class ImportRequest(_Request):
     name: str = Field(description="A file previously exported to the export directory")
 

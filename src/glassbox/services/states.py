@@ -527,6 +527,20 @@ class StateService:
         except ValueError as exc:
             raise APIError(str(exc), 400, param="name") from exc
 
+    def exported(self) -> list[tuple[str, int]]:
+        """The files in the export directory: (name, bytes), by name."""
+        if not self.exports.is_dir():
+            return []
+        return sorted(
+            (p.stem, p.stat().st_size) for p in self.exports.glob(f"*{files.SUFFIX}") if p.is_file()
+        )
+
+    def delete_export(self, name: str) -> None:
+        path = self._named(name)
+        if not path.is_file():
+            raise APIError(f"No exported state named '{name}'", 404, param="name")
+        path.unlink()
+
     async def import_file(self, name: str) -> State:
         path = self._named(name)
         if not path.is_file():

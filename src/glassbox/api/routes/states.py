@@ -12,6 +12,8 @@ from glassbox.api.deps import RegistryDep, StatesDep, SteeringDep
 from glassbox.api.errors import APIError
 from glassbox.api.state_schemas import (
     CheckpointRequest,
+    ExportFile,
+    ExportList,
     ExportRequest,
     ExportResult,
     ForkRequest,
@@ -97,6 +99,19 @@ def list_states(
     page, more = states.list(limit, after, parent_id)
     data = [state_summary(states, s) for s in page]
     return StateList(data=data, has_more=more, last_id=data[-1].id if data else None)
+
+
+# Before /states/{state_id}: "exports" is not a state id.
+@router.get("/states/exports", response_model=ExportList)
+def list_exports(states: StatesDep) -> ExportList:
+    """The state files in the export directory (what `POST /states/import` can name)."""
+    return ExportList(data=[ExportFile(name=n, bytes=b) for n, b in states.exported()])
+
+
+@router.delete("/states/exports/{name}", status_code=204)
+def delete_export(name: str, states: StatesDep) -> Response:
+    states.delete_export(name)
+    return Response(status_code=204)
 
 
 @router.get("/states/{state_id}", response_model=StateObject)
