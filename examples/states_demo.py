@@ -83,6 +83,7 @@ async def _walk(c: Client, png: Path, created: list[str]) -> None:
     created.append(by_bytes["id"])
     print(f"export: {exported['name']} ({exported['bytes']} bytes)")
     print(f"import: by name as {by_name['id']}, from downloaded bytes as {by_bytes['id']}")
+    await c.delete_export(exported["name"])
     texts = {
         (await c.generate(s, max_tokens=8, temperature=0.0))["text"]
         for s in (child_id, by_name["id"], by_bytes["id"])

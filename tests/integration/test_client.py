@@ -156,7 +156,15 @@ async def test_export_and_import(c: Client) -> None:
     for copy in (by_name, by_bytes):
         assert copy["metadata"]["imported_from"] == s["id"] and copy["id"] != s["id"]
         assert (await c.generate(copy["id"], max_tokens=6))["text"] == expected
-    assert (await c.export_state(s["id"]))["bytes"] > 0  # the server names the file
+    named = await c.export_state(s["id"])  # the server names the file
+    assert named["bytes"] > 0
+    names = {e["name"] for e in await c.list_exports()}
+    assert {"client-test", named["name"]} <= names
+    for name in ("client-test", named["name"]):
+        await c.delete_export(name)
+    assert not {"client-test", named["name"]} & {e["name"] for e in await c.list_exports()}
+    with pytest.raises(NotFoundError):
+        await c.delete_export("client-test")
 
 
 async def test_analysis(c: Client, tiny_server: LiveServer) -> None:

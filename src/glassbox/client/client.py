@@ -149,6 +149,13 @@ class Client:
         """Write the state to a file in the server's export directory: {"name", "bytes"}."""
         return await self._json("POST", f"/states/{state_id}/export", json=_body(name=name))
 
+    async def list_exports(self) -> list[JSON]:
+        """The files in the server's export directory: [{"name", "bytes"}]."""
+        return (await self._json("GET", "/states/exports"))["data"]
+
+    async def delete_export(self, name: str) -> None:
+        await self._request("DELETE", f"/states/exports/{name}")
+
     async def download_state(self, state_id: str) -> bytes:
         """The state file's bytes (for `import_state(data=...)`, here or on another server)."""
         return (await self._request("GET", f"/states/{state_id}/export")).content
