@@ -152,6 +152,7 @@ class BeamSearch:
             logits, aborted = self.engine.runner.run(batch, False)
             for seq in batch:
                 seq.num_computed_tokens = len(seq)
+            self.engine.stats.generation_tokens += len(batch)  # every beam's next token
             rows = {seq.seq_id: i for i, seq in enumerate(batch)}
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             chosen: list[int] = []  # tokens the running beams of earlier groups chose now
@@ -212,6 +213,8 @@ class BeamSearch:
         self._bm.allocate(seq)
         self._bm.release(handle)
         seq.prefix = None
+        self.engine.stats.prompt_tokens += len(seq)
+        self.engine.stats.prefix_cached_tokens += seq.num_cached_tokens
         self._live = [seq]
         for group in self._groups:
             group.beams = [_Beam(seq, 0.0)]
