@@ -270,8 +270,11 @@ def test_a_state_that_fills_the_context_is_refused_and_released(make_engine):
 
 
 def test_searches_count_in_the_engine_stats(engine):
+    handle = engine.prefill_kv(PROMPT)
     before = (engine.stats.prompt_tokens, engine.stats.generation_tokens)
-    _search(engine, BeamSearchParams(num_beams=3, max_new_tokens=4))
+    search = BeamSearch(engine, handle, BeamSearchParams(num_beams=3, max_new_tokens=4))
+    while not search.step():
+        pass
     assert engine.stats.prompt_tokens - before[0] == len(PROMPT)
     # the first step runs the one starting beam, each later one at most every beam
     assert 1 <= engine.stats.generation_tokens - before[1] <= 1 + 3 * 3
