@@ -3,6 +3,7 @@ that reuses a state's KV, spill and reload, restart, export and import."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -311,3 +312,46 @@ def test_stop_sequences_and_a_variant(http: httpx.Client) -> None:
     assert steered["tokens"] != free["tokens"]
     again = generate(http, s["id"], max_tokens=16, temperature=0.0)
     assert again["tokens"] == free["tokens"]  # the state itself is untouched by the variant
+
+
+async def test_concurrent_use_of_one_state_leaks_no_blocks(tiny_model_dir, tmp_path) -> None:
+    """Generations (committed or not, some abandoned), forks, rollbacks and deletes of one
+    state's family at once; once every state is deleted the pool is back where it began."""
+    settings = tiny_settings(tiny_model_dir, tmp_path)
+    with running(settings) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+            baseline = blocks_used(server)
+            root = (await http.post("/states", json={"text": TEXT})).json()["id"]
+
+            async def gen(i: int) -> str | None:
+                body = {"state_id": root, "max_tokens": 6 + i % 5, "seed": i, "commit": i % 2 == 0}
+                r = await http.post("/generate/token", json=body)
+                assert r.status_code == 200, r.text
+                return r.json()["child_state_id"]
+
+            async def fork(i: int) -> str:
+                r = await http.post(f"/states/{root}/fork", json={"token_index": 3 + i})
+                assert r.status_code == 201, r.text
+                child = r.json()["id"]
+                r = await http.post(f"/states/{child}/rollback", json={"token_index": 2})
+                assert r.status_code == 200, r.text
+                return child
+
+            async def abandoned(i: int) -> None:
+                body = {"state_id": root, "max_tokens": 200, "seed": i, "commit": True}
+                try:
+                    await http.post("/generate/token", json=body, timeout=0.05)
+                except httpx.TimeoutException:
+                    pass
+
+            results = await asyncio.gather(
+                *(gen(i) for i in range(12)), *(fork(i) for i in range(6)),
+                *(abandoned(i) for i in range(4)),
+            )  # fmt: skip
+            ids = [root] + [r for r in results if isinstance(r, str)]
+            await asyncio.sleep(0.5)  # the abandoned requests' aborts reach the engine
+            listed = (await http.get("/states", params={"limit": 100})).json()["data"]
+            assert {s["id"] for s in listed} >= set(ids)
+            for s in listed:
+                assert (await http.delete(f"/states/{s['id']}")).status_code == 200
+            assert server.wait_idle(baseline)["kv_blocks_used"] == baseline
