@@ -30,9 +30,10 @@ from glassbox.features.dictionary import FeatureDictionary
 STEER_FRACTION = 0.25
 NOISE_Z = 2.0
 # Nudges are spread over the layers within this distance of the dictionary's layer. On the
-# bundled model, steering_quality.py (temperature 0.7, AutoSteer toward held-out concepts)
-# measured for layers 13-17: similarity gain +0.072 at perplexity x1.42 (budget 1.0), +0.093
-# at x1.91 (budget 1.25); for layer 15 alone: +0.070 at x1.64 (1.0), +0.089 at x2.40 (1.4).
+# bundled model, steering_quality.py (temperature 0.7, AutoSteer toward held-out concepts,
+# one seed) measured for layers 13-17 a similarity gain of +0.072 at perplexity x1.42
+# (budget 1.0) against +0.070 at x1.64 for layer 15 alone. (Those runs steered the prompt
+# only partly: a steered request then reused the prefix cache's unsteered prompt blocks.)
 STEER_SPREAD = 2
 # Bumped when what is cached changes, so older caches are rebuilt rather than misread.
 CACHE_FORMAT = 3
