@@ -348,3 +348,21 @@ def test_issue_flow_on_the_bundled_model(tmp_path_factory: pytest.TempPathFactor
 
         logits = client.chat.logits(question, model=variant, top_k=7)
         assert len(logits.logits) == 7
+
+
+def test_gf_event_names_name_the_abort_scope_that_fired(
+    gf: goodfire.Client, http: httpx.Client, pirate
+) -> None:
+    variant = goodfire.Variant(ALIAS)
+    variant.abort_when(pirate > 1000.0)  # never holds
+    variant.abort_when(pirate > -1000.0)  # holds on every token
+    never, always = list(variant._handlers)  # event names, in the order of the scopes
+    body = {"messages": MESSAGES, "model": ALIAS, "max_completion_tokens": 8,
+            "controller": variant.controller.json()}  # fmt: skip
+    r = http.post("/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["gf_event_names"] == [always]
+    with http.stream("POST", "/chat/completions", json={**body, "stream": True}) as s:
+        events = [json.loads(e[6:]) for e in s.read().decode().split("\n\n") if e]
+    assert [e["gf_event_names"] for e in events if e.get("gf_event_names")] == [[always]]
+    assert never != always

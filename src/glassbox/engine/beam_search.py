@@ -224,7 +224,7 @@ class BeamSearch:
         group: _Group,
         logprobs: torch.Tensor,
         rows: dict[int, int],
-        aborted: set[int],
+        aborted: dict[int, int],
         chosen: list[int],
         picks: list[tuple[_Group, Sequence, int, float]],
     ) -> None:

@@ -51,6 +51,7 @@ class StepOutput:
     num_output_tokens: int
     num_cached_tokens: int
     kv: KVHandle | None = None  # the finished sequence's KV when its params asked to keep it
+    abort_scope: int | None = None  # with STEERING_ABORT: the index of the scope in the plan
 
 
 @dataclass
@@ -183,6 +184,7 @@ class LLMEngine:
             seq.num_computed_tokens = len(seq)
             if row in aborted:
                 # A steering scope's abort condition held: end it without a new token.
+                seq.abort_scope = aborted[row]
                 outputs.append(self._finish(seq, STEERING_ABORT, [], []))
                 continue
             outputs.append(self._postprocess(seq, token, info))
@@ -226,7 +228,7 @@ class LLMEngine:
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         return StepOutput(
             seq.seq_id, detok.take(final=True), tokens, infos, reason,
-            seq.num_prompt_tokens, seq.num_output_tokens, cached, kv,
+            seq.num_prompt_tokens, seq.num_output_tokens, cached, kv, seq.abort_scope,
         )  # fmt: skip
 
     # --- KV states: handles on computed KV (engine thread only) ---------------------------

@@ -55,8 +55,9 @@ class ModelRunner:
     @torch.inference_mode()
     def run(
         self, seqs: list[Sequence], is_prefill: bool, hook: LayerHook | None = None
-    ) -> tuple[torch.Tensor, set[int]]:
-        """Next-token logits [B, vocab] and the rows a steering abort scope stopped.
+    ) -> tuple[torch.Tensor, dict[int, int]]:
+        """Next-token logits [B, vocab] and the rows a steering abort scope stopped (row ->
+        the index of that scope in the row's plan).
 
         `hook` (e.g. activation capture) sees the residual stream after the rows' steering."""
         if is_prefill:
@@ -73,7 +74,7 @@ class ModelRunner:
             hidden = hidden[last]
         # The LM head keeps its quantized kernel even in prefill: it sees one row per
         # sequence there, and that kernel's rows do not depend on the batch.
-        return self.model.logits(hidden), (steering.aborted if steering else set())
+        return self.model.logits(hidden), (steering.aborted if steering else {})
 
     def _steering(self, seqs: list[Sequence], last: torch.Tensor | None) -> BatchSteering | None:
         """The batch's steering hook, or None when no row is steered. Decode steps over the
@@ -85,7 +86,7 @@ class ModelRunner:
             key = tuple(s.seq_id for s in seqs)
             if self._decode_steering is not None and self._decode_steering[0] == key:
                 steering = self._decode_steering[1]
-                steering.aborted = set()
+                steering.aborted = {}
                 return steering
             steering = BatchSteering(plans, torch.arange(len(seqs)))
             self._decode_steering = (key, steering)

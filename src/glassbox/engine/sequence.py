@@ -86,7 +86,7 @@ class Sequence:
             self.generator = torch.Generator().manual_seed(params.seed)
         # Penalty state: counts of generated tokens, and the set of prompt tokens.
         self.output_counts: dict[int, int] = {}
-        self.aborted = False
+        self.abort_scope: int | None = None  # which of its plan's abort scopes ended it
         # KV already computed for the start of the prompt (a state this continues): the
         # sequence owns this handle and releases it when it finishes.
         self.prefix = prefix

@@ -10,8 +10,8 @@ shape this module:
 - ids go out dashed (`str(UUID)`, what the SDK compares) and come in dashed or as 32 hex.
 - a Variant arrives as its `controller`: `controller_to_spec` -> `FeatureService.resolve` ->
   `SamplingParams(steering=plan)`. When an abort scope fires, the engine finishes the row
-  with STEERING_ABORT and the response names the abort scopes' event names in
-  `gf_event_names`, on which the SDK raises InferenceAbortedException.
+  with STEERING_ABORT and says which scope it was; the response names that scope's event
+  in `gf_event_names`, on which the SDK raises InferenceAbortedException.
 - chat streams are `data: <json>\\n\\n` events only, every chunk with one choice and its own
   `gf_token_index`, `data: ` escaped inside payloads, no `[DONE]`.
 """
@@ -136,7 +136,7 @@ def sse_event(payload: dict) -> bytes:
 class ChatJob:
     prompt_ids: list[int]
     params: SamplingParams
-    abort_events: list[str]
+    abort_events: dict[int, str]  # the plan's index of an abort scope -> its event name
     model: str
 
 
@@ -181,14 +181,15 @@ class EmberService:
             )
         return f
 
-    def _spec(self, controller: Mapping | None, model: str) -> tuple[VariantSpec, list[str]]:
+    def _spec(self, controller: Mapping | None, model: str) -> tuple[VariantSpec, dict[int, str]]:
         """The VariantSpec of a controller and the event names of its abort scopes."""
         try:
             spec = controller_to_spec(controller, model)
             names = controller_event_names(controller)
         except EmberJSONError as exc:
             raise APIError(f"'controller': {exc}", param="controller") from exc
-        events = [e for s, e in zip(spec.scopes, names, strict=True) if s.abort and e]
+        scopes = zip(spec.scopes, names, strict=True)
+        events = {k: e for k, (s, e) in enumerate(scopes) if s.abort and e}
         return spec, events
 
     # --- features -----------------------------------------------------------------------
@@ -436,13 +437,13 @@ class EmberService:
         return ChatJob(prompt, params, events, model)
 
     @staticmethod
-    def _finish(reason: str | None, job: ChatJob) -> tuple[str | None, list[str] | None]:
+    def _finish(
+        reason: str | None, abort_scope: int | None, job: ChatJob
+    ) -> tuple[str | None, list[str] | None]:
         if reason == "abort":
             raise APIError("the engine aborted the generation; retry the request", 503)
-        if reason == STEERING_ABORT:
-            # The engine does not say which abort scope fired: name them all (each of
-            # abort_when's handlers raises the same InferenceAbortedException).
-            return reason, job.abort_events or None
+        if reason == STEERING_ABORT and abort_scope in job.abort_events:
+            return reason, [job.abort_events[abort_scope]]  # the scope that fired
         return reason, None
 
     async def chat(self, job: ChatJob) -> ChatCompletion:
@@ -450,7 +451,7 @@ class EmberService:
         async with aclosing(self.gen.stream(job.prompt_ids, job.params)) as outputs:
             async for out in outputs:
                 g.add(out)
-        reason, events = self._finish(g.finish_reason, job)
+        reason, events = self._finish(g.finish_reason, g.abort_scope, job)
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -503,7 +504,7 @@ class EmberService:
         def events_of(out: StepOutput) -> list[bytes]:
             events = [chunk(out.text)] if out.text else []
             if out.finish_reason is not None:
-                reason, names = self._finish(out.finish_reason, job)
+                reason, names = self._finish(out.finish_reason, out.abort_scope, job)
                 events.append(chunk("", reason, names))  # its own gf_token_index
             return events
 

@@ -31,6 +31,7 @@ class Generation:
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
+    abort_scope: int | None = None  # see StepOutput.abort_scope
 
     def add(self, out: StepOutput) -> None:
         self.text += out.text
@@ -40,6 +41,7 @@ class Generation:
         self.num_output_tokens = out.num_output_tokens
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
+            self.abort_scope = out.abort_scope
 
 
 @dataclass

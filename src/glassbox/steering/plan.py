@@ -136,7 +136,8 @@ class _LayerPlan:
     read_bias: torch.Tensor  # [F]
     write: torch.Tensor  # [F, hidden]
     base: _EditSet
-    scopes: list[tuple[list[int], ResolvedScope, _EditSet]]  # (rows, scope, edits)
+    # (rows, the scope's index in its plan, scope, edits)
+    scopes: list[tuple[list[int], int, ResolvedScope, _EditSet]]
     column: dict[str, int]
 
 
@@ -145,7 +146,7 @@ class BatchSteering:
 
     def __init__(self, plans: list[SteeringPlan | None], token_rows: torch.Tensor):
         self.token_rows = token_rows
-        self.aborted: set[int] = set()
+        self.aborted: dict[int, int] = {}  # row -> index in its plan of the abort scope that held
         self.layers: dict[int, _LayerPlan] = {}
         by_layer: dict[int, dict[str, Direction]] = {}
         for plan in plans:
@@ -175,12 +176,12 @@ class BatchSteering:
             for e in plan.edits:
                 lp = self.layers[e.direction.layer]
                 lp.base.add(row, lp.column[e.direction.key], e)
-            for s in plan.scopes:
+            for k, s in enumerate(plan.scopes):
                 lp = self.layers[s.layer]
                 edits = _EditSet(n, len(lp.column))
                 for e in s.edits:
                     edits.add(row, lp.column[e.direction.key], e)
-                lp.scopes.append(([row], s, edits))
+                lp.scopes.append(([row], k, s, edits))
 
     def __call__(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         lp = self.layers.get(layer)
@@ -189,7 +190,7 @@ class BatchSteering:
         rows = self.token_rows
         acts = h @ lp.read.T + lp.read_bias  # [T, F], read before this layer's edits
         coef = lp.base.coefficients(acts, rows) if lp.base.used else None
-        for scope_rows, scope, edits in lp.scopes:
+        for scope_rows, index, scope, edits in lp.scopes:
             in_rows = torch.zeros(len(rows), dtype=torch.bool)
             for r in scope_rows:
                 in_rows |= rows == r
@@ -197,7 +198,8 @@ class BatchSteering:
             if not bool(gate.any()):
                 continue
             if scope.abort:
-                self.aborted.update(int(r) for r in rows[gate].unique())
+                for r in rows[gate].unique().tolist():
+                    self.aborted.setdefault(r, index)
                 continue
             scoped = edits.coefficients(acts, rows) * gate[:, None]
             coef = scoped if coef is None else coef + scoped
