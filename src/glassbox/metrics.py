@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per app so several apps in one process do not collide.
 
-Request counters and histograms are updated as requests finish; engine gauges (running and
-waiting sequences, KV blocks) are read from the engine when /metrics is scraped.
+Request counters and histograms are updated as requests finish; the engine's gauges (running
+and waiting sequences, KV blocks) and token counters are read from the engine when /metrics
+is scraped, so they count every sequence, whichever route or service submitted it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ _ENGINE_GAUGES = {
 
 
 _ENGINE_COUNTERS = {
+    "prompt_tokens": (
+        "glassbox_prompt_tokens",
+        "Prompt tokens processed (requests, KV states, beam searches)",
+    ),
+    "generation_tokens": ("glassbox_generation_tokens", "Tokens generated (every sequence)"),
     "prefix_cached_tokens": (
         "glassbox_prefix_cache_hit_tokens",
         "Prompt tokens whose KV came from the prefix cache instead of being computed",
@@ -59,12 +65,6 @@ class Metrics:
             "glassbox_time_to_first_token_seconds", "From submission to the first generated token",
             buckets=_TTFT_BUCKETS, registry=r,
         )  # fmt: skip
-        self.prompt_tokens = Counter(
-            "glassbox_prompt_tokens", "Prompt tokens processed", registry=r
-        )
-        self.generation_tokens = Counter(
-            "glassbox_generation_tokens", "Tokens generated", registry=r
-        )
         if engine_stats is not None:
             r.register(_EngineCollector(engine_stats))
 

@@ -64,6 +64,15 @@ def test_counters_increase(http, tiny_server) -> None:
     total = tiny_server.engine.stats()["kv_blocks_total"]
     assert value(after, "glassbox_kv_blocks_total") == total
 
+    state = http.post("/states", json={"text": "counted too"}).json()
+    r = http.post("/generate/token", json={"state_id": state["id"], "max_tokens": 4})
+    assert r.status_code == 200 and len(r.json()["tokens"]) == 4
+    assert (
+        value(scrape(http), "glassbox_generation_tokens_total")
+        - value(after, "glassbox_generation_tokens_total")
+        == 4
+    )
+
 
 def test_request_id_is_echoed_or_generated(http) -> None:
     r = http.get("/health", headers={"X-Request-Id": "client-id-123"})

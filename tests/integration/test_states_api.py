@@ -92,6 +92,15 @@ def test_generation_reuses_the_state_and_repeats_with_a_seed(
     assert a["child_state_id"] is None
 
 
+def test_a_state_that_fills_the_context_cannot_be_continued(http: httpx.Client) -> None:
+    s = create(http, "word " * 150)
+    full = generate(http, s["id"], max_tokens=600, commit=True, temperature=0.0)
+    assert full["finish_reason"] == "length"
+    child = http.get(f"/states/{full['child_state_id']}").json()
+    r = http.post("/generate/token", json={"state_id": child["id"]})
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+
+
 def test_state_config_gives_the_sampling_defaults(http: httpx.Client) -> None:
     s = create(http, temperature=0.0)
     greedy = [generate(http, s["id"], temperature=None, seed=i)["text"] for i in range(3)]

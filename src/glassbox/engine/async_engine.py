@@ -71,6 +71,8 @@ class AsyncLLMEngine:
             "kv_blocks_used": used,
             "kv_blocks_total": total,
             "prefix_cached_tokens": self.engine.stats.prefix_cached_tokens,
+            "prompt_tokens": self.engine.stats.prompt_tokens,
+            "generation_tokens": self.engine.stats.generation_tokens,
         }
 
     async def submit(

@@ -152,8 +152,6 @@ class GenerationService:
                     if first:
                         first = False
                         self.metrics.ttft.observe(time.perf_counter() - t0)
-                        self.metrics.prompt_tokens.inc(out.num_prompt_tokens)
-                    self.metrics.generation_tokens.inc(len(out.token_ids))
                     yield out
         except EngineDeadError as exc:
             raise APIError(str(exc), 503) from exc

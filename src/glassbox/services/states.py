@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from glassbox.api.errors import APIError
-from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.async_engine import AsyncLLMEngine, EngineDeadError
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
@@ -496,11 +496,16 @@ class StateService:
         state = self.get(state_id)
         params.keep_kv = commit
         lease = await self.lease(state_id)
-        async for out in self.engine.submit(state.token_ids, params, prefix=lease):
-            child = None
-            if out.kv is not None:
-                child = await self.commit(out.kv, state_id)
-            yield out, child
+        try:
+            async for out in self.engine.submit(state.token_ids, params, prefix=lease):
+                child = None
+                if out.kv is not None:
+                    child = await self.commit(out.kv, state_id)
+                yield out, child
+        except EngineDeadError as exc:
+            raise APIError(str(exc), 503) from exc
+        except ValueError as exc:  # the engine refused it (it released the lease)
+            raise APIError(str(exc), 400) from exc
 
     # --- files ------------------------------------------------------------------------
 
