@@ -120,10 +120,8 @@ class LLMEngine:
         computed."""
         try:
             self._validate(prompt_token_ids, params)
-            if prefix is not None and (
-                len(prefix.token_ids) > len(prompt_token_ids)
-                or tuple(prompt_token_ids[: len(prefix.token_ids)]) != prefix.token_ids
-            ):
+            ids = prompt_token_ids
+            if prefix is not None and (len(prefix.token_ids) > len(ids) or not _agree(ids, prefix)):
                 raise ValueError("the prompt does not start with the prefix's tokens")
         except ValueError:
             if prefix is not None:
@@ -239,17 +237,15 @@ class LLMEngine:
         in `prefix` (borrowed, not taken over), are shared instead of computed."""
         self._validate(token_ids, SamplingParams())
         bm = self.block_manager
+        if prefix is not None and not _agree(token_ids, prefix):
+            raise ValueError("the tokens differ from the prefix's tokens where they overlap")
         if prefix is not None and len(prefix.token_ids) >= len(token_ids):
-            if tuple(token_ids) != prefix.token_ids[: len(token_ids)]:
-                raise ValueError("the tokens do not start with the prefix's tokens")
             return bm.share(prefix, len(token_ids))
         if len(token_ids) == 1:
             return KVHandle(tuple(token_ids), ())
         lease = bm.share(prefix) if prefix is not None else None
         seq = Sequence(token_ids[:-1], SamplingParams(), self.config.block_size, lease)
         try:
-            if lease is not None and tuple(token_ids[: len(lease.token_ids)]) != lease.token_ids:
-                raise ValueError("the tokens do not start with the prefix's tokens")
             if not bm.can_allocate(seq):
                 raise MemoryError("not enough free KV blocks for this prompt now")
             bm.allocate(seq)
@@ -335,3 +331,9 @@ class LLMEngine:
 
     def kv_usage(self) -> tuple[int, int]:
         return self.block_manager.num_used, self.block_manager.num_blocks
+
+
+def _agree(token_ids: list[int], prefix: KVHandle) -> bool:
+    """Whether the tokens and the prefix's tokens are the same as far as both go."""
+    n = min(len(token_ids), len(prefix.token_ids))
+    return tuple(token_ids[:n]) == prefix.token_ids[:n]
