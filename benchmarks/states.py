@@ -25,6 +25,8 @@ from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
+from glassbox.metrics import Metrics
+from glassbox.services.generation import GenerationService
 from glassbox.services.states import StateService
 from glassbox.store import Database
 
@@ -83,7 +85,8 @@ def main() -> None:
     engine = AsyncLLMEngine(llm)
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{Path(tmp) / 'states.db'}")
-        states = StateService(engine, db, Path(tmp), resolved.fingerprint, 2 * 1024**3)
+        generation = GenerationService(engine, Metrics())
+        states = StateService(generation, db, Path(tmp), resolved.fingerprint, 2 * 1024**3)
 
         async def forks() -> tuple[list[float], list[float], int, int]:
             parent = await states.create(ids, {})

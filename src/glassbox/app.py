@@ -97,7 +97,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.openai = OpenAIService(generation, app.state.steering)
             states = StateService(
-                aengine,
+                generation,
                 db,
                 settings.states_dir or settings.cache_dir / "states",
                 resolved.fingerprint,

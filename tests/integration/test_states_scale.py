@@ -12,6 +12,8 @@ from conftest import tiny_settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
+from glassbox.metrics import Metrics
+from glassbox.services.generation import GenerationService
 from glassbox.services.states import StateService
 from glassbox.store import Database
 
@@ -35,7 +37,8 @@ def test_a_thousand_states_fit_the_budget_and_all_stay_usable(tiny_model_dir, tm
     block_bytes = llm.model.config.kv_bytes_per_token() * llm.config.block_size
     budget = 64 * (TOKENS // llm.config.block_size + 1) * block_bytes  # ~64 states resident
     db = Database(f"sqlite:///{tmp_path / 'states.db'}")
-    states = StateService(engine, db, tmp_path / "states", resolved.fingerprint, budget)
+    generation = GenerationService(engine, Metrics())
+    states = StateService(generation, db, tmp_path / "states", resolved.fingerprint, budget)
     rng = random.Random(0)
     vocab = llm.tokenizer.hf.vocab_size
 

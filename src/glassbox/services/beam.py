@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from glassbox.api.errors import APIError
 from glassbox.engine.beam_search import BeamSearch, BeamSearchParams, Hypothesis
-from glassbox.services.states import State, StateService
+from glassbox.services.states import State, StateService, engine_error
 
 
 async def beam_search(
@@ -21,10 +20,8 @@ async def beam_search(
         while not await engine.call(lambda e: search.step()):
             pass
         kv = search.take_kv()
-    except ValueError as exc:
-        raise APIError(str(exc), 400, param="state_id") from exc
-    except MemoryError as exc:
-        raise APIError(f"{exc}; try again when running requests have finished", 503) from exc
+    except (ValueError, MemoryError) as exc:
+        raise engine_error(exc, "state_id") from exc
     finally:
         # Also when the client went away (cancelled): the search's blocks go back.
         await asyncio.shield(engine.call(lambda e: search.close()))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from glassbox.api.errors import APIError
 from glassbox.engine.async_engine import AsyncLLMEngine, EngineDeadError
+from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams, TokenLogprob
 from glassbox.metrics import Metrics
@@ -142,12 +143,14 @@ class GenerationService:
     # --- running ------------------------------------------------------------------------
 
     async def stream(
-        self, prompt_ids: list[int], params: SamplingParams
+        self, prompt_ids: list[int], params: SamplingParams, prefix: KVHandle | None = None
     ) -> AsyncIterator[StepOutput]:
+        """The sequence's outputs; `prefix`: the KV of the prompt's start (see
+        `LLMEngine.add_request`)."""
         t0 = time.perf_counter()
         first = True
         try:
-            async with aclosing(self.engine.submit(prompt_ids, params)) as outputs:
+            async with aclosing(self.engine.submit(prompt_ids, params, prefix)) as outputs:
                 async for out in outputs:
                     if first:
                         first = False

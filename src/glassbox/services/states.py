@@ -24,6 +24,7 @@ import uuid
 from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +33,11 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from glassbox.api.errors import APIError
-from glassbox.engine.async_engine import AsyncLLMEngine, EngineDeadError
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
 from glassbox.logs import get_logger
+from glassbox.services.generation import GenerationService
 from glassbox.states import files
 from glassbox.states.residency import Residency
 from glassbox.store import Database, StateRow
@@ -79,7 +80,8 @@ def not_found(state_id: str) -> APIError:
     return APIError(f"No state with id '{state_id}'", 404, param="state_id", code="state_not_found")
 
 
-def _engine_error(exc: Exception, param: str | None = None) -> APIError:
+def engine_error(exc: ValueError | MemoryError, param: str | None = None) -> APIError:
+    """What the engine refused (bad input: 400) or had no room for now (503)."""
     if isinstance(exc, MemoryError):
         return APIError(f"{exc}; try again when running requests have finished", 503)
     return APIError(str(exc), 400, param=param)
@@ -97,18 +99,19 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class StateService:
     def __init__(
         self,
-        engine: AsyncLLMEngine,
+        generation: GenerationService,
         db: Database,
         directory: Path,
         fingerprint: str,
         budget_bytes: int,
     ):
-        self.engine = engine
+        self.generation = generation
+        self.engine = generation.engine
         self.db = db
         self.directory = Path(directory)
         self.exports = self.directory / "exports"
         self.fingerprint = fingerprint
-        llm = engine.engine
+        llm = self.engine.engine
         self.kv_bytes_per_token = llm.model.config.kv_bytes_per_token()
         self.residency = Residency(budget_bytes, self.kv_bytes_per_token * llm.config.block_size)
         # The largest state file this model can have: KV and ids of a full context, a header.
@@ -262,7 +265,7 @@ class StateService:
         try:
             handle = await self.engine.call(call)
         except (ValueError, MemoryError) as exc:
-            raise _engine_error(exc) from exc
+            raise engine_error(exc) from exc
         self.residency.add(state.state_id, handle)
         return handle
 
@@ -332,7 +335,7 @@ class StateService:
         try:
             handle = await self.engine.call(lambda e: e.prefill_kv(token_ids))
         except (ValueError, MemoryError) as exc:
-            raise _engine_error(exc, "text") from exc
+            raise engine_error(exc, "text") from exc
         state = State(uuid.uuid4().hex, list(token_ids), config=config, meta=meta or {})
         async with self._lock:
             return await self._adopt(state, handle)
@@ -434,7 +437,7 @@ class StateService:
         try:
             handle = await self.engine.call(lambda e: e.prefill_kv(tokens, prefix=lease))
         except (ValueError, MemoryError) as exc:
-            raise _engine_error(exc, "state_ids") from exc
+            raise engine_error(exc, "state_ids") from exc
         finally:
             await self.release(lease)
         first = branches[0]
@@ -496,16 +499,13 @@ class StateService:
         state = self.get(state_id)
         params.keep_kv = commit
         lease = await self.lease(state_id)
-        try:
-            async for out in self.engine.submit(state.token_ids, params, prefix=lease):
+        outputs = self.generation.stream(state.token_ids, params, prefix=lease)
+        async with aclosing(outputs):
+            async for out in outputs:
                 child = None
                 if out.kv is not None:
                     child = await self.commit(out.kv, state_id)
                 yield out, child
-        except EngineDeadError as exc:
-            raise APIError(str(exc), 503) from exc
-        except ValueError as exc:  # the engine refused it (it released the lease)
-            raise APIError(str(exc), 400) from exc
 
     # --- files ------------------------------------------------------------------------
 
@@ -570,7 +570,7 @@ class StateService:
         try:
             handle = await self.engine.call(lambda e: e.load_kv(loaded.token_ids, loaded.kv))
         except (ValueError, MemoryError) as exc:
-            raise _engine_error(exc, "file") from exc
+            raise engine_error(exc, "file") from exc
         record = loaded.record
         state = State(
             uuid.uuid4().hex,
