@@ -48,6 +48,17 @@ class LiveServer:
             time.sleep(0.01)
 
 
+def pirate_variant(http: httpx.Client, session_id: str, value: float = 1.0) -> dict:
+    """An inline (Ember JSON) variant nudging the feature /features/search ranks first for
+    "pirate"."""
+    r = http.post("/features/search", json={"query": "pirate", "session_id": session_id})
+    assert r.status_code == 200, r.text
+    f = r.json()[0]
+    edit = {"feature_id": f["uuid"], "feature_label": f["label"],
+            "index_in_sae": f["index_in_sae"], "value": value}  # fmt: skip
+    return {"base_model": TINY_NAME, "edits": [edit], "scopes": []}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 import torch
-from conftest import LiveServer
+from conftest import LiveServer, pirate_variant
 
 TEXT = "the quick brown fox jumps over the lazy dog"
 
@@ -93,12 +93,7 @@ def test_diverse_groups(http: httpx.Client) -> None:
 
 
 def test_a_variant_steers_every_beam(http: httpx.Client) -> None:
-    r = http.post("/features/search", json={"query": "pirate", "session_id": "beam"})
-    assert r.status_code == 200, r.text
-    f = r.json()[0]
-    edit = {"feature_id": f["uuid"], "feature_label": f["label"],
-            "index_in_sae": f["index_in_sae"], "value": 1.0}  # fmt: skip
-    variant = {"base_model": "tiny-llama", "edits": [edit], "scopes": []}
+    variant = pirate_variant(http, "beam")
     s = create(http)
     plain = beam(http, s["id"], num_beams=3, max_length=8)
     steered = beam(http, s["id"], num_beams=3, max_length=8, variant=variant)

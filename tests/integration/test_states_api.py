@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 import zstandard
-from conftest import LiveServer, running, tiny_settings
+from conftest import LiveServer, pirate_variant, running, tiny_settings
 
 TEXT = "the quick brown fox jumps over the lazy dog and then the dog runs after the fox"
 
@@ -311,12 +311,7 @@ def test_stop_sequences_and_a_variant(http: httpx.Client) -> None:
     assert stopped["finish_reason"] == "stop"
     assert stopped["text"] == free["text"][: free["text"].index(cut)]
 
-    r = http.post("/features/search", json={"query": "pirate", "session_id": "states"})
-    assert r.status_code == 200, r.text
-    f = r.json()[0]
-    edit = {"feature_id": f["uuid"], "feature_label": f["label"],
-            "index_in_sae": f["index_in_sae"], "value": 1.0}  # fmt: skip
-    variant = {"base_model": "tiny-llama", "edits": [edit], "scopes": []}
+    variant = pirate_variant(http, "states")
     steered = generate(http, s["id"], max_tokens=16, temperature=0.0, variant=variant)
     assert steered["tokens"] != free["tokens"]
     again = generate(http, s["id"], max_tokens=16, temperature=0.0)
