@@ -153,12 +153,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from glassbox.config import Settings
-    from glassbox.engine.llm_engine import LLMEngine
     from glassbox.models.loader import choose_format
+    from glassbox.runtime import load_engine
 
     settings = Settings(dtype=args.dtype, max_num_seqs=max(32, *concurrencies))
     t0 = time.perf_counter()
-    engine, resolved = LLMEngine.from_settings(settings)
+    engine, resolved = load_engine(settings)
     print(f"model: {resolved.name} from {resolved.directory}")
     print(
         f"glassbox weights: {choose_format(args.dtype)} (--dtype {args.dtype}); "

@@ -26,8 +26,9 @@ from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.metrics import Metrics
-from glassbox.services.generation import GenerationService
-from glassbox.services.states import StateService
+from glassbox.requests.generation import GenerationService
+from glassbox.runtime import load_engine
+from glassbox.states.service import StateService
 from glassbox.store import Database
 
 PARAGRAPH = (
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
 
-    llm, resolved = LLMEngine.from_settings(Settings())
+    llm, resolved = load_engine(Settings())
     time_to_first_token(llm, prompt_tokens(llm, 64, -1), None)  # warm the kernels
 
     cold = [

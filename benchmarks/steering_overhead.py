@@ -20,6 +20,7 @@ from glassbox.config import Settings
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.features.concepts import concept_dictionary
+from glassbox.runtime import load_engine
 from glassbox.steering.plan import ResolvedEdit, SteeringPlan
 
 TARGET = 0.90
@@ -40,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
 
     settings = Settings()
-    engine, resolved = LLMEngine.from_settings(settings)
+    engine, resolved = load_engine(settings)
     d = concept_dictionary(engine, settings.cache_dir, resolved.fingerprint)
     tok = engine.tokenizer
     prompts = [

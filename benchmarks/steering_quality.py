@@ -27,7 +27,6 @@ import time
 import torch
 
 from glassbox.config import Settings
-from glassbox.embeddings.embedder import Embedder
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.features.autosteer import autosteer
@@ -39,7 +38,9 @@ from glassbox.features.concepts import (
     load_dictionary,
     save_dictionary,
 )
+from glassbox.features.encoder import Embedder
 from glassbox.features.search import FeatureIndex
+from glassbox.runtime import load_engine
 from glassbox.steering.plan import SteeringPlan
 
 PROMPTS = [
@@ -92,7 +93,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     settings = Settings()
-    engine, resolved = LLMEngine.from_settings(settings)
+    engine, resolved = load_engine(settings)
     d, data = train_dictionary(engine, settings, resolved.fingerprint)
     embedder = Embedder.default()
     index = FeatureIndex([d], embedder)

@@ -17,8 +17,8 @@ from tiny_model import build_tiny_model
 from glassbox.app import create_app
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
-from glassbox.engine.llm_engine import LLMEngine
 from glassbox.logs import configure_logging
+from glassbox.runtime import load_engine
 
 TINY_NAME = "tiny-llama"
 TINY_ALIAS = "gpt-4o-mini"
@@ -78,7 +78,7 @@ def tiny_settings(model_dir: Path, cache_dir: Path) -> Settings:
 
 
 def _live(settings: Settings, step_delay: float = 0.0) -> Iterator[LiveServer]:
-    engine, _ = LLMEngine.from_settings(settings)
+    engine, _ = load_engine(settings)
     if step_delay:
         step = engine.step
 

@@ -10,32 +10,53 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from glassbox import __version__
+from glassbox.api.ember import routes as ember_routes
+from glassbox.api.ember.adapter import EmberService
 from glassbox.api.errors import install_error_handlers
+from glassbox.api.features import routes as feature_routes
+from glassbox.api.features import variants as variant_routes
 from glassbox.api.middleware import RequestContextMiddleware
-from glassbox.api.routes import ember, routers
+from glassbox.api.openai import routes as openai_routes
+from glassbox.api.openai.adapter import OpenAIService
+from glassbox.api.states import analysis as analysis_routes
+from glassbox.api.states import beam as beam_routes
+from glassbox.api.states import routes as state_routes
+from glassbox.api.system import routes as system_routes
+from glassbox.api.system import tokenize as tokenize_routes
+from glassbox.api.system.models import ModelRegistry
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
-from glassbox.engine.llm_engine import LLMEngine
+from glassbox.features.service import FeatureService
+from glassbox.features.steering import SteeringService
+from glassbox.features.variants import VariantService
 from glassbox.logs import get_logger
 from glassbox.metrics import Metrics
-from glassbox.models.loader import ResolvedModel, resolve_model
-from glassbox.services.ember import EmberService
-from glassbox.services.features import FeatureService
-from glassbox.services.generation import GenerationService
-from glassbox.services.model_registry import ModelRegistry
-from glassbox.services.openai_compat import OpenAIService
-from glassbox.services.states import StateService
-from glassbox.services.steering import SteeringService
-from glassbox.services.variants import VariantService
+from glassbox.models.loader import ResolvedModel
+from glassbox.requests.generation import GenerationService
+from glassbox.runtime import load_engine, resolve
+from glassbox.states.service import StateService
 from glassbox.store import Database
 from glassbox.store.db import default_url
 
 log = get_logger(__name__)
 
+# Every HTTP surface, one router per module.
+ROUTES = [
+    openai_routes,
+    tokenize_routes,
+    feature_routes,
+    variant_routes,
+    state_routes,
+    analysis_routes,
+    beam_routes,
+    system_routes,
+    ember_routes,
+]
+
 
 def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
     t0 = time.perf_counter()
-    engine, resolved = LLMEngine.from_settings(settings)
+    engine, resolved = load_engine(settings)
     log.info(
         "engine ready",
         model=resolved.name,
@@ -71,7 +92,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         if engine is None:
             aengine, resolved = await asyncio.to_thread(_build_engine, settings)
         else:
-            aengine, resolved = engine, await asyncio.to_thread(resolve_model, settings)
+            aengine, resolved = engine, await asyncio.to_thread(resolve, settings)
         name = settings.served_model_name or resolved.name
         db = None
         warmup = None
@@ -127,7 +148,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
 
     app.state.metrics = Metrics(engine_stats)
     install_error_handlers(app)
-    for router in [*routers, ember.router]:
-        app.include_router(router)
+    for module in ROUTES:
+        app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

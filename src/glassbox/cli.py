@@ -125,11 +125,11 @@ def states_command(args: argparse.Namespace) -> int:
 
 
 def features_build(args: argparse.Namespace) -> int:
-    from glassbox.engine.llm_engine import LLMEngine
     from glassbox.features.concepts import cache_path, concept_dictionary, load_concept_data
+    from glassbox.runtime import load_engine
 
     settings = _settings(args, _MODEL_FLAGS)
-    engine, resolved = LLMEngine.from_settings(settings)
+    engine, resolved = load_engine(settings)
     dictionary = concept_dictionary(
         engine, settings.cache_dir, resolved.fingerprint, args.layer, rebuild=True
     )
@@ -208,11 +208,11 @@ def _error_message(text: str) -> str:
 
 def _chat_local(args: argparse.Namespace) -> int:
     from glassbox.engine.async_engine import AsyncLLMEngine
-    from glassbox.engine.llm_engine import LLMEngine
     from glassbox.engine.sequence import SamplingParams
+    from glassbox.runtime import load_engine
 
     settings = _settings(args, _MODEL_FLAGS)
-    engine, _ = LLMEngine.from_settings(settings)
+    engine, _ = load_engine(settings)
     aengine = AsyncLLMEngine(engine)
     prompt = engine.tokenizer.apply_chat_template(_messages(args))
     room = engine.config.max_model_len - len(prompt)

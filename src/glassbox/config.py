@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BUNDLED_MODEL = "bundled"
+from glassbox.models import BUNDLED_MODEL
 
 
 class Settings(BaseSettings):

@@ -17,7 +17,7 @@ from live_server import free_port, serve_in_thread
 
 from glassbox.app import create_app
 from glassbox.config import Settings
-from glassbox.models.loader import resolve_model
+from glassbox.runtime import resolve
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def bundled_cache() -> Path:
     """Converts the bundled GGUF into the cache once (about 30 s the first time)."""
-    return resolve_model(Settings(model="bundled")).directory
+    return resolve(Settings(model="bundled")).directory
 
 
 @pytest.fixture(scope="module")

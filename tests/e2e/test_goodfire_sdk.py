@@ -19,11 +19,11 @@ from conftest import TINY_NAME, LiveServer, _live, tiny_settings
 from goodfire.api.exceptions import InvalidRequestException, NotFoundException
 from live_server import serve_in_thread
 
+from glassbox.api.ember.adapter import sse_event
 from glassbox.app import create_app
 from glassbox.config import Settings
 from glassbox.features.autosteer import AUTOSTEER_TOTAL
-from glassbox.models.loader import resolve_model
-from glassbox.services.ember import sse_event
+from glassbox.runtime import resolve
 
 ALIAS = "meta-llama/Llama-3.3-70B-Instruct"
 SAE_SIZE_70B = 131072  # the SDK's array size for exactly this model name
@@ -307,7 +307,7 @@ def test_tokenize(http: httpx.Client) -> None:
 
 @pytest.mark.slow
 def test_issue_flow_on_the_bundled_model(tmp_path_factory: pytest.TempPathFactory) -> None:
-    resolve_model(Settings(model="bundled"))  # convert the GGUF once, outside the timeout
+    resolve(Settings(model="bundled"))  # convert the GGUF once, outside the timeout
     settings = Settings(model="bundled", model_aliases={ALIAS: "SmolLM2-135M-Instruct"})
     with serve_in_thread(create_app(settings), startup_timeout=600) as url:
         warm_up(url)  # builds the concept vectors once per cache (minutes on CPU)

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from glassbox.app import create_app
 from glassbox.engine.async_engine import AsyncLLMEngine
-from glassbox.engine.llm_engine import LLMEngine
+from glassbox.runtime import load_engine
 
 
 def test_models_list_has_served_name_and_aliases(client: openai.OpenAI) -> None:
@@ -84,7 +84,7 @@ def test_health(http, tiny_server) -> None:
 
 
 def test_health_is_503_once_the_engine_has_died(tiny_model_dir, tmp_path) -> None:
-    engine = AsyncLLMEngine(LLMEngine.from_settings(tiny_settings(tiny_model_dir, tmp_path))[0])
+    engine = AsyncLLMEngine(load_engine(tiny_settings(tiny_model_dir, tmp_path))[0])
     app = create_app(tiny_settings(tiny_model_dir, tmp_path), engine=engine)
     with TestClient(app) as tc:
         assert tc.get("/health").status_code == 200

@@ -120,7 +120,7 @@ def test_unexpected_exception_is_a_500_in_the_same_shape(http, tiny_server, monk
 
 
 def test_error_after_the_stream_started_is_reported_in_the_stream(http, tiny_server, monkeypatch):
-    from glassbox.api.errors import APIError
+    from glassbox.engine.errors import EngineDeadError
 
     service = tiny_server.app.state.openai
     real = service._chat_chunks
@@ -128,7 +128,7 @@ def test_error_after_the_stream_started_is_reported_in_the_stream(http, tiny_ser
     async def failing(*args, **kwargs):
         async for chunk in real(*args, **kwargs):
             yield chunk
-            raise APIError("the engine has stopped", 503)
+            raise EngineDeadError("the engine has stopped")
 
     monkeypatch.setattr(service, "_chat_chunks", failing)
     body = {"messages": USER, "max_tokens": 3, "stream": True}

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_NAME, LiveServer
 
 from glassbox.features.ember_json import feature_hex, variant_to_ember
-from glassbox.steering.variant import (
+from glassbox.features.variant import (
     Condition,
     ConditionGroup,
     FeatureRef,

@@ -10,11 +10,11 @@ import pytest
 from conftest import tiny_settings
 
 from glassbox.engine.async_engine import AsyncLLMEngine
-from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.metrics import Metrics
-from glassbox.services.generation import GenerationService
-from glassbox.services.states import StateService
+from glassbox.requests.generation import GenerationService
+from glassbox.runtime import load_engine
+from glassbox.states.service import StateService
 from glassbox.store import Database
 
 NUM_STATES = 1000
@@ -32,7 +32,7 @@ async def _first_token(states: StateService, state_id: str) -> int:
 def test_a_thousand_states_fit_the_budget_and_all_stay_usable(tiny_model_dir, tmp_path):
     settings = tiny_settings(tiny_model_dir, tmp_path)
     settings.max_model_len = 1024
-    llm, resolved = LLMEngine.from_settings(settings)
+    llm, resolved = load_engine(settings)
     engine = AsyncLLMEngine(llm)
     block_bytes = llm.model.config.kv_bytes_per_token() * llm.config.block_size
     budget = 64 * (TOKENS // llm.config.block_size + 1) * block_bytes  # ~64 states resident

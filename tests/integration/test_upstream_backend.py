@@ -9,7 +9,7 @@ import pytest
 
 from glassbox.backends import create_backend
 from glassbox.backends.openai_upstream import OpenAIUpstreamBackend, UpstreamError
-from glassbox.steering.emotion import EmotionalState
+from glassbox.features.emotion import EmotionalState
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 

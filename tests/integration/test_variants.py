@@ -10,8 +10,8 @@ from conftest import TINY_NAME, LiveServer
 from live_server import serve_in_thread
 
 from glassbox.app import create_app
-from glassbox.services.variants import VariantService
-from glassbox.steering.variant import FeatureRef, VariantSpec
+from glassbox.features.variant import FeatureRef, VariantSpec
+from glassbox.features.variants import VariantService
 from glassbox.store import Database
 
 

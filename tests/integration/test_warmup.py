@@ -9,14 +9,14 @@ from fastapi.testclient import TestClient
 
 from glassbox.app import create_app
 from glassbox.engine.async_engine import AsyncLLMEngine
-from glassbox.engine.llm_engine import LLMEngine
+from glassbox.runtime import load_engine
 
 
 def test_features_are_warmed_up_without_a_request(tiny_model_dir, tmp_path) -> None:
     settings = tiny_settings(tiny_model_dir, tmp_path).model_copy(
         update={"warm_features": True, "warm_features_after": 0.0}
     )
-    engine = AsyncLLMEngine(LLMEngine.from_settings(settings)[0])
+    engine = AsyncLLMEngine(load_engine(settings)[0])
     try:
         with TestClient(create_app(settings, engine=engine)) as tc:
             features = tc.app.state.features

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.errors import RequestRejected
 from glassbox.engine.sequence import SamplingParams
 
 
@@ -76,9 +77,10 @@ async def test_concurrent_streams_interleave(async_engine):
 
 
 async def test_bad_request_raises_in_the_stream(async_engine):
-    with pytest.raises(ValueError):
+    with pytest.raises(RequestRejected, match="empty") as info:
         async for _ in async_engine.submit([], SamplingParams()):
             pass
+    assert info.value.param == "prompt"
 
 
 async def test_a_bad_request_does_not_fail_the_others(async_engine):
@@ -92,7 +94,7 @@ async def test_a_bad_request_does_not_fail_the_others(async_engine):
             return type(exc).__name__
 
     good_result, bad_result = await asyncio.gather(run(good), run(bad))
-    assert bad_result == "ValueError"
+    assert bad_result == "RequestRejected"
     assert good_result == "length"
 
 

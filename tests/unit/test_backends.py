@@ -20,9 +20,9 @@ from glassbox.backends import (
 from glassbox.backends.local import LocalBackend
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.features.concepts import Concept, ConceptData
+from glassbox.features.emotion import EMOTIONS, EmotionalState
 from glassbox.features.vector_files import vector_dictionary
-from glassbox.steering.emotion import EMOTIONS, EmotionalState
-from glassbox.steering.vectors import SteeringVectors
+from glassbox.features.vectors import SteeringVectors
 
 LABELS = ["Excited", "Calm", "Frustrated", "Depleted"]
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

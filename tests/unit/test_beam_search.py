@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from glassbox.engine.beam_search import BeamSearch, BeamSearchParams
+from glassbox.engine.errors import PromptTooLong, RequestRejected
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.steering.plan import (
@@ -251,9 +252,10 @@ def test_normal_requests_step_between_search_steps(engine):
         dict(length_penalty=float("nan")),
     ],
 )
-def test_bad_params_are_value_errors(bad):
-    with pytest.raises(ValueError):
+def test_bad_params_are_rejected_naming_the_field(bad):
+    with pytest.raises(RequestRejected) as info:
         BeamSearchParams(**bad)
+    assert info.value.param in bad
 
 
 def test_a_state_that_fills_the_context_is_refused_and_released(make_engine):
@@ -264,7 +266,7 @@ def test_a_state_that_fills_the_context_is_refused_and_released(make_engine):
     free0 = engine.block_manager.num_free
     kv = full.take_kv()
     search = BeamSearch(engine, kv, params)
-    with pytest.raises(ValueError, match="no room"):
+    with pytest.raises(PromptTooLong, match="no room"):
         search.step()
     assert engine.block_manager.num_free == free0 + len(kv.block_ids)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import Driver
 
+from glassbox.engine.errors import RequestRejected
 from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
 
 PROMPTS = [[5, 17, 33, 8, 41, 2, 19], [3, 9, 27], [12] * 20]
@@ -45,5 +46,5 @@ def test_capture_under_a_steering_plan(engine, tiny_model):
 
 
 def test_capture_rejects_bad_prompts(engine):
-    with pytest.raises(ValueError):
+    with pytest.raises(RequestRejected, match="empty"):
         engine.capture([[]], {0})

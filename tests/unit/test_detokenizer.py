@@ -147,10 +147,10 @@ def test_eos_stops_unless_ignore_eos(engine, tiny_tokenizer):
 @pytest.mark.slow
 def test_real_tokenizer_multibyte_and_stop_strings():
     from glassbox.config import Settings
-    from glassbox.models.loader import resolve_model
     from glassbox.models.tokenizer import Tokenizer
+    from glassbox.runtime import resolve
 
-    tok = Tokenizer(resolve_model(Settings()).directory)
+    tok = Tokenizer(resolve(Settings()).directory)
     text = "Voilà — crème brûlée 🍮 for 2 people, 日本語 too. ¡Olé! Done."
     ids = tok.encode(text, add_special_tokens=False)
     deltas, _ = _stream(tok, ids, [], prompt=tok.encode("Dessert:"))

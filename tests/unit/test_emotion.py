@@ -8,7 +8,7 @@ import math
 import pytest
 
 from glassbox.backends.base import state_from_coefficients
-from glassbox.steering.emotion import (
+from glassbox.features.emotion import (
     EMOTIONS,
     TEMPERATURE_BOUNDS,
     TOP_P_BOUNDS,

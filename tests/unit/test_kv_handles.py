@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from glassbox.engine.errors import RequestRejected
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 
@@ -116,10 +117,10 @@ def test_bad_prefixes_and_kv_are_refused_and_release_the_lease(engine):
     bm = engine.block_manager
     handle = engine.prefill_kv(PROMPT)
     free0 = bm.num_free
-    with pytest.raises(ValueError, match="start with"):
+    with pytest.raises(RequestRejected, match="start with"):
         engine.add_request([1, 2, 3] + PROMPT, _greedy(2), bm.share(handle))
     assert all(bm.blocks[b].ref_count == 1 for b in handle.block_ids)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(RequestRejected, match="does not fit"):
         engine.load_kv(PROMPT, torch.zeros(2, 3, 1, 1))
     assert bm.num_free == free0
     bm.release(handle)

@@ -157,10 +157,10 @@ def real():
     from transformers import AutoModelForCausalLM
 
     from glassbox.config import Settings
-    from glassbox.models.loader import resolve_model
     from glassbox.models.tokenizer import Tokenizer
+    from glassbox.runtime import resolve
 
-    directory = resolve_model(Settings()).directory
+    directory = resolve(Settings()).directory
     hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     ids = Tokenizer(directory).encode(ENGLISH)
     return directory, ids, hf_logits(hf, ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from glassbox.engine.errors import PromptTooLong, RequestRejected
 from glassbox.engine.sequence import SamplingParams
 
 
@@ -70,13 +71,13 @@ def test_abort_frees_the_sequence_between_steps(engine):
 
 
 def test_empty_prompt_is_rejected(engine):
-    with pytest.raises(ValueError):
+    with pytest.raises(RequestRejected, match="empty"):
         engine.add_request([], _params(1))
 
 
 def test_prompt_longer_than_the_context_is_rejected(make_engine):
     engine = make_engine(num_blocks=8, max_model_len=32)  # the pool holds 32 tokens
-    with pytest.raises(ValueError):
+    with pytest.raises(PromptTooLong, match="40 tokens"):
         engine.add_request(list(range(1, 41)), _params(5))
 
 
@@ -96,8 +97,9 @@ def test_a_prompt_that_fits_still_runs_next_to_the_limit(make_engine):
     ids=["prompt-id", "logit-bias-key", "negative-logit-bias-key"],
 )
 def test_out_of_vocabulary_token_ids_are_rejected(engine, prompt, params):
-    with pytest.raises(ValueError):
+    with pytest.raises(RequestRejected, match="outside the vocabulary") as info:
         engine.add_request(prompt, params)
+    assert info.value.param == ("prompt" if params.logit_bias == {} else "logit_bias")
 
 
 def _run_bounded(engine, max_steps: int = 300) -> None:
@@ -110,7 +112,7 @@ def _run_bounded(engine, max_steps: int = 300) -> None:
 
 def test_context_larger_than_the_pool_cannot_livelock(make_engine):
     engine = make_engine(num_blocks=8, max_model_len=512)  # the pool holds 32 tokens
-    with pytest.raises(ValueError):
+    with pytest.raises(PromptTooLong):
         engine.add_request(list(range(1, 41)), _params(3))
     seq = engine.add_request(list(range(1, 10)), _params(100))
     _run_bounded(engine)

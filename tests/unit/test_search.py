@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glassbox.embeddings import Embedder
 from glassbox.features.dictionary import FeatureDictionary
+from glassbox.features.encoder import Embedder
 from glassbox.features.search import MAX_TOP_K, FeatureIndex, feature_text
 
 CONCEPTS = Path(__file__).resolve().parents[2] / "src/glassbox/features/data/concepts.json"

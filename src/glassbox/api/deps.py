@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from glassbox.api.openai.adapter import OpenAIService
+from glassbox.api.system.models import ModelRegistry
+from glassbox.features.steering import SteeringService
+from glassbox.features.variants import VariantService
 from glassbox.metrics import Metrics
-from glassbox.services.generation import GenerationService
-from glassbox.services.model_registry import ModelRegistry
-from glassbox.services.openai_compat import OpenAIService
-from glassbox.services.states import StateService
-from glassbox.services.steering import SteeringService
-from glassbox.services.variants import VariantService
+from glassbox.requests.generation import GenerationService
+from glassbox.states.service import StateService
 
 
 def openai_service(request: Request) -> OpenAIService:

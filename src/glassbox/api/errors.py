@@ -1,6 +1,8 @@
 """One error shape everywhere, OpenAI's: {"error": {"message", "type", "param", "code"}}.
 
-Bad input is a 4xx whose message names the field and says what to fix; only bugs are 500s.
+The only place where domain errors (glassbox.errors) become HTTP: one table from error class
+to status and type. Bad input is a 4xx whose message names the field and says what to fix;
+only bugs are 500s.
 """
 
 from __future__ import annotations
@@ -11,6 +13,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from glassbox.errors import (
+    Aborted,
+    Conflict,
+    GlassboxError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -26,32 +39,23 @@ _TYPE_BY_STATUS = {
 }
 
 
-class APIError(Exception):
-    """An error a service raises for the client to see, with OpenAI's fields."""
-
-    def __init__(
-        self,
-        message: str,
-        status_code: int = 400,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        type: str | None = None,
-    ):
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.param = param
-        self.code = code
-        self.type = type or _TYPE_BY_STATUS.get(status_code, "server_error")
+# The one table from domain error to HTTP: (status, OpenAI error type). An error class not
+# listed takes the entry of its nearest listed base class (its MRO).
+ERROR_STATUS: dict[type[GlassboxError], tuple[int, str]] = {
+    GlassboxError: (500, "server_error"),
+    InvalidRequest: (400, "invalid_request_error"),
+    TooLarge: (413, "invalid_request_error"),
+    NotFound: (404, "not_found_error"),
+    ModelNotFound: (404, "invalid_request_error"),  # as OpenAI answers an unknown model
+    Conflict: (409, "conflict_error"),
+    Aborted: (422, "invalid_request_error"),
+    Unavailable: (503, "service_unavailable_error"),
+}
 
 
-def not_supported(param: str, what: str | None = None) -> APIError:
-    return APIError(
-        f"'{param}' is not supported yet{': ' + what if what else ''}; remove it from the request",
-        param=param,
-        code="unsupported_parameter",
-    )
+def status_of(exc: GlassboxError) -> tuple[int, str]:
+    """(HTTP status, OpenAI error type) of a domain error."""
+    return next(ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in ERROR_STATUS)
 
 
 def error_body(
@@ -60,10 +64,12 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(
-        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status_code
-    )
+def domain_error_body(exc: GlassboxError) -> dict[str, Any]:
+    return error_body(exc.message, status_of(exc)[1], exc.param, exc.code)
+
+
+def error_response(exc: GlassboxError) -> JSONResponse:
+    return JSONResponse(domain_error_body(exc), status_code=status_of(exc)[0])
 
 
 def _field_path(loc: tuple) -> str:
@@ -116,8 +122,8 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    @app.exception_handler(GlassboxError)
+    async def _domain_error(_: Request, exc: GlassboxError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -11,7 +11,8 @@ from typing import TypeVar
 from fastapi import Request, Response
 from sse_starlette import EventSourceResponse
 
-from glassbox.api.errors import APIError, error_body
+from glassbox.api.errors import domain_error_body
+from glassbox.errors import GlassboxError
 from glassbox.logs import get_logger
 
 T = TypeVar("T")
@@ -27,8 +28,8 @@ async def _events(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
         try:
             async for data in it:
                 yield {"data": data}
-        except APIError as exc:  # headers are sent: report in the stream, as OpenAI does
-            yield {"data": json.dumps(error_body(exc.message, exc.type, exc.param, exc.code))}
+        except GlassboxError as exc:  # headers are sent: report in the stream, as OpenAI does
+            yield {"data": json.dumps(domain_error_body(exc))}
             return
     yield {"data": "[DONE]"}
 

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Literal
 
-from glassbox.steering.emotion import EmotionalState
+from glassbox.features.emotion import EmotionalState
 
 log = logging.getLogger(__name__)
 

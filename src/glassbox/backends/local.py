@@ -16,7 +16,7 @@ from glassbox.backends.base import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Inference
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import STEERING_ABORT
 from glassbox.engine.sequence import SamplingParams
-from glassbox.steering.vectors import SteeringVectors
+from glassbox.features.vectors import SteeringVectors
 
 log = logging.getLogger(__name__)
 

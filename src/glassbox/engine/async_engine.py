@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from glassbox.engine.block_manager import KVHandle
+from glassbox.engine.errors import EngineDeadError
 from glassbox.engine.llm_engine import LLMEngine, StepOutput
 from glassbox.engine.sequence import SamplingParams
+from glassbox.errors import GlassboxError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class EngineDeadError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -151,7 +149,7 @@ class AsyncLLMEngine:
                     continue
                 try:
                     seq = self.engine.add_request(ids, params, prefix)
-                except ValueError as exc:
+                except GlassboxError as exc:  # the engine refused it: its caller hears why
                     stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
                     continue
                 tickets[ticket] = seq.seq_id

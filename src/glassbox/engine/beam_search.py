@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from glassbox.engine.block_manager import KVHandle
+from glassbox.engine.errors import OutOfBlocks, PromptTooLong, RequestRejected
 from glassbox.engine.sequence import SamplingParams, Sequence
 from glassbox.steering.plan import SteeringPlan
 
@@ -59,28 +60,48 @@ class BeamSearchParams:
     keep_kv: bool = False  # keep the best hypothesis's KV (see `BeamSearch.take_kv`)
 
     def __post_init__(self) -> None:
-        if self.num_beams < 1:
-            raise ValueError("num_beams must be at least 1")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if not math.isfinite(self.length_penalty):
-            raise ValueError("length_penalty must be a finite number")
-        if self.num_beam_groups < 1 or self.num_beams % self.num_beam_groups:
-            raise ValueError(
-                f"num_beam_groups must divide num_beams ({self.num_beams}) into equal groups"
-            )
-        if not math.isfinite(self.diversity_penalty) or self.diversity_penalty < 0:
-            raise ValueError("diversity_penalty must be a number >= 0")
-        if self.diversity_penalty and self.num_beam_groups == 1:
-            raise ValueError("diversity_penalty acts between groups: set num_beam_groups > 1")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError("no_repeat_ngram_size must be >= 0 (0 turns it off)")
-        if self.early_stopping not in (True, False, "never"):
-            raise ValueError('early_stopping must be true, false or "never"')
-        if not 1 <= self.num_return_sequences <= self.num_beams:
-            raise ValueError(
-                f"num_return_sequences must be between 1 and num_beams ({self.num_beams})"
-            )
+        checks = [
+            (self.num_beams >= 1, "num_beams", "num_beams must be at least 1"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "max_new_tokens must be at least 1"),
+            (
+                math.isfinite(self.length_penalty),
+                "length_penalty",
+                "length_penalty must be a finite number",
+            ),
+            (
+                self.num_beam_groups >= 1 and self.num_beams % self.num_beam_groups == 0,
+                "num_beam_groups",
+                f"num_beam_groups must divide num_beams ({self.num_beams}) into equal groups",
+            ),
+            (
+                math.isfinite(self.diversity_penalty) and self.diversity_penalty >= 0,
+                "diversity_penalty",
+                "diversity_penalty must be a number >= 0",
+            ),
+            (
+                not self.diversity_penalty or self.num_beam_groups > 1,
+                "diversity_penalty",
+                "diversity_penalty acts between groups: set num_beam_groups > 1",
+            ),
+            (
+                self.no_repeat_ngram_size >= 0,
+                "no_repeat_ngram_size",
+                "no_repeat_ngram_size must be >= 0 (0 turns it off)",
+            ),
+            (
+                self.early_stopping in (True, False, "never"),
+                "early_stopping",
+                'early_stopping must be true, false or "never"',
+            ),
+            (
+                1 <= self.num_return_sequences <= self.num_beams,
+                "num_return_sequences",
+                f"num_return_sequences must be between 1 and num_beams ({self.num_beams})",
+            ),
+        ]
+        for ok, param, message in checks:
+            if not ok:
+                raise RequestRejected(message, param=param)
 
     @property
     def group_size(self) -> int:
@@ -202,14 +223,14 @@ class BeamSearch:
         handle, self._handle = self._handle, None
         if self._limit < 1:
             self._bm.release(handle)
-            raise ValueError(
+            raise PromptTooLong(
                 f"the state has {self._prompt_len} tokens; this model's context is "
                 f"{self.engine.config.max_model_len} tokens: no room for new ones"
             )
         seq = Sequence(list(handle.token_ids), self._sampling, self._bm.block_size, handle)
         if not self._bm.can_allocate(seq):
             self._bm.release(handle)
-            raise MemoryError("not enough free KV blocks to start the beam search now")
+            raise OutOfBlocks("not enough free KV blocks to start the beam search now")
         self._bm.allocate(seq)
         self._bm.release(handle)
         seq.prefix = None
@@ -322,7 +343,7 @@ class BeamSearch:
         needed = sum(len(kids) - 1 for kids in children.values())
         needed += sum(1 for s in batch if s.seq_id in children and len(s) % bm.block_size == 0)
         if needed > bm.num_free:
-            raise MemoryError("the KV pool ran out of free blocks during the beam search")
+            raise OutOfBlocks("the KV pool ran out of free blocks during the beam search")
         for seq in batch:
             kids = children.get(seq.seq_id)
             if kids is None:

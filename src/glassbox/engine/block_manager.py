@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from glassbox.engine.errors import OutOfBlocks
 from glassbox.engine.sequence import Sequence
 
 
@@ -189,7 +190,7 @@ class BlockManager:
     def take_blocks(self, n: int) -> list[int]:
         """`n` fresh blocks (one reference each) to load KV into; fails if the pool is full."""
         if n > self.num_free:
-            raise MemoryError(f"the KV pool has {self.num_free} free blocks, {n} needed")
+            raise OutOfBlocks(f"the KV pool has {self.num_free} free blocks, {n} needed")
         return [self._take().block_id for _ in range(n)]
 
     def free_sequence(self, seq: Sequence) -> None:

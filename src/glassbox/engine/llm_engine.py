@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
-from glassbox.config import Settings
 from glassbox.engine.block_manager import BlockManager, KVHandle
 from glassbox.engine.detokenizer import IncrementalDetokenizer
+from glassbox.engine.errors import OutOfBlocks, PromptTooLong, RequestRejected
 from glassbox.engine.model_runner import ModelRunner
 from glassbox.engine.sampler import Sampler
 from glassbox.engine.scheduler import Scheduler
 from glassbox.engine.sequence import SamplingParams, Sequence, TokenLogprob
+from glassbox.models.layers import WeightFormat
 from glassbox.models.llama import LlamaModel
-from glassbox.models.loader import ResolvedModel, choose_format, resolve_model
 from glassbox.models.tokenizer import Tokenizer
 from glassbox.steering.plan import SteeringPlan
 
@@ -90,24 +91,33 @@ class LLMEngine:
         self.stats = EngineStats()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> tuple[LLMEngine, ResolvedModel]:
-        """Resolve, convert (once) and load the configured model; size the KV pool."""
-        if settings.num_threads:
-            torch.set_num_threads(settings.num_threads)
-        resolved = resolve_model(settings)
-        model = LlamaModel.load(resolved.directory, choose_format(settings.dtype))
-        tokenizer = Tokenizer(resolved.directory)
-        max_len = settings.max_model_len or model.config.max_position_embeddings
-        block_bytes = ModelRunner.kv_bytes_per_block(model, settings.block_size)
-        num_blocks = max(settings.kv_cache_bytes // block_bytes, 1)
+    def load(
+        cls,
+        directory: Path,
+        weight_format: WeightFormat,
+        *,
+        block_size: int = 16,
+        kv_cache_bytes: int = 512 * 1024 * 1024,
+        max_num_seqs: int = 32,
+        max_num_batched_tokens: int = 4096,
+        max_model_len: int | None = None,
+        num_threads: int | None = None,
+    ) -> LLMEngine:
+        """Load the model in `directory` (an HF-layout directory) and size the KV pool to
+        `kv_cache_bytes`; `max_model_len` defaults to the model's own context."""
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        model = LlamaModel.load(directory, weight_format)
+        tokenizer = Tokenizer(directory)
+        block_bytes = ModelRunner.kv_bytes_per_block(model, block_size)
         config = EngineConfig(
-            block_size=settings.block_size,
-            num_blocks=num_blocks,
-            max_num_seqs=settings.max_num_seqs,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            max_model_len=max_len,
+            block_size=block_size,
+            num_blocks=max(kv_cache_bytes // block_bytes, 1),
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len or model.config.max_position_embeddings,
         )
-        return cls(model, tokenizer, config), resolved
+        return cls(model, tokenizer, config)
 
     def add_request(
         self,
@@ -122,8 +132,10 @@ class LLMEngine:
             self._validate(prompt_token_ids, params)
             ids = prompt_token_ids
             if prefix is not None and (len(prefix.token_ids) > len(ids) or not _agree(ids, prefix)):
-                raise ValueError("the prompt does not start with the prefix's tokens")
-        except ValueError:
+                raise RequestRejected(
+                    "the prompt does not start with the prefix's tokens", param="prompt"
+                )
+        except RequestRejected:
             if prefix is not None:
                 self.block_manager.release(prefix)
             raise
@@ -139,24 +151,27 @@ class LLMEngine:
         """Reject what would fail inside a step, where it would take the batch down with it."""
         vocab = self.model.config.vocab_size
         if not prompt_token_ids:
-            raise ValueError("the prompt is empty")
+            raise RequestRejected("the prompt is empty", param="prompt")
         if len(prompt_token_ids) >= self.config.max_model_len:
-            raise ValueError(
+            raise PromptTooLong(
                 f"the prompt has {len(prompt_token_ids)} tokens; this model's context is "
-                f"{self.config.max_model_len} tokens"
+                f"{self.config.max_model_len} tokens",
+                param="prompt",
             )
-        for what, ids in (
-            ("prompt token id", prompt_token_ids),
-            ("logit_bias token id", params.logit_bias.keys()),
-            ("stop_token_ids entry", params.stop_token_ids),
+        for what, param, ids in (
+            ("prompt token id", "prompt", prompt_token_ids),
+            ("logit_bias token id", "logit_bias", params.logit_bias.keys()),
+            ("stop_token_ids entry", "stop_token_ids", params.stop_token_ids),
         ):
             bad = [i for i in ids if not 0 <= i < vocab]
             if bad:
-                raise ValueError(f"{what} {bad[0]} is outside the vocabulary [0, {vocab})")
+                raise RequestRejected(
+                    f"{what} {bad[0]} is outside the vocabulary [0, {vocab})", param=param
+                )
         if params.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
+            raise RequestRejected("max_tokens must be at least 1", param="max_tokens")
         if params.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+            raise RequestRejected("temperature must be >= 0", param="temperature")
 
     def abort(self, seq_id: int) -> StepOutput | None:
         seq = self.seqs.get(seq_id)
@@ -238,7 +253,7 @@ class LLMEngine:
         self._validate(token_ids, SamplingParams())
         bm = self.block_manager
         if prefix is not None and not _agree(token_ids, prefix):
-            raise ValueError("the tokens differ from the prefix's tokens where they overlap")
+            raise RequestRejected("the tokens differ from the prefix's tokens where they overlap")
         if prefix is not None and len(prefix.token_ids) >= len(token_ids):
             return bm.share(prefix, len(token_ids))
         if len(token_ids) == 1:
@@ -247,7 +262,7 @@ class LLMEngine:
         seq = Sequence(token_ids[:-1], SamplingParams(), self.config.block_size, lease)
         try:
             if not bm.can_allocate(seq):
-                raise MemoryError("not enough free KV blocks for this prompt now")
+                raise OutOfBlocks("not enough free KV blocks for this prompt now")
             bm.allocate(seq)
             if seq.num_computed_tokens < len(seq):
                 self.runner.run([seq], True)
@@ -267,7 +282,9 @@ class LLMEngine:
         self._validate(token_ids, SamplingParams())
         expected = self.runner.kv_shape(len(token_ids) - 1)
         if tuple(kv.shape) != expected:
-            raise ValueError(f"KV of shape {tuple(kv.shape)} does not fit: expected {expected}")
+            raise RequestRejected(
+                f"KV of shape {tuple(kv.shape)} does not fit: expected {expected}"
+            )
         n = (len(token_ids) - 1 + self.config.block_size - 1) // self.config.block_size
         block_ids = self.block_manager.take_blocks(n)
         self.runner.write_kv(block_ids, kv)
@@ -290,7 +307,7 @@ class LLMEngine:
         params = SamplingParams(steering=steering)
         seqs = [Sequence(ids, params, self.config.block_size) for ids in prompts]
         if sum(s.num_blocks for s in seqs) > self.block_manager.num_free:
-            raise ValueError("not enough free KV blocks to capture these prompts now")
+            raise OutOfBlocks("not enough free KV blocks to capture these prompts now")
         captured: dict[int, torch.Tensor] = {}
 
         def hook(layer: int, h: torch.Tensor) -> torch.Tensor:

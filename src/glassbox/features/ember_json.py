@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from glassbox.steering.variant import (
+from glassbox.features.variant import (
     Condition,
     ConditionGroup,
     Edit,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from glassbox.config import BUNDLED_MODEL, Settings
+from glassbox.models import BUNDLED_MODEL
 from glassbox.models.layers import WeightFormat
 
 log = logging.getLogger(__name__)
@@ -62,20 +62,22 @@ def bundled_gguf() -> Path:
     return path
 
 
-def resolve_model(settings: Settings) -> ResolvedModel:
-    if settings.model == BUNDLED_MODEL:
+def resolve_model(model: str, cache_dir: Path, served_name: str | None = None) -> ResolvedModel:
+    """`model`: BUNDLED_MODEL, an HF model directory or a .gguf file (converted once into
+    `cache_dir`); `served_name` overrides the name clients use."""
+    if model == BUNDLED_MODEL:
         gguf, name = bundled_gguf(), BUNDLED_NAME
     else:
-        path = Path(settings.model).expanduser()
+        path = Path(model).expanduser()
         if not path.exists():
             raise ModelNotFoundError(f"model path {path} does not exist")
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelNotFoundError(f"{path} has no config.json (not an HF model directory)")
-            return ResolvedModel(path, settings.served_model_name or path.name)
+            return ResolvedModel(path, served_name or path.name)
         gguf, name = path, path.name.split(".")[0]
-    directory = convert_gguf(gguf, settings.cache_dir)
-    return ResolvedModel(directory, settings.served_model_name or name)
+    directory = convert_gguf(gguf, cache_dir)
+    return ResolvedModel(directory, served_name or name)
 
 
 def _fingerprint(path: Path) -> str:

@@ -1,0 +1,300 @@
+"""OpenAI's chat/completions semantics over the generation service: prompts from requests,
+n choices, usage, logprobs in OpenAI's shapes, and the stream of chunks; plus vLLM's
+tokenize/detokenize, which share the chat-message handling."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from glassbox.api.openai.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    ChoiceLogprobs,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    DeltaMessage,
+    LegacyLogprobs,
+    TokenLogprobOut,
+    TopLogprob,
+    Usage,
+)
+from glassbox.api.system.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from glassbox.engine.llm_engine import STEERING_ABORT
+from glassbox.engine.sequence import TokenLogprob
+from glassbox.errors import Aborted, InvalidRequest, Unavailable, Unsupported
+from glassbox.features.emotion import EmotionalState
+from glassbox.features.steering import SteeringService
+from glassbox.requests.generation import Generation, GenerationService, Job
+from glassbox.steering.plan import SteeringPlan
+
+_TEMPLATE_ROLE = {"developer": "system"}  # chat templates know 'system', not 'developer'
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    out = []
+    for m in messages:
+        message = {"role": _TEMPLATE_ROLE.get(m.role, m.role), "content": m.text()}
+        if m.name:
+            message["name"] = m.name
+        if m.tool_call_id:
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
+    return out
+
+
+def _finish_reason(reason: str | None) -> str | None:
+    if reason == "abort":
+        raise Unavailable("the engine aborted the generation; retry the request")
+    if reason == STEERING_ABORT:
+        raise Aborted(
+            "generation aborted: an abort_when condition of the variant held", param="variant"
+        )
+    return reason
+
+
+class OpenAIService:
+    def __init__(self, generation: GenerationService, steering: SteeringService | None = None):
+        self.gen = generation
+        self.steering = steering
+        self.tokenizer = generation.tokenizer
+        self._token_text: dict[int, str] = {}
+
+    async def _plan(self, req) -> SteeringPlan | None:
+        """The request's variant (`variant` inline, or `session_id` + `variant_id` stored)
+        and its emotion (`emotion_coefficients` or `emotional_state`) resolved into the
+        steering plan that every choice carries."""
+        coefficients = req.emotion_coefficients
+        if req.emotional_state is not None:
+            state = EmotionalState(req.emotional_state.valence, req.emotional_state.arousal)
+            coefficients = state.get_steering_coefficients()
+        wants_variant = req.variant is not None or req.session_id is not None
+        if not wants_variant and coefficients is None:
+            return None
+        if self.steering is None:
+            raise Unsupported("variant", "this server has no feature dictionaries")
+        plan = None
+        if wants_variant:
+            plan = await self.steering.plan(req.variant, req.session_id, req.variant_id)
+        if coefficients is not None:
+            emotion = await self.steering.emotion_plan(coefficients)
+            plan = emotion if plan is None else plan.combined(emotion)
+        return plan
+
+    # --- logprobs -----------------------------------------------------------------------
+
+    def token_text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.token_str(token_id)
+        return text
+
+    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+        text = self.token_text(token_id)
+        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+    def chat_logprobs(self, infos: list[TokenLogprob]) -> ChoiceLogprobs:
+        content = []
+        for info in infos:
+            chosen = self._top(info.token_id, info.logprob)
+            top = [self._top(t, lp) for t, lp in info.top]
+            content.append(TokenLogprobOut(**chosen.model_dump(), top_logprobs=top))
+        return ChoiceLogprobs(content=content)
+
+    def legacy_logprobs(self, infos: list[TokenLogprob], offset: int) -> LegacyLogprobs:
+        out = LegacyLogprobs()
+        for info in infos:
+            text = self.token_text(info.token_id)
+            top = {self.token_text(t): lp for t, lp in info.top}
+            top.setdefault(text, info.logprob)
+            out.tokens.append(text)
+            out.token_logprobs.append(info.logprob)
+            out.top_logprobs.append(top)
+            out.text_offset.append(offset)
+            offset += len(text)
+        return out
+
+    # --- chat ---------------------------------------------------------------------------
+
+    async def _chat_jobs(self, req: ChatCompletionRequest) -> list[Job]:
+        if (bad := req.unsupported()) is not None:
+            raise Unsupported(*bad)
+        prompt = self.gen.chat_prompt(template_messages(req.messages), req.add_generation_prompt)
+        max_tokens = self.gen.check_length(len(prompt), req.max_new_tokens, "messages")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = self.gen.sampling_params(req, max_tokens=max_tokens, logprobs=logprobs)
+        params.steering = await self._plan(req)
+        return [Job(prompt, self.gen.for_choice(params, i)) for i in range(req.n)]
+
+    async def chat(self, req: ChatCompletionRequest, model: str) -> ChatCompletion:
+        jobs = await self._chat_jobs(req)
+        results = await self.gen.generate_many(jobs)
+        choices = [
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=g.text),
+                logprobs=self.chat_logprobs(g.logprobs) if req.logprobs else None,
+                finish_reason=_finish_reason(g.finish_reason),
+            )
+            for i, g in enumerate(results)
+        ]
+        return ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            model=model,
+            choices=choices,
+            usage=_usage(jobs, results, req.n),
+        )
+
+    async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[str]:
+        """Validates now (errors become ordinary 4xx responses), then streams chunk JSON."""
+        jobs = await self._chat_jobs(req)
+        return self._chat_chunks(req, jobs, model)
+
+    async def _chat_chunks(
+        self, req: ChatCompletionRequest, jobs: list[Job], model: str
+    ) -> AsyncIterator[str]:
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+            body = ChatCompletionChunk(id=cid, model=model, choices=choices, usage=usage)
+            data = body.model_dump(mode="json")
+            for choice in data["choices"]:  # OpenAI sends only the delta's set fields
+                choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+        for i in range(len(jobs)):
+            yield chunk(
+                [ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))]
+            )
+        results = [Generation() for _ in jobs]
+        async with aclosing(self.gen.stream_many(jobs)) as outputs:
+            async for i, out in outputs:
+                results[i].add(out)
+                if out.text or (req.logprobs and out.logprobs):
+                    logprobs = self.chat_logprobs(out.logprobs) if req.logprobs else None
+                    yield chunk(
+                        [ChatChunkChoice(index=i, delta=DeltaMessage(content=out.text),
+                                         logprobs=logprobs)]
+                    )  # fmt: skip
+                if out.finish_reason is not None:
+                    reason = _finish_reason(out.finish_reason)
+                    yield chunk(
+                        [ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=reason)]
+                    )
+        if req.include_usage:
+            yield chunk([], _usage(jobs, results, req.n))
+
+    # --- completions --------------------------------------------------------------------
+
+    async def _completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[str]]:
+        """Jobs ordered prompt-major (prompt p, choice i -> index p * n + i), and the prompt
+        texts (for echo)."""
+        if (bad := req.unsupported()) is not None:
+            raise Unsupported(*bad)
+        plan = await self._plan(req)
+        jobs, texts = [], []
+        for prompt in req.prompts():
+            if isinstance(prompt, str):
+                ids = self.gen.encode(prompt)
+                text = prompt
+            else:
+                self.gen.check_token_ids(prompt, "prompt")
+                ids = prompt
+                text = self.tokenizer.decode(ids) if req.echo else ""
+            if not ids:
+                raise InvalidRequest("the prompt is empty; send at least one token", param="prompt")
+            max_tokens = self.gen.check_length(len(ids), req.max_tokens, "prompt")
+            params = self.gen.sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs)
+            params.steering = plan
+            for i in range(req.n):
+                jobs.append(Job(ids, self.gen.for_choice(params, i)))
+                texts.append(text)
+        return jobs, texts
+
+    async def completion(self, req: CompletionRequest, model: str) -> Completion:
+        jobs, texts = await self._completion_jobs(req)
+        results = await self.gen.generate_many(jobs)
+        choices = []
+        for i, (g, prompt_text) in enumerate(zip(results, texts, strict=True)):
+            prefix = prompt_text if req.echo else ""
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = self.legacy_logprobs(g.logprobs, len(prefix))
+            choices.append(
+                CompletionChoice(index=i, text=prefix + g.text, logprobs=logprobs,
+                                 finish_reason=_finish_reason(g.finish_reason))
+            )  # fmt: skip
+        return Completion(
+            id=f"cmpl-{uuid.uuid4().hex}",
+            model=model,
+            choices=choices,
+            usage=_usage(jobs, results, req.n),
+        )
+
+    async def completion_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[str]:
+        jobs, texts = await self._completion_jobs(req)
+        return self._completion_chunks(req, jobs, texts, model)
+
+    async def _completion_chunks(
+        self, req: CompletionRequest, jobs: list[Job], texts: list[str], model: str
+    ) -> AsyncIterator[str]:
+        cid = f"cmpl-{uuid.uuid4().hex}"
+
+        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+            return Completion(id=cid, model=model, choices=choices, usage=usage).model_dump_json()
+
+        offsets = [len(t) if req.echo else 0 for t in texts]
+        if req.echo:
+            for i, text in enumerate(texts):
+                yield chunk([CompletionChoice(index=i, text=text, finish_reason=None)])
+        results = [Generation() for _ in jobs]
+        async with aclosing(self.gen.stream_many(jobs)) as outputs:
+            async for i, out in outputs:
+                results[i].add(out)
+                logprobs = None
+                if req.logprobs is not None:
+                    logprobs = self.legacy_logprobs(out.logprobs, offsets[i])
+                    offsets[i] += sum(len(t) for t in logprobs.tokens)
+                reason = _finish_reason(out.finish_reason)
+                if out.text or logprobs is not None or reason is not None:
+                    yield chunk(
+                        [CompletionChoice(index=i, text=out.text, logprobs=logprobs,
+                                          finish_reason=reason)]
+                    )  # fmt: skip
+        if req.include_usage:
+            yield chunk([], _usage(jobs, results, req.n))
+
+    # --- tokenize (vLLM-compatible) --------------------------------------------------
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        if req.messages is not None:
+            ids = self.gen.chat_prompt(template_messages(req.messages), req.add_generation_prompt)
+        else:
+            add_special = True if req.add_special_tokens is None else req.add_special_tokens
+            ids = self.gen.encode(req.prompt or "", add_special_tokens=add_special)
+        return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.gen.max_model_len)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        return DetokenizeResponse(prompt=self.gen.decode(req.tokens))
+
+
+def _usage(jobs: list[Job], results: list[Generation], n: int) -> Usage:
+    # Jobs are prompt-major with n choices per prompt: each prompt counts once, like OpenAI.
+    prompt = sum(len(job.prompt_ids) for job in jobs[::n])
+    completion = sum(g.num_output_tokens for g in results)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )

@@ -1,0 +1,28 @@
+"""/health and /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from glassbox.api.deps import GenerationDep, MetricsDep, RegistryDep
+from glassbox.api.system.schemas import Health
+from glassbox.engine.errors import EngineDeadError
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", response_model=Health)
+async def health(
+    gen: GenerationDep,
+    models: RegistryDep,
+) -> Health:
+    """200 while the engine thread serves; 503 once it has died, so a supervisor restarts us."""
+    if not gen.engine.is_alive:
+        raise EngineDeadError("the engine has stopped")
+    return Health(model=models.served_name, **gen.stats())
+
+
+@router.get("/metrics")
+async def prometheus_metrics(m: MetricsDep) -> Response:
+    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

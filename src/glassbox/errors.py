@@ -1,0 +1,99 @@
+"""Domain errors: what went wrong with a request, said without HTTP.
+
+The engine, the request path and every service raise these; only the HTTP layer
+(glassbox.api.errors) turns them into status codes and OpenAI's error shape, with one table
+from error class to status. A worker, a chat session or the CLI that calls a service gets
+these same errors and can say what went wrong in its own way.
+
+Each error carries a message that says what to fix, the request field at fault (`param`)
+when there is one, and a machine-readable `code` (OpenAI's, where OpenAI has one).
+"""
+
+from __future__ import annotations
+
+
+class GlassboxError(Exception):
+    """Base of every domain error. `code` defaults to the class's `default_code`."""
+
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+
+class InvalidRequest(GlassboxError):
+    """The request cannot be served as sent: a value out of range, a bad combination."""
+
+
+class Unsupported(InvalidRequest):
+    """A field that would change the output and that glassbox cannot honour (yet)."""
+
+    default_code = "unsupported_parameter"
+
+    def __init__(self, param: str, what: str | None = None):
+        detail = f": {what}" if what else ""
+        super().__init__(
+            f"'{param}' is not supported yet{detail}; remove it from the request", param=param
+        )
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt, or the prompt plus the tokens asked for, does not fit the context."""
+
+    default_code = "context_length_exceeded"
+
+
+class TooLarge(InvalidRequest):
+    """A body or file larger than anything this server can use."""
+
+
+class NotFound(GlassboxError):
+    """No `kind` with this id (for this owner: another owner's object is not found
+    either). `code` is `<kind>_not_found`."""
+
+    def __init__(
+        self,
+        kind: str,
+        id: str,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(
+            message or f"No {kind} with id '{id}'",
+            param=param,
+            code=code or f"{kind.replace(' ', '_')}_not_found",
+        )
+        self.kind = kind
+        self.id = id
+
+
+class ModelNotFound(NotFound):
+    """A model name this server does not serve (OpenAI reports it as an invalid request)."""
+
+    def __init__(self, name: str, message: str, *, param: str = "model"):
+        super().__init__("model", name, message, param=param)
+
+
+class Conflict(GlassboxError):
+    """The object exists already, or is in a state that forbids the change."""
+
+
+class Aborted(GlassboxError):
+    """Generation was stopped by the request's own rule: a variant's abort_when scope
+    (`scope`: its index in the steering plan)."""
+
+    default_code = "inference_aborted"
+
+    def __init__(self, message: str, *, scope: int | None = None, param: str | None = None):
+        super().__init__(message, param=param)
+        self.scope = scope
+
+
+class Unavailable(GlassboxError):
+    """The server cannot serve this now, through no fault of the request: the engine has
+    stopped, or has no room (KV blocks) for it at the moment. Retrying later may work."""

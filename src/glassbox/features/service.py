@@ -1,0 +1,378 @@
+"""Features: the dictionaries of the served model, search, inspection, contrast, AutoSteer,
+logits under a variant, and the resolution of variants into steering plans.
+
+Dictionaries are loaded on first use (the concept vectors are built once, on the engine
+thread, and cached on disk). Everything that runs the model goes through the engine:
+`AsyncLLMEngine.call` for captures, `submit` for generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.llm_engine import LLMEngine
+from glassbox.errors import InvalidRequest, NotFound
+from glassbox.features.autosteer import autosteer
+from glassbox.features.concepts import concept_dictionary
+from glassbox.features.dictionary import Feature, FeatureDictionary
+from glassbox.features.sae import load_sae
+from glassbox.features.search import FeatureIndex
+from glassbox.features.variant import Condition, ConditionGroup, Edit, FeatureRef, VariantSpec
+from glassbox.features.vector_files import load_vector_folder
+from glassbox.steering.plan import (
+    Direction,
+    ResolvedCondition,
+    ResolvedEdit,
+    ResolvedGroup,
+    ResolvedScope,
+    SteeringPlan,
+)
+
+AGGREGATIONS = ("frequency", "mean", "max", "sum")
+
+
+@dataclass
+class Inspection:
+    """Per-token activations of one conversation: tokens x features of one dictionary."""
+
+    tokens: list[str]
+    token_ids: list[int]
+    dictionary: FeatureDictionary
+    acts: torch.Tensor  # [T, n_features], positions after the first
+
+    def top(self, k: int, aggregate_by: str = "frequency") -> list[tuple[Feature, float]]:
+        if aggregate_by not in AGGREGATIONS:
+            raise InvalidRequest(
+                f"aggregate_by must be one of {', '.join(AGGREGATIONS)}", param="aggregate_by"
+            )
+        a = self.acts
+        if aggregate_by == "frequency":
+            score = (a > 0).float().sum(dim=0)
+            # ties (common for frequency) are broken by the total activation
+            score = score + a.sum(dim=0) / (a.sum() + 1.0)
+        elif aggregate_by == "mean":
+            score = a.mean(dim=0)
+        elif aggregate_by == "max":
+            score = a.amax(dim=0)
+        else:
+            score = a.sum(dim=0)
+        k = min(max(k, 1), score.shape[0])
+        values, idx = torch.topk(score, k)
+        if aggregate_by == "frequency":
+            values = (a[:, idx] > 0).float().sum(dim=0)
+        features = self.dictionary.features
+        return [(features[i], float(v)) for i, v in zip(idx.tolist(), values.tolist(), strict=True)]
+
+
+class FeatureService:
+    def __init__(
+        self,
+        engine: AsyncLLMEngine,
+        cache_dir: Path,
+        model_fingerprint: str,
+        base_model: str,
+        sae_paths: list[Path] | None = None,
+        vector_dirs: list[Path] | None = None,
+        layer: int | None = None,
+        embedder=None,
+    ):
+        self.engine = engine
+        self.cache_dir = Path(cache_dir)
+        self.fingerprint = model_fingerprint
+        self.base_model = base_model
+        self.sae_paths = list(sae_paths or [])
+        self.vector_dirs = list(vector_dirs or [])
+        self.layer = layer
+        self._embedder = embedder
+        self._lock = asyncio.Lock()
+        self._dictionaries: list[FeatureDictionary] | None = None
+        self._index: FeatureIndex | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        """Dictionaries and search index loaded (features requests answer without delay)."""
+        return self._index is not None
+
+    # --- dictionaries -------------------------------------------------------------------
+
+    async def dictionaries(self) -> list[FeatureDictionary]:
+        async with self._lock:
+            if self._dictionaries is None:
+                self._dictionaries = await self.engine.call(self._load)
+        return self._dictionaries
+
+    def _load(self, engine: LLMEngine) -> list[FeatureDictionary]:
+        c = engine.model.config
+        out = [concept_dictionary(engine, self.cache_dir, self.fingerprint, self.layer)]
+        for path in self.sae_paths:
+            out.append(load_sae(path, self.fingerprint, expected_hidden_size=c.hidden_size))
+        for folder in self.vector_dirs:
+            layer = self.layer if self.layer is not None else c.num_layers // 2
+            out.append(load_vector_folder(folder, layer, c.hidden_size, self.fingerprint))
+        return out
+
+    async def rebuild_concepts(self) -> FeatureDictionary:
+        """`glassbox features build`: rebuild the concept vectors and replace them."""
+
+        def build(engine: LLMEngine) -> FeatureDictionary:
+            return concept_dictionary(
+                engine, self.cache_dir, self.fingerprint, self.layer, rebuild=True
+            )
+
+        rebuilt = await self.engine.call(build)
+        async with self._lock:
+            if self._dictionaries is not None:
+                self._dictionaries[0] = rebuilt
+            self._index = None
+        return rebuilt
+
+    async def index(self) -> FeatureIndex:
+        dictionaries = await self.dictionaries()
+        if self._index is None:
+            from glassbox.features.encoder import Embedder
+
+            embedder = self._embedder or Embedder.default()
+            self._index = await asyncio.to_thread(FeatureIndex, dictionaries, embedder)
+        return self._index
+
+    async def feature(self, uuid: str) -> tuple[FeatureDictionary, Feature]:
+        for d in await self.dictionaries():
+            f = d.by_uuid(uuid)
+            if f is not None:
+                return d, f
+        raise NotFound(
+            "feature", uuid, f"no feature with id {uuid!r} in this model's dictionaries",
+            param="feature",
+        )  # fmt: skip
+
+    async def feature_by_label(self, label: str) -> tuple[FeatureDictionary, Feature]:
+        wanted = label.strip().lower()
+        for d in await self.dictionaries():
+            for f in d.features:
+                if f.label.lower() == wanted:
+                    return d, f
+        hits = await self.search(label, 1)
+        if not hits:
+            raise NotFound("feature", label, f"no feature matches {label!r}", param="label")
+        return await self.feature(hits[0][0].uuid)
+
+    # --- search -------------------------------------------------------------------------
+
+    async def search(self, query: str, top_k: int = 10) -> list[tuple[Feature, float]]:
+        index = await self.index()
+        try:
+            return await asyncio.to_thread(index.search, query, top_k)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="query") from exc
+
+    async def rerank(self, uuids: list[str], query: str, top_k: int) -> list[tuple[Feature, float]]:
+        features = [(await self.feature(u))[1] for u in uuids]
+        index = await self.index()
+        try:
+            return await asyncio.to_thread(index.rerank, features, query, top_k)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="query") from exc
+
+    async def neighbors(self, uuid: str, top_k: int) -> list[tuple[Feature, float]]:
+        _, feature = await self.feature(uuid)
+        index = await self.index()
+        try:
+            return await asyncio.to_thread(index.neighbors, feature, top_k)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="top_k") from exc
+
+    async def lookup(self, indices: list[int]) -> dict[int, Feature]:
+        concepts = (await self.dictionaries())[0]
+        bad = [i for i in indices if not 0 <= i < len(concepts)]
+        if bad:
+            raise InvalidRequest(
+                f"feature index {bad[0]} is out of range [0, {len(concepts)})", param="indices"
+            )
+        return {i: concepts.features[i] for i in indices}
+
+    # --- variants -> steering plans -----------------------------------------------------
+
+    async def resolve(self, spec: VariantSpec | None) -> SteeringPlan | None:
+        if spec is None or spec.is_empty:
+            return None
+        directions: dict[str, Direction] = {}
+
+        async def direction(ref: FeatureRef) -> Direction:
+            if ref.uuid not in directions:
+                d, f = await self.feature(ref.uuid)
+                directions[ref.uuid] = d.direction(f.index)
+            return directions[ref.uuid]
+
+        async def edit(e: Edit) -> ResolvedEdit:
+            return ResolvedEdit(await direction(e.feature), e.mode, e.value)
+
+        async def group(g: ConditionGroup) -> ResolvedGroup:
+            items = []
+            for item in g.items:
+                if isinstance(item, Condition):
+                    items.append(
+                        ResolvedCondition(await direction(item.feature), item.operator, item.value)
+                    )
+                else:
+                    items.append(await group(item))
+            return ResolvedGroup(g.join, tuple(items))
+
+        # Unconditional nudges are spread over the dictionary's steering layers; pins, muls,
+        # ablations and scopes act where the feature is read, at its own layer.
+        edits: list[ResolvedEdit] = []
+        for e in spec.edits:
+            if e.mode == "nudge":
+                d, f = await self.feature(e.feature.uuid)
+                edits.extend(d.nudge(f.index, e.value))
+            else:
+                edits.append(await edit(e))
+        scopes = []
+        for s in spec.scopes:
+            when = await group(s.when)
+            layers = {d.layer for d in when.directions()}
+            scoped = tuple([await edit(e) for e in s.edits])
+            layers |= {e.direction.layer for e in scoped}
+            if len(layers) != 1:
+                raise InvalidRequest(
+                    "a conditional scope's condition and edits must use features of one layer",
+                    param="scopes",
+                )
+            scopes.append(ResolvedScope(layers.pop(), when, scoped, s.abort))
+        return SteeringPlan(edits, scopes)
+
+    # --- running the model --------------------------------------------------------------
+
+    def _prompt(self, messages: list[dict]) -> list[int]:
+        try:
+            return self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="messages") from exc
+
+    async def _capture(
+        self, prompts: list[list[int]], layers: set[int], plan: SteeringPlan | None
+    ) -> tuple[list[dict[int, torch.Tensor]], torch.Tensor]:
+        try:
+            return await self.engine.call(lambda e: e.capture(prompts, layers, plan))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="messages") from exc
+
+    async def inspect(
+        self, messages: list[dict], spec: VariantSpec | None = None, dictionary: str | None = None
+    ) -> Inspection:
+        dictionaries = await self.dictionaries()
+        d = dictionaries[0]
+        if dictionary is not None:
+            named = [x for x in dictionaries if x.name == dictionary]
+            if not named:
+                raise NotFound(
+                    "dictionary", dictionary, f"no dictionary named {dictionary!r}",
+                    param="dictionary",
+                )  # fmt: skip
+            d = named[0]
+        ids = self._prompt(messages)
+        plan = await self.resolve(spec)
+        captured, _ = await self._capture([ids], {d.layer}, plan)
+        acts = d.activations(captured[0][d.layer])
+        # Report the messages' own tokens: the chat template's role markers and default
+        # system prompt light up format-like features on every conversation alike.
+        keep = [i for i in self._content_positions(messages, ids) if i > 0]
+        if not keep:
+            keep = list(range(1, len(ids))) or [0]
+        tok = self.engine.tokenizer
+        return Inspection(
+            tokens=[tok.token_str(ids[i]) for i in keep],
+            token_ids=[ids[i] for i in keep],
+            dictionary=d,
+            acts=acts[keep],
+        )
+
+    def _content_positions(self, messages: list[dict], ids: list[int]) -> list[int]:
+        """Positions of `ids` that come from the messages' contents: those not matched by
+        the same conversation with every content emptied (the template's skeleton)."""
+        skeleton_messages = [{**m, "content": ""} for m in messages]
+        try:
+            skeleton = self.engine.tokenizer.apply_chat_template(
+                skeleton_messages, add_generation_prompt=False
+            )
+        except ValueError:
+            return list(range(len(ids)))
+        in_skeleton = set()
+        matcher = difflib.SequenceMatcher(a=ids, b=skeleton, autojunk=False)
+        for block in matcher.get_matching_blocks():
+            in_skeleton.update(range(block.a, block.a + block.size))
+        return [i for i in range(len(ids)) if i not in in_skeleton]
+
+    async def logits(
+        self, messages: list[dict], spec: VariantSpec | None, top_k: int
+    ) -> list[tuple[str, float]]:
+        """Top-k next-token logits after `messages` (a generation prompt is added)."""
+        if not 1 <= top_k <= 1000:
+            raise InvalidRequest("top_k must be between 1 and 1000", param="top_k")
+        try:
+            ids = self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="messages") from exc
+        plan = await self.resolve(spec)
+        _, logits = await self._capture([ids], set(), plan)
+        values, idx = torch.topk(logits[0], top_k)
+        tok = self.engine.tokenizer
+        return [
+            (tok.token_str(i), float(v)) for i, v in zip(idx.tolist(), values.tolist(), strict=True)
+        ]
+
+    async def mean_activations(self, conversations: list[list[dict]]) -> torch.Tensor:
+        """[N, n_features] mean activation of each conversation over its tokens."""
+        d = (await self.dictionaries())[0]
+        prompts = [self._prompt(m) for m in conversations]
+        rows = []
+        for start in range(0, len(prompts), 16):
+            captured, _ = await self._capture(prompts[start : start + 16], {d.layer}, None)
+            for c in captured:
+                h = c[d.layer]
+                rows.append(d.activations(h[1:] if h.shape[0] > 1 else h).mean(dim=0))
+        return torch.stack(rows)
+
+    async def contrast(
+        self, dataset_1: list[list[dict]], dataset_2: list[list[dict]], top_k: int
+    ) -> tuple[list[tuple[Feature, float]], list[tuple[Feature, float]]]:
+        """Features that separate two paired datasets: the mean activation difference,
+        strongest toward dataset 1 first, then strongest toward dataset 2."""
+        if not dataset_1 or len(dataset_1) != len(dataset_2):
+            raise InvalidRequest(
+                "dataset_1 and dataset_2 must be non-empty and of the same length (pairs)",
+                param="dataset_2",
+            )
+        d = (await self.dictionaries())[0]
+        a = await self.mean_activations(dataset_1)
+        b = await self.mean_activations(dataset_2)
+        diff = (a - b).mean(dim=0)
+        k = min(max(top_k, 1), diff.shape[0])
+        up, up_idx = torch.topk(diff, k)
+        down, down_idx = torch.topk(-diff, k)
+        f = d.features
+        return (
+            [(f[i], float(v)) for i, v in zip(up_idx.tolist(), up.tolist(), strict=True)],
+            [(f[i], float(v)) for i, v in zip(down_idx.tolist(), down.tolist(), strict=True)],
+        )
+
+    async def autosteer(self, description: str, top_k: int = 3) -> list[Edit]:
+        """A description in words -> nudges of the features that match it best."""
+        index = await self.index()
+        try:
+            chosen = await asyncio.to_thread(autosteer, index, description, top_k)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="specification") from exc
+        return [
+            Edit(
+                feature=FeatureRef(uuid=f.uuid, label=f.label, index_in_sae=f.index),
+                mode="nudge",
+                value=value,
+            )
+            for f, value in chosen
+        ]

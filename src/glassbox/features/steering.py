@@ -1,0 +1,151 @@
+"""Features within a session's variants: what the /features and /variants routes and steered
+generation share.
+
+Variants arrive as Ember `Variant.json()` and are checked before they are stored or used: the
+base model must be one this server serves and every feature must exist in its dictionaries
+(resolving the variant into a steering plan checks both ids and scope layers). Stored
+variants live in `VariantService` (synchronous SQL, run here in a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from glassbox.api.system.models import ModelRegistry
+from glassbox.errors import InvalidRequest, ModelNotFound
+from glassbox.features.dictionary import Feature
+from glassbox.features.ember_json import EmberJSONError, feature_hex, variant_from_ember
+from glassbox.features.service import FeatureService, Inspection
+from glassbox.features.variant import FeatureRef, VariantSpec
+from glassbox.features.variants import DEFAULT_VARIANT, StoredVariant, VariantService
+from glassbox.features.vectors import SteeringVectors
+from glassbox.steering.plan import SteeringPlan
+
+
+def feature_ref(feature: Feature) -> FeatureRef:
+    return FeatureRef(uuid=feature.uuid, label=feature.label, index_in_sae=feature.index)
+
+
+class SteeringService:
+    def __init__(self, features: FeatureService, variants: VariantService, registry: ModelRegistry):
+        self.features = features
+        self.variants = variants
+        self.registry = registry
+        self._vectors: SteeringVectors | None = None
+
+    # --- variant JSON -----------------------------------------------------------------
+
+    async def spec_from_json(self, data: Mapping[str, Any], param: str = "variant") -> VariantSpec:
+        """A checked VariantSpec from Ember `Variant.json()`: 400 for malformed JSON, 404 for
+        another model or an unknown feature."""
+        try:
+            spec = variant_from_ember(data)
+        except EmberJSONError as exc:
+            raise InvalidRequest(f"'{param}': {exc}", param=param) from exc
+        if spec.base_model not in self.registry.names():
+            raise ModelNotFound(
+                spec.base_model,
+                f"'{param}.base_model' is {spec.base_model!r}, which this server does not "
+                "serve; use one of " + ", ".join(repr(n) for n in self.registry.names()),
+                param=f"{param}.base_model",
+            )
+        await self.features.resolve(spec)
+        return spec
+
+    # --- stored variants --------------------------------------------------------------
+
+    async def get(self, session_id: str, variant_id: str | None) -> StoredVariant:
+        return await asyncio.to_thread(self.variants.get, session_id, variant_id or DEFAULT_VARIANT)
+
+    async def create(
+        self,
+        session_id: str,
+        variant_id: str,
+        base_variant_id: str | None,
+        variant: Mapping[str, Any] | None,
+    ) -> StoredVariant:
+        spec = await self.spec_from_json(variant) if variant is not None else None
+        return await asyncio.to_thread(
+            self.variants.create, session_id, variant_id, base_variant_id, spec
+        )
+
+    async def replace(
+        self, session_id: str, variant_id: str, variant: Mapping[str, Any]
+    ) -> StoredVariant:
+        spec = await self.spec_from_json(variant)
+        return await asyncio.to_thread(self.variants.replace, session_id, variant_id, spec)
+
+    async def plan(
+        self,
+        variant: Mapping[str, Any] | None,
+        session_id: str | None,
+        variant_id: str | None,
+    ) -> SteeringPlan | None:
+        """The steering plan of a generation request: its inline variant, or the stored
+        variant it names, or none."""
+        if variant is not None:
+            spec = await self.spec_from_json(variant)
+        elif session_id is not None:
+            spec = (await self.get(session_id, variant_id)).spec
+        else:
+            return None
+        return await self.features.resolve(spec)
+
+    async def emotion_plan(self, coefficients: Mapping[str, float]) -> SteeringPlan:
+        """Elpis-style steering: named vectors (concept ids such as excited, calm,
+        frustrated, depleted, or labels) blended by their coefficients."""
+        if self._vectors is None:
+            concepts = (await self.features.dictionaries())[0]
+            self._vectors = SteeringVectors.from_concepts(concepts)
+        try:
+            return self._vectors.blend(dict(coefficients))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="emotion_coefficients") from exc
+
+    # --- features under a variant -----------------------------------------------------
+
+    async def search(
+        self, query: str, session_id: str, variant_id: str | None, top_k: int
+    ) -> list[tuple[Feature, float, float]]:
+        """(feature, relevance, the variant's current value for it: 0 when unset)."""
+        stored = await self.get(session_id, variant_id)
+        values = {e.feature.uuid: e.value for e in stored.spec.edits}
+        hits = await self.features.search(query, top_k)
+        return [(f, score, values.get(f.uuid, 0.0)) for f, score in hits]
+
+    async def inspect(
+        self, messages: list[dict], session_id: str, variant_id: str | None
+    ) -> Inspection:
+        stored = await self.get(session_id, variant_id)
+        return await self.features.inspect(messages, stored.spec)
+
+    async def steer(
+        self,
+        session_id: str,
+        variant_id: str | None,
+        label: str | None,
+        feature_id: str | None,
+        value: float | None,
+        mode: str,
+    ) -> StoredVariant:
+        """Set one feature of a stored variant, found by id or by label (exact label first,
+        else the best search hit)."""
+        await self.get(session_id, variant_id)  # 400/404 before any feature lookup
+        if feature_id is not None:
+            try:
+                uuid = feature_hex(feature_id, "feature_id")
+            except EmberJSONError as exc:
+                raise InvalidRequest(str(exc), param="feature_id") from exc
+            _, feature = await self.features.feature(uuid)
+        else:
+            _, feature = await self.features.feature_by_label(label or "")
+        return await asyncio.to_thread(
+            self.variants.set_edit,
+            session_id,
+            variant_id or DEFAULT_VARIANT,
+            feature_ref(feature),
+            value,
+            mode,
+        )

@@ -1,0 +1,215 @@
+"""Stored variants: per session, named variants of the served model, kept in the database.
+
+Every session has a variant named "default" (no edits on the served model) that comes into
+being on first use, so clients can steer without creating anything first; deleting it
+resets it. Methods are synchronous (plain SQL); async callers run them in a worker thread.
+Writes in one process are serialized by a lock so read-modify-write edits never lose an
+update.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from glassbox.errors import Conflict, InvalidRequest, NotFound
+from glassbox.features.variant import Edit, EditMode, FeatureRef, VariantSpec
+from glassbox.store import Database, VariantRow
+
+DEFAULT_VARIANT = "default"
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class StoredVariant:
+    session_id: str
+    variant_id: str
+    spec: VariantSpec
+    parent_variant_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def check_id(value: str, param: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidRequest(
+            f"'{param}' must be 1-128 characters of letters, digits and _ . : - (got {value!r})",
+            param=param,
+        )
+    return value
+
+
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)  # SQLite drops the zone
+
+
+def _stored(row: VariantRow) -> StoredVariant:
+    return StoredVariant(
+        row.session_id,
+        row.variant_id,
+        VariantSpec.model_validate_json(row.spec),
+        row.parent_variant_id,
+        _utc(row.created_at),
+        _utc(row.updated_at),
+    )
+
+
+def _not_found(session_id: str, variant_id: str, param: str = "variant_id") -> NotFound:
+    return NotFound(
+        "variant",
+        variant_id,
+        f"session {session_id!r} has no variant {variant_id!r}; create it with POST /variants",
+        param=param,
+    )
+
+
+class VariantService:
+    def __init__(self, db: Database, base_model: str):
+        self.db = db
+        self.base_model = base_model
+        self._lock = threading.Lock()
+
+    def empty(self) -> VariantSpec:
+        return VariantSpec(base_model=self.base_model)
+
+    # --- rows -------------------------------------------------------------------------
+
+    def _row(
+        self, s: Session, session_id: str, variant_id: str, param: str = "variant_id"
+    ) -> VariantRow:
+        """The row, creating the default variant on first use; 404 for any other missing."""
+        row = s.get(VariantRow, (session_id, variant_id))
+        if row is not None:
+            return row
+        if variant_id != DEFAULT_VARIANT:
+            raise _not_found(session_id, variant_id, param)
+        row = VariantRow(
+            session_id=session_id, variant_id=variant_id, spec=self.empty().model_dump_json()
+        )
+        s.add(row)
+        s.flush()
+        return row
+
+    # --- reads ------------------------------------------------------------------------
+
+    def get(self, session_id: str, variant_id: str = DEFAULT_VARIANT) -> StoredVariant:
+        check_id(session_id, "session_id")
+        check_id(variant_id, "variant_id")
+        with self._lock, self.db.session() as s, s.begin():
+            return _stored(self._row(s, session_id, variant_id))
+
+    def list(self, session_id: str) -> list[StoredVariant]:
+        """The session's variants, the default first, then by creation time."""
+        check_id(session_id, "session_id")
+        with self._lock, self.db.session() as s, s.begin():
+            self._row(s, session_id, DEFAULT_VARIANT)
+            rows = s.scalars(
+                select(VariantRow)
+                .where(VariantRow.session_id == session_id)
+                .order_by(VariantRow.created_at, VariantRow.variant_id)
+            ).all()
+            out = [_stored(r) for r in rows]
+        return sorted(out, key=lambda v: v.variant_id != DEFAULT_VARIANT)
+
+    def modified(self, session_id: str, variant_id: str = DEFAULT_VARIANT) -> list[Edit]:
+        """The variant's unconditional edits (what a client has set)."""
+        return self.get(session_id, variant_id).spec.edits
+
+    # --- writes -----------------------------------------------------------------------
+
+    def create(
+        self,
+        session_id: str,
+        variant_id: str,
+        base_variant_id: str | None = None,
+        spec: VariantSpec | None = None,
+    ) -> StoredVariant:
+        """A new variant: a copy of `base_variant_id`'s edits and scopes, or `spec`, or empty.
+        409 if it exists, 404 if the base does not."""
+        check_id(session_id, "session_id")
+        check_id(variant_id, "variant_id")
+        if base_variant_id is not None:
+            check_id(base_variant_id, "base_variant_id")
+            if spec is not None:
+                raise InvalidRequest(
+                    "give 'base_variant_id' (copy a stored variant) or 'variant' (its JSON), "
+                    "not both",
+                    param="base_variant_id",
+                )
+        with self._lock, self.db.session() as s, s.begin():
+            if s.get(VariantRow, (session_id, variant_id)) is not None:
+                raise Conflict(
+                    f"session {session_id!r} already has a variant {variant_id!r}; "
+                    f"change it with PUT /variants/{session_id}/{variant_id}",
+                    param="variant_id",
+                    code="variant_exists",
+                )
+            if base_variant_id is not None:
+                base = _stored(self._row(s, session_id, base_variant_id, "base_variant_id"))
+                spec = base.spec.model_copy(deep=True)
+            row = VariantRow(
+                session_id=session_id,
+                variant_id=variant_id,
+                spec=(spec or self.empty()).model_dump_json(),
+                parent_variant_id=base_variant_id,
+            )
+            s.add(row)
+            s.flush()
+            return _stored(row)
+
+    def replace(self, session_id: str, variant_id: str, spec: VariantSpec) -> StoredVariant:
+        check_id(session_id, "session_id")
+        check_id(variant_id, "variant_id")
+        with self._lock, self.db.session() as s, s.begin():
+            row = self._row(s, session_id, variant_id)
+            row.spec = spec.model_dump_json()
+            s.flush()
+            return _stored(row)
+
+    def delete(self, session_id: str, variant_id: str) -> None:
+        """Deleting the default resets it: it comes back empty on next use."""
+        check_id(session_id, "session_id")
+        check_id(variant_id, "variant_id")
+        with self._lock, self.db.session() as s, s.begin():
+            row = s.get(VariantRow, (session_id, variant_id))
+            if row is None:
+                if variant_id == DEFAULT_VARIANT:
+                    return
+                raise _not_found(session_id, variant_id)
+            s.delete(row)
+
+    def set_edit(
+        self,
+        session_id: str,
+        variant_id: str,
+        feature: FeatureRef,
+        value: float | None,
+        mode: EditMode | str = "nudge",
+    ) -> StoredVariant:
+        """Set one feature's unconditional edit, replacing any edit of that feature. Mode
+        "clear", a value of None, or a nudge of 0 (which changes nothing) removes it."""
+        check_id(session_id, "session_id")
+        check_id(variant_id, "variant_id")
+        remove = mode == "clear" or (value is None and mode != "ablate")
+        remove = remove or (mode == "nudge" and value == 0)
+        with self._lock, self.db.session() as s, s.begin():
+            row = self._row(s, session_id, variant_id)
+            spec = VariantSpec.model_validate_json(row.spec)
+            edit = None if remove else Edit(feature=feature, mode=mode, value=value or 0.0)
+            edits, placed = [], False
+            for e in spec.edits:
+                if e.feature.uuid != feature.uuid:
+                    edits.append(e)
+                elif edit is not None and not placed:  # keeps its place in the list
+                    edits.append(edit)
+                    placed = True
+            if edit is not None and not placed:
+                edits.append(edit)
+            row.spec = spec.model_copy(update={"edits": edits}).model_dump_json()
+            s.flush()
+            return _stored(row)

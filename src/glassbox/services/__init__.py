@@ -1,1 +1,0 @@
-"""Services own the server's logic; the API routers only validate and call them."""

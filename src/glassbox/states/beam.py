@@ -1,0 +1,28 @@
+"""Beam search from a stored state: one engine call per search step, so the engine goes on
+stepping the other requests between two steps of a search (engine/beam_search.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from glassbox.engine.beam_search import BeamSearch, BeamSearchParams, Hypothesis
+from glassbox.states.service import State, StateService, about
+
+
+async def beam_search(
+    states: StateService, state_id: str, params: BeamSearchParams
+) -> tuple[list[Hypothesis], State | None]:
+    """The best hypotheses, and with `params.keep_kv` the child state holding the state's
+    tokens and the best one's."""
+    engine = states.engine
+    search = BeamSearch(engine.engine, await states.lease(state_id), params)
+    try:
+        with about("state_id"):
+            while not await engine.call(lambda e: search.step()):
+                pass
+        kv = search.take_kv()
+    finally:
+        # Also when the client went away (cancelled): the search's blocks go back.
+        await asyncio.shield(engine.call(lambda e: search.close()))
+    child = await states.commit(kv, state_id) if kv is not None else None
+    return search.hypotheses, child

@@ -1,0 +1,588 @@
+"""KV states: prompts the model has read, kept as their tokens and KV, in a tree.
+
+A state's KV is a `KVHandle` on blocks of the engine's pool (see engine/block_manager.py).
+States are immutable but for `rollback`, which truncates one in place; everything else
+(fork, generation committed as a child, merge) makes a new state whose `parent_id` points
+to where it came from. Forks share their parent's blocks, so they cost no KV bytes.
+
+Memory: the states resident in the pool hold at most `budget_bytes` of it (shared blocks
+count once). Past that, the least recently used are spilled to their file (states/files.py)
+and come back on their next use. Records live in the database (written in order by a
+background writer); files in `directory`; at shutdown every resident state is written out
+and every record written, so states survive a restart. A state whose
+file is missing (a crash before it was spilled) is recomputed from its tokens on use.
+
+All KV work runs on the engine thread (`AsyncLLMEngine.call`); one lock orders the moves
+of KV between pool and disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from array import array
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from glassbox.engine.block_manager import KVHandle
+from glassbox.engine.errors import RequestRejected
+from glassbox.engine.llm_engine import StepOutput
+from glassbox.engine.sequence import SamplingParams
+from glassbox.errors import InvalidRequest, NotFound
+from glassbox.logs import get_logger
+from glassbox.requests.generation import GenerationService
+from glassbox.states import files
+from glassbox.states.residency import Residency
+from glassbox.store import Database, StateRow
+
+log = get_logger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class State:
+    state_id: str
+    token_ids: list[int]
+    parent_id: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed
+    checkpoints: dict[str, int] = field(default_factory=dict)  # name -> token count
+    meta: dict[str, Any] = field(default_factory=dict)  # merged_from, imported_from
+    created_at: datetime = field(default_factory=_now)
+    modified_at: datetime = field(default_factory=_now)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def record(self) -> dict[str, Any]:
+        """What a state file carries besides KV and tokens."""
+        return {
+            "state_id": self.state_id,
+            "parent_id": self.parent_id,
+            "config": self.config,
+            "checkpoints": self.checkpoints,
+            "meta": self.meta,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def not_found(state_id: str) -> NotFound:
+    return NotFound("state", state_id, param="state_id")
+
+
+@contextmanager
+def about(param: str) -> Iterator[None]:
+    """What the engine refuses in this block is about the request's field `param` (the
+    engine only knows the prompt it was given, not which field it came from)."""
+    try:
+        yield
+    except RequestRejected as exc:
+        exc.param = param
+        raise
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class StateService:
+    def __init__(
+        self,
+        generation: GenerationService,
+        db: Database,
+        directory: Path,
+        fingerprint: str,
+        budget_bytes: int,
+    ):
+        self.generation = generation
+        self.engine = generation.engine
+        self.db = db
+        self.directory = Path(directory)
+        self.exports = self.directory / "exports"
+        self.fingerprint = fingerprint
+        llm = self.engine.engine
+        self.kv_bytes_per_token = llm.model.config.kv_bytes_per_token()
+        self.residency = Residency(budget_bytes, self.kv_bytes_per_token * llm.config.block_size)
+        # The largest state file this model can have: KV and ids of a full context, a header.
+        self.max_file_bytes = llm.config.max_model_len * (self.kv_bytes_per_token + 8) + 2**20
+        self._states: dict[str, State] = {}
+        self._on_disk: set[str] = set()  # states whose file holds their current KV
+        self._writes: deque[tuple[Callable[..., None], tuple]] = deque()
+        self._writer: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self._load_records()
+
+    # --- records ----------------------------------------------------------------------
+
+    def _load_records(self) -> None:
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(StateRow)
+                .where(StateRow.fingerprint == self.fingerprint)
+                .order_by(StateRow.created_at)
+            ).all()
+        for row in rows:
+            tokens = array("i")
+            tokens.frombytes(row.token_ids)
+            state = State(
+                row.state_id, tokens.tolist(), row.parent_id, json.loads(row.config),
+                json.loads(row.checkpoints), json.loads(row.meta),
+                row.created_at.replace(tzinfo=UTC), row.modified_at.replace(tzinfo=UTC),
+            )  # fmt: skip
+            self._states[state.state_id] = state
+            if self._file(state.state_id).is_file():
+                self._on_disk.add(state.state_id)
+
+    def _row_values(self, state: State) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "parent_id": state.parent_id,
+            "num_tokens": state.num_tokens,
+            "token_ids": array("i", state.token_ids).tobytes(),
+            "config": json.dumps(state.config),
+            "checkpoints": json.dumps(state.checkpoints),
+            "meta": json.dumps(state.meta),
+            "created_at": state.created_at,
+            "modified_at": state.modified_at,
+        }
+
+    def _insert(self, state: State) -> None:
+        # A Core insert: the ORM's unit of work costs more than the rest of a fork.
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(StateRow), {"state_id": state.state_id, **self._row_values(state)})
+
+    def _update(self, *states: State) -> None:
+        with self.db.session() as s, s.begin():
+            for state in states:
+                s.execute(
+                    update(StateRow)
+                    .where(StateRow.state_id == state.state_id)
+                    .values(**self._row_values(state))
+                )
+
+    def _write(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue a record write. One writer task applies the queue in order, off the event
+        loop: a fork or a commit does not wait for SQLite (about half a millisecond, more
+        than the rest of a fork). `flush` waits for every queued write."""
+        self._writes.append((fn, args))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        while self._writes:
+            batch = list(self._writes)
+            self._writes.clear()
+            await asyncio.to_thread(self._apply, batch)
+
+    @staticmethod
+    def _apply(batch: list[tuple[Callable[..., None], tuple]]) -> None:
+        for fn, args in batch:
+            try:
+                fn(*args)
+            except Exception:  # the state stays served; its record is what is lost
+                log.exception("state record write failed", write=fn.__name__)
+
+    def _delete_row(self, state_id: str) -> None:
+        with self.db.session() as s, s.begin():
+            s.execute(delete(StateRow).where(StateRow.state_id == state_id))
+
+    def _file(self, state_id: str) -> Path:
+        return self.directory / f"{state_id}{files.SUFFIX}"
+
+    # --- reading ----------------------------------------------------------------------
+
+    def get(self, state_id: str) -> State:
+        state = self._states.get(state_id)
+        if state is None:
+            raise not_found(state_id)
+        return state
+
+    def location(self, state_id: str) -> str:
+        """'memory' (KV in the pool), 'disk' (in its file) or 'tokens' (recomputed on use)."""
+        if state_id in self.residency:
+            return "memory"
+        return "disk" if state_id in self._on_disk else "tokens"
+
+    def kv_bytes(self, state: State) -> int:
+        return max(state.num_tokens - 1, 0) * self.kv_bytes_per_token
+
+    def file_bytes(self, state_id: str) -> int | None:
+        path = self._file(state_id)
+        return path.stat().st_size if state_id in self._on_disk and path.is_file() else None
+
+    def list(
+        self, limit: int = 20, after: str | None = None, parent_id: str | None = None
+    ) -> tuple[list[State], bool]:
+        """States oldest first, `limit` at a time after the state `after`."""
+        states = list(self._states.values())
+        if parent_id is not None:
+            states = [s for s in states if s.parent_id == parent_id]
+        if after is not None:
+            ids = [s.state_id for s in states]
+            if after not in ids:
+                raise InvalidRequest(f"No state with id '{after}' to list after", param="after")
+            states = states[ids.index(after) + 1 :]
+        return states[:limit], len(states) > limit
+
+    def lineage(self, state_id: str) -> list[State]:
+        """The state and its ancestors, nearest first."""
+        chain = [self.get(state_id)]
+        while chain[-1].parent_id in self._states:
+            chain.append(self._states[chain[-1].parent_id])
+        return chain
+
+    def text(self, token_ids: list[int]) -> str:
+        return self.engine.tokenizer.decode(token_ids, skip_special_tokens=False)
+
+    # --- KV residency -----------------------------------------------------------------
+
+    async def _resident(self, state: State) -> KVHandle:
+        """The state's handle in the pool, loading or recomputing its KV if needed (call
+        with the lock held)."""
+        handle = self.residency.get(state.state_id)
+        if handle is not None:
+            return handle
+        loaded = None
+        if state.state_id in self._on_disk:
+            loaded = await asyncio.to_thread(self._read_file, state)
+            if loaded is None:
+                self._on_disk.discard(state.state_id)
+        if loaded is not None:
+            call = lambda e: e.load_kv(state.token_ids, loaded.kv)  # noqa: E731
+        else:
+            call = lambda e: e.prefill_kv(state.token_ids)  # noqa: E731
+        handle = await self.engine.call(call)
+        self.residency.add(state.state_id, handle)
+        return handle
+
+    def _read_file(self, state: State) -> files.StateFile | None:
+        """The state's spilled KV, or None (then it is recomputed from its tokens) if the
+        file is gone, damaged, or not this state's."""
+        path = self._file(state.state_id)
+        try:
+            loaded = files.decode(path.read_bytes())
+        except (OSError, files.StateFileError) as exc:
+            log.warning("state file unusable; recomputing", state_id=state.state_id, error=str(exc))
+            loaded = None
+        if loaded is not None and (
+            loaded.token_ids != state.token_ids or loaded.fingerprint != self.fingerprint
+        ):
+            log.warning("state file does not match its record; recomputing",
+                        state_id=state.state_id)  # fmt: skip
+            loaded = None
+        return loaded
+
+    async def _fit_budget(self, keep: str | None) -> None:
+        """Spill the least recently used resident states until the rest fit the budget."""
+        for victim in self.residency.victims(keep):
+            await self._spill(victim)
+
+    async def _spill(self, state_id: str) -> None:
+        handle = self.residency.get(state_id)
+        if state_id not in self._on_disk:
+            state = self._states[state_id]
+            kv = await self.engine.call(lambda e: e.read_kv(handle))
+            data = await asyncio.to_thread(
+                files.encode, self.fingerprint, state.token_ids, kv, state.record()
+            )
+            await asyncio.to_thread(files.write_atomic, self._file(state_id), data)
+            self._on_disk.add(state_id)
+        self.residency.remove(state_id)
+        await self.engine.call(lambda e: e.block_manager.release(handle))
+
+    async def _adopt(self, state: State, handle: KVHandle) -> State:
+        """Record a new state whose KV is `handle` (taken over)."""
+        self._states[state.state_id] = state
+        self.residency.add(state.state_id, handle)
+        self._write(self._insert, state)
+        await self._fit_budget(keep=state.state_id)
+        return state
+
+    async def lease(self, state_id: str, num_tokens: int | None = None) -> KVHandle:
+        """A handle of the caller's own on the state's KV (or on its first `num_tokens`),
+        brought into the pool first. Release it, or hand it to `engine.submit`."""
+        state = self.get(state_id)
+        async with self._lock:
+            handle = await self._resident(state)
+            lease = await self.engine.call(lambda e: e.block_manager.share(handle, num_tokens))
+            await self._fit_budget(keep=state_id)
+        return lease
+
+    async def release(self, handle: KVHandle) -> None:
+        await self.engine.call(lambda e: e.block_manager.release(handle))
+
+    # --- making states ----------------------------------------------------------------
+
+    async def create(
+        self, token_ids: list[int], config: dict[str, Any], meta: dict | None = None
+    ) -> State:
+        if not token_ids:
+            raise InvalidRequest("the state's text is empty", param="text")
+        with about("text"):
+            handle = await self.engine.call(lambda e: e.prefill_kv(token_ids))
+        state = State(uuid.uuid4().hex, list(token_ids), config=config, meta=meta or {})
+        async with self._lock:
+            return await self._adopt(state, handle)
+
+    async def commit(self, handle: KVHandle, parent_id: str, meta: dict | None = None) -> State:
+        """A child of `parent_id` whose KV is `handle` (taken over): a generation's result."""
+        parent = self._states.get(parent_id)
+        child = State(
+            uuid.uuid4().hex,
+            list(handle.token_ids),
+            parent_id=parent_id if parent is not None else None,
+            config=dict(parent.config) if parent else {},
+            checkpoints=dict(parent.checkpoints) if parent else {},
+            meta=meta or {},
+        )
+        async with self._lock:
+            return await self._adopt(child, handle)
+
+    async def fork(self, state_id: str, token_index: int | None = None) -> State:
+        """A child sharing the parent's blocks (of its first `token_index` tokens)."""
+        parent = self.get(state_id)
+        n = self._check_index(parent, token_index)
+        child = State(
+            uuid.uuid4().hex,
+            parent.token_ids[:n],
+            parent_id=state_id,
+            config=dict(parent.config),
+            checkpoints={k: v for k, v in parent.checkpoints.items() if v <= n},
+        )
+        async with self._lock:
+            handle = await self._resident(parent)
+            shared = await self.engine.call(lambda e: e.block_manager.share(handle, n))
+            return await self._adopt(child, shared)
+
+    def _check_index(self, state: State, token_index: int | None) -> int:
+        if token_index is None:
+            return state.num_tokens
+        if not 1 <= token_index <= state.num_tokens:
+            raise InvalidRequest(
+                f"token_index must be between 1 and the state's {state.num_tokens} tokens",
+                param="token_index",
+            )
+        return token_index
+
+    async def add_checkpoint(self, state_id: str, name: str, token_index: int | None) -> State:
+        state = self.get(state_id)
+        state.checkpoints[name] = self._check_index(state, token_index)
+        state.modified_at = _now()
+        self._write(self._update, state)
+        return state
+
+    async def rollback(
+        self, state_id: str, token_index: int | None = None, checkpoint: str | None = None
+    ) -> State:
+        """Truncate the state in place to its first `token_index` tokens, or to a
+        checkpoint. Its children keep their own KV and tokens."""
+        state = self.get(state_id)
+        if (token_index is None) == (checkpoint is None):
+            raise InvalidRequest("give exactly one of token_index and checkpoint")
+        if checkpoint is not None:
+            if checkpoint not in state.checkpoints:
+                known = ", ".join(sorted(state.checkpoints)) or "none"
+                raise NotFound(
+                    "checkpoint",
+                    checkpoint,
+                    f"state '{state_id}' has no checkpoint '{checkpoint}' (it has: {known})",
+                    param="checkpoint",
+                )
+            token_index = state.checkpoints[checkpoint]
+        n = self._check_index(state, token_index)
+        async with self._lock:
+            old = await self._resident(state)
+            new = await self.engine.call(lambda e: e.block_manager.share(old, n))
+            self.residency.remove(state_id)
+            await self.release(old)
+            self.residency.add(state_id, new)
+            self._on_disk.discard(state_id)
+            self._file(state_id).unlink(missing_ok=True)
+            state.token_ids = state.token_ids[:n]
+            state.checkpoints = {k: v for k, v in state.checkpoints.items() if v <= n}
+            state.modified_at = _now()
+            self._write(self._update, state)
+        return state
+
+    async def merge(self, state_ids: list[str]) -> State:
+        """Merge branches: the tokens all of them share, then each branch's own tokens
+        after that common prefix, in the order given. The shared prefix and the whole
+        first branch keep their KV; the later branches' tokens are recomputed (they sit at
+        new positions). The parent is the branches' nearest common ancestor."""
+        if len(state_ids) < 2:
+            raise InvalidRequest("merge needs at least two states", param="state_ids")
+        branches = [self.get(s) for s in state_ids]
+        shared = min(common_prefix(branches[0].token_ids, b.token_ids) for b in branches[1:])
+        tokens = branches[0].token_ids[:shared]
+        for b in branches:
+            tokens += b.token_ids[shared:]
+        ancestor = self._common_ancestor(state_ids)
+        lease = await self.lease(state_ids[0])
+        try:
+            with about("state_ids"):
+                handle = await self.engine.call(lambda e: e.prefill_kv(tokens, prefix=lease))
+        finally:
+            await self.release(lease)
+        first = branches[0]
+        merged = State(
+            uuid.uuid4().hex,
+            tokens,
+            parent_id=ancestor,
+            config=dict(first.config),
+            checkpoints={k: v for k, v in first.checkpoints.items() if v <= shared},
+            meta={"merged_from": list(state_ids), "common_prefix_tokens": shared},
+        )
+        async with self._lock:
+            return await self._adopt(merged, handle)
+
+    def _common_ancestor(self, state_ids: list[str]) -> str | None:
+        chains = [[s.state_id for s in self.lineage(i)] for i in state_ids]
+        others = [set(c) for c in chains[1:]]
+        return next((s for s in chains[0] if all(s in o for o in others)), None)
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        sa, sb = self.get(a), self.get(b)
+        n = common_prefix(sa.token_ids, sb.token_ids)
+
+        def side(s: State) -> dict[str, Any]:
+            rest = s.token_ids[n:]
+            return {"state_id": s.state_id, "token_ids": rest, "text": self.text(rest)}
+
+        return {
+            "common_ancestor_id": self._common_ancestor([a, b]),
+            "common_prefix_tokens": n,
+            "common_text": self.text(sa.token_ids[:n]),
+            "a": side(sa),
+            "b": side(sb),
+        }
+
+    async def delete(self, state_id: str) -> None:
+        """Forget a state; its children are re-attached to its parent."""
+        state = self.get(state_id)
+        async with self._lock:
+            del self._states[state_id]
+            if state_id in self.residency:
+                await self.release(self.residency.remove(state_id))
+            self._on_disk.discard(state_id)
+            self._file(state_id).unlink(missing_ok=True)
+            children = [s for s in self._states.values() if s.parent_id == state_id]
+            for child in children:
+                child.parent_id = state.parent_id
+            self._write(self._delete_row, state_id)
+            if children:
+                self._write(self._update, *children)
+
+    # --- generation -------------------------------------------------------------------
+
+    async def generate(
+        self, state_id: str, params: SamplingParams, commit: bool
+    ) -> AsyncIterator[tuple[StepOutput, State | None]]:
+        """Continue a state: only the new tokens are computed. With `commit`, the last
+        output comes with the child state holding the prompt and what was generated."""
+        state = self.get(state_id)
+        params.keep_kv = commit
+        lease = await self.lease(state_id)
+        outputs = self.generation.stream(state.token_ids, params, prefix=lease)
+        async with aclosing(outputs):
+            async for out in outputs:
+                child = None
+                if out.kv is not None:
+                    child = await self.commit(out.kv, state_id)
+                yield out, child
+
+    # --- files ------------------------------------------------------------------------
+
+    async def export_bytes(self, state_id: str) -> bytes:
+        state = self.get(state_id)
+        lease = await self.lease(state_id)
+        try:
+            kv = await self.engine.call(lambda e: e.read_kv(lease))
+        finally:
+            await self.release(lease)
+        return await asyncio.to_thread(
+            files.encode, self.fingerprint, state.token_ids, kv, state.record()
+        )
+
+    async def export(self, state_id: str, name: str | None) -> Path:
+        path = self._named(state_id if name is None else name)
+        data = await self.export_bytes(state_id)
+        await asyncio.to_thread(files.write_atomic, path, data)
+        return path
+
+    def _named(self, name: str) -> Path:
+        try:
+            return files.safe_path(self.exports, name)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="name") from exc
+
+    def exported(self) -> list[tuple[str, int]]:
+        """The files in the export directory: (name, bytes), by name."""
+        if not self.exports.is_dir():
+            return []
+        return sorted(
+            (p.stem, p.stat().st_size) for p in self.exports.glob(f"*{files.SUFFIX}") if p.is_file()
+        )
+
+    def delete_export(self, name: str) -> None:
+        path = self._named(name)
+        if not path.is_file():
+            raise NotFound("export", name, f"No exported state named '{name}'", param="name")
+        path.unlink()
+
+    async def import_file(self, name: str) -> State:
+        path = self._named(name)
+        if not path.is_file():
+            raise NotFound("export", name, f"No exported state named '{name}'", param="name")
+        return await self.import_bytes(await asyncio.to_thread(path.read_bytes), name)
+
+    async def import_bytes(self, data: bytes, source: str | None = None) -> State:
+        """A new state from a state file: refused whole if it is damaged or belongs to
+        another model."""
+        try:
+            loaded = await asyncio.to_thread(files.decode, data, self.max_file_bytes)
+        except files.StateFileError as exc:
+            raise InvalidRequest(str(exc), param="file", code="invalid_state_file") from exc
+        if loaded.fingerprint != self.fingerprint:
+            raise InvalidRequest(
+                f"this state belongs to another model (fingerprint {loaded.fingerprint[:12]}); "
+                f"this server's model is {self.fingerprint[:12]}",
+                param="file",
+                code="model_mismatch",
+            )
+        with about("file"):
+            handle = await self.engine.call(lambda e: e.load_kv(loaded.token_ids, loaded.kv))
+        record = loaded.record
+        state = State(
+            uuid.uuid4().hex,
+            loaded.token_ids,
+            config=record.get("config", {}),
+            checkpoints=record.get("checkpoints", {}),
+            meta={"imported_from": record.get("state_id"), "source": source},
+        )
+        async with self._lock:
+            return await self._adopt(state, handle)
+
+    async def flush(self) -> None:
+        """Write every resident state to its file and give its blocks back, and every
+        queued record to the database (shutdown)."""
+        async with self._lock:
+            for state_id in self.residency.ids():
+                await self._spill(state_id)
+        while self._writer is not None and not self._writer.done():
+            await self._writer
