@@ -20,15 +20,17 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/glassbox serve
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
+# lint-imports checks the layer contracts in pyproject.toml (docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
