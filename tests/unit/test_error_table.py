@@ -1,0 +1,154 @@
+"""Every domain error, raised from a route, gives the status and error body written out here.
+
+The classes are found by walking GlassboxError's subclasses after importing every glassbox
+module, so a new error class fails this test until it has a row in CASES.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import glassbox
+from glassbox.api.errors import install_error_handlers
+from glassbox.engine.errors import EngineDeadError, OutOfBlocks, PromptTooLong, RequestRejected
+from glassbox.errors import (
+    Aborted,
+    Conflict,
+    ContextLengthExceeded,
+    GlassboxError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    TooLarge,
+    Unavailable,
+    Unsupported,
+)
+
+
+class Case(NamedTuple):
+    make: Callable[[], GlassboxError]
+    status: int
+    type: str
+    code: str | None
+    param: str | None
+    message: str
+
+
+CASES: dict[type[GlassboxError], Case] = {
+    InvalidRequest: Case(
+        lambda: InvalidRequest("'n' must be 1 with beam search", param="n"),
+        400, "invalid_request_error", None, "n", "'n' must be 1 with beam search",
+    ),
+    Unsupported: Case(
+        lambda: Unsupported("tools", "tool calls"),
+        400, "invalid_request_error", "unsupported_parameter", "tools",
+        "'tools' is not supported yet: tool calls; remove it from the request",
+    ),
+    ContextLengthExceeded: Case(
+        lambda: ContextLengthExceeded("40 prompt tokens + 10 new exceed 32", param="max_tokens"),
+        400, "invalid_request_error", "context_length_exceeded", "max_tokens",
+        "40 prompt tokens + 10 new exceed 32",
+    ),
+    TooLarge: Case(
+        lambda: TooLarge("the file is larger than 64 MiB", param="file"),
+        413, "invalid_request_error", None, "file", "the file is larger than 64 MiB",
+    ),
+    NotFound: Case(
+        lambda: NotFound("kv state", "st_1"),
+        404, "not_found_error", "kv_state_not_found", None, "No kv state with id 'st_1'",
+    ),
+    ModelNotFound: Case(
+        lambda: ModelNotFound("gpt-9", "The model 'gpt-9' does not exist"),
+        404, "invalid_request_error", "model_not_found", "model",
+        "The model 'gpt-9' does not exist",
+    ),
+    Conflict: Case(
+        lambda: Conflict("a variant named 'pirate' exists already", param="name"),
+        409, "conflict_error", None, "name", "a variant named 'pirate' exists already",
+    ),
+    Aborted: Case(
+        lambda: Aborted("stopped by abort_when scope 0", scope=0),
+        422, "invalid_request_error", "inference_aborted", None, "stopped by abort_when scope 0",
+    ),
+    Unavailable: Case(
+        lambda: Unavailable("the model is still loading"),
+        503, "service_unavailable_error", None, None, "the model is still loading",
+    ),
+    RequestRejected: Case(
+        lambda: RequestRejected("token id 99999 is outside the vocabulary", param="prompt"),
+        400, "invalid_request_error", None, "prompt", "token id 99999 is outside the vocabulary",
+    ),
+    PromptTooLong: Case(
+        lambda: PromptTooLong("the prompt has 40 tokens; the context holds 32"),
+        400, "invalid_request_error", "context_length_exceeded", None,
+        "the prompt has 40 tokens; the context holds 32",
+    ),
+    OutOfBlocks: Case(
+        lambda: OutOfBlocks("no free KV blocks for 40 tokens"),
+        503, "service_unavailable_error", "kv_cache_full", None,
+        "no free KV blocks for 40 tokens; try again when running requests have finished",
+    ),
+    EngineDeadError: Case(
+        lambda: EngineDeadError("the engine thread has stopped"),
+        503, "service_unavailable_error", "engine_dead", None, "the engine thread has stopped",
+    ),
+}  # fmt: skip
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _domain_errors() -> set[type[GlassboxError]]:
+    for module in pkgutil.walk_packages(glassbox.__path__, "glassbox."):
+        importlib.import_module(module.name)
+    # Only glassbox's own: tests may define subclasses of their own.
+    return {c for c in _subclasses(GlassboxError) if c.__module__.startswith("glassbox.")}
+
+
+def test_every_domain_error_has_a_case():
+    found = _domain_errors()
+    missing = sorted(f"{c.__module__}.{c.__qualname__}" for c in found - CASES.keys())
+    assert not missing, f"domain errors without a row in CASES: {missing}"
+    stale = sorted(c.__qualname__ for c in CASES.keys() - found)
+    assert not stale, f"rows in CASES for classes that are no domain errors: {stale}"
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    app = FastAPI()
+    install_error_handlers(app)
+    by_name = {cls.__name__: case for cls, case in CASES.items()}
+
+    @app.get("/raise/{name}")
+    def _raise(name: str) -> None:
+        raise by_name[name].make()
+
+    return TestClient(app)
+
+
+@pytest.mark.parametrize("cls", list(CASES), ids=lambda cls: cls.__name__)
+def test_error_becomes_its_status_and_body(client: TestClient, cls: type[GlassboxError]):
+    case = CASES[cls]
+    assert type(case.make()) is cls
+
+    r = client.get(f"/raise/{cls.__name__}")
+
+    assert r.status_code == case.status, r.text
+    assert r.json() == {
+        "error": {
+            "message": case.message,
+            "type": case.type,
+            "param": case.param,
+            "code": case.code,
+        }
+    }
