@@ -23,7 +23,6 @@ from glassbox.api.states import beam as beam_routes
 from glassbox.api.states import routes as state_routes
 from glassbox.api.system import routes as system_routes
 from glassbox.api.system import tokenize as tokenize_routes
-from glassbox.api.system.models import ModelRegistry
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.features.service import FeatureService
@@ -33,7 +32,9 @@ from glassbox.logs import get_logger
 from glassbox.metrics import Metrics
 from glassbox.models.loader import ResolvedModel
 from glassbox.requests.generation import GenerationService
+from glassbox.requests.registry import ModelRegistry
 from glassbox.runtime import load_engine, resolve
+from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
 from glassbox.store import Database
 from glassbox.store.db import default_url
@@ -125,6 +126,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 settings.state_memory_bytes or settings.kv_cache_bytes // 2,
             )
             app.state.states = states
+            app.state.analysis = StateAnalysis(states)
             if settings.warm_features:
                 delay = settings.warm_features_after
                 warmup = asyncio.create_task(_warm_features(features, delay))

@@ -208,25 +208,30 @@ def _error_message(text: str) -> str:
 
 def _chat_local(args: argparse.Namespace) -> int:
     from glassbox.engine.async_engine import AsyncLLMEngine
-    from glassbox.engine.sequence import SamplingParams
+    from glassbox.errors import GlassboxError
+    from glassbox.requests.builder import RequestBuilder
     from glassbox.runtime import load_engine
 
     settings = _settings(args, _MODEL_FLAGS)
     engine, _ = load_engine(settings)
     aengine = AsyncLLMEngine(engine)
-    prompt = engine.tokenizer.apply_chat_template(_messages(args))
-    room = engine.config.max_model_len - len(prompt)
-    if room <= 0:
-        print(f"error: the question has {len(prompt)} tokens; the context holds "
-              f"{engine.config.max_model_len}", file=sys.stderr)  # fmt: skip
+    build = RequestBuilder.for_engine(aengine)
+    try:
+        request = build.request(
+            build.chat(_messages(args)),
+            prompt_param="question",
+            max_tokens=args.max_tokens,
+            cap=True,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+    except GlassboxError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         aengine.shutdown()
         return 1
-    params = SamplingParams(
-        max_tokens=min(args.max_tokens, room), temperature=args.temperature, seed=args.seed
-    )
 
     async def run() -> None:
-        async for out in aengine.submit(prompt, params):
+        async for out in aengine.submit(request.prompt_ids, request.params):
             print(out.text, end="", flush=True)
 
     try:

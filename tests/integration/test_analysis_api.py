@@ -24,7 +24,7 @@ def state(tiny_server: LiveServer) -> dict:
 
 @pytest.fixture(scope="module")
 def config(tiny_server: LiveServer):
-    return tiny_server.engine.engine.model.config
+    return tiny_server.engine.model_config
 
 
 def test_token_analysis(http: httpx.Client, state: dict) -> None:

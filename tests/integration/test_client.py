@@ -179,7 +179,7 @@ async def test_analysis(c: Client, tiny_server: LiveServer) -> None:
     png = await c.attention_png(s["id"], layer=0)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
 
-    layers = tiny_server.engine.engine.model.config.num_layers
+    layers = tiny_server.engine.model_config.num_layers
     cache = await c.cache_analysis(s["id"])
     assert cache["layer_range"] == [0, layers] and len(cache["layers"]) == layers
     one = await c.cache_analysis(s["id"], layer_range=(1, 2))

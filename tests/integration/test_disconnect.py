@@ -13,7 +13,7 @@ LONG = {"messages": [{"role": "user", "content": "Tell me a long story"}], "max_
 
 
 def aborted(server) -> int:
-    return server.engine.engine.stats.finished.get("abort", 0)
+    return server.engine.finish_counts().get("abort", 0)
 
 
 def test_stream_disconnect_frees_sequence_and_blocks(slow_server) -> None:

@@ -23,7 +23,7 @@ TOKENS = 500
 
 async def _first_token(states: StateService, state_id: str) -> int:
     params = SamplingParams(max_tokens=1, temperature=1.0, seed=5)
-    async for out, _ in states.generate(state_id, params, commit=False):
+    async for out, _ in states.generate(state_id, params):
         return out.token_ids[0]
     raise AssertionError("no output")
 

@@ -55,7 +55,7 @@ async def test_closing_the_iterator_aborts_and_frees_within_a_step(async_engine)
         timeout=1.0,
     )
     assert freed, async_engine.stats()
-    assert async_engine.engine.stats.finished.get("abort") == 1
+    assert async_engine.finish_counts().get("abort") == 1
     # The engine goes on serving.
     short = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     outs = [o async for o in async_engine.submit([7, 8, 9], short)]

@@ -183,7 +183,7 @@ def aengine(make_engine):
 
 
 def _local(aengine, norm: float = 40.0) -> LocalBackend:
-    hidden = aengine.engine.model.config.hidden_size
+    hidden = aengine.model_config.hidden_size
     vectors = SteeringVectors.from_dictionary(_dictionary(hidden, norm), names=EMOTIONS)
     return create_backend("local", engine=aengine, vectors=vectors)
 
@@ -213,12 +213,12 @@ async def test_local_steering_changes_greedy_output(aengine):
 async def test_local_request_carries_the_plan_and_keeps_sampling(aengine):
     backend = _local(aengine)
     coefficients = EmotionalState(0.5, 0.5).get_steering_coefficients()
-    _, params = backend.request(MESSAGES, 4, None, None, coefficients)
+    params = backend.request(MESSAGES, 4, None, None, coefficients).params
     assert (params.temperature, params.top_p, params.max_tokens) == (0.7, 0.9, 4)
     assert sorted(e.value for e in params.steering.edits) == sorted(
         40.0 / 40.0 * c for c in coefficients.values()
     )
-    _, plain = backend.request(MESSAGES, None, 0.0, 1.0, None)
+    plain = backend.request(MESSAGES, None, 0.0, 1.0, None).params
     assert plain.steering is None and (plain.temperature, plain.top_p) == (0.0, 1.0)
     assert plain.max_tokens == aengine.max_model_len - len(
         aengine.tokenizer.apply_chat_template(MESSAGES)
@@ -231,7 +231,7 @@ async def test_local_without_vectors_falls_back_to_sampling(aengine, caplog):
     backend = LocalBackend(aengine)
     excited = EmotionalState(1.0, 1.0).get_steering_coefficients()
     with caplog.at_level("WARNING", logger="glassbox.backends.local"):
-        _, params = backend.request(MESSAGES, 4, 0.7, 0.9, excited)
+        params = backend.request(MESSAGES, 4, 0.7, 0.9, excited).params
     assert params.steering is None
     assert (params.temperature, params.top_p) == pytest.approx((1.0, 1.0))
     assert "no steering vectors" in caplog.text

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from glassbox.api.openai.adapter import OpenAIService
-from glassbox.api.system.models import ModelRegistry
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
 from glassbox.metrics import Metrics
 from glassbox.requests.generation import GenerationService
+from glassbox.requests.registry import ModelRegistry
+from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
 
 
@@ -52,3 +53,10 @@ def state_service(request: Request) -> StateService:
 
 StatesDep = Annotated[StateService, Depends(state_service)]
 SteeringDep = Annotated[SteeringService, Depends(steering_service)]
+
+
+def state_analysis(request: Request) -> StateAnalysis:
+    return request.app.state.analysis
+
+
+AnalysisDep = Annotated[StateAnalysis, Depends(state_analysis)]

@@ -15,8 +15,8 @@ from contextlib import aclosing
 from glassbox.backends.base import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, InferenceEngine, Message
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import STEERING_ABORT
-from glassbox.engine.sequence import SamplingParams
 from glassbox.features.vectors import SteeringVectors
+from glassbox.requests.builder import EngineRequest, RequestBuilder
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class LocalBackend(InferenceEngine):
         shared, not owned: `aclose` leaves it running."""
         super().__init__(temperature, top_p)
         self.engine = engine
+        self.requests = RequestBuilder.for_engine(engine)
         self.vectors = vectors
         self.strength = strength
 
@@ -48,10 +49,8 @@ class LocalBackend(InferenceEngine):
         top_p: float | None = None,
         emotion_coefficients: Mapping[str, float] | None = None,
     ) -> AsyncIterator[str]:
-        prompt, params = self.request(
-            messages, max_tokens, temperature, top_p, emotion_coefficients
-        )
-        async with aclosing(self.engine.submit(prompt, params)) as outputs:
+        request = self.request(messages, max_tokens, temperature, top_p, emotion_coefficients)
+        async with aclosing(self.engine.submit(request.prompt_ids, request.params)) as outputs:
             async for out in outputs:
                 if out.text:
                     yield out.text
@@ -65,15 +64,10 @@ class LocalBackend(InferenceEngine):
         temperature: float | None,
         top_p: float | None,
         emotion_coefficients: Mapping[str, float] | None,
-    ) -> tuple[list[int], SamplingParams]:
-        """The prompt's token ids and the sampling parameters (with the steering plan)."""
-        prompt = self.engine.tokenizer.apply_chat_template(messages)
-        room = self.engine.max_model_len - len(prompt)
-        if room < 1:
-            raise ValueError(
-                f"the prompt has {len(prompt)} tokens; this model's context is "
-                f"{self.engine.max_model_len} tokens"
-            )
+    ) -> EngineRequest:
+        """The engine request: the chat-formatted prompt and the sampling parameters (with
+        the steering plan), through the one request path."""
+        prompt = self.requests.chat(list(messages))
         plan = None
         if emotion_coefficients and self.vectors is not None:
             plan = self.vectors.blend(emotion_coefficients, self.strength)
@@ -86,10 +80,11 @@ class LocalBackend(InferenceEngine):
                     extra={"emotion_coefficients": dict(emotion_coefficients)},
                 )
             temperature, top_p = self.sampling(temperature, top_p, emotion_coefficients)
-        params = SamplingParams(
-            max_tokens=room if max_tokens is None else max_tokens,
+        return self.requests.request(
+            prompt,
+            prompt_param="messages",
+            max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
-            steering=None if plan is None or plan.is_empty else plan,
+            steering=plan,
         )
-        return prompt, params

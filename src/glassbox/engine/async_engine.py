@@ -19,6 +19,7 @@ from glassbox.engine.errors import EngineDeadError
 from glassbox.engine.llm_engine import LLMEngine, StepOutput
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import GlassboxError
+from glassbox.models.llama import ModelConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,7 +33,7 @@ class _Stream:
 
 class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine):
-        self.engine = engine
+        self._engine = engine  # touched on the engine thread only, but for read-only stats
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: list[tuple[int, list[int], SamplingParams, KVHandle | None, _Stream]] = []
@@ -46,12 +47,12 @@ class AsyncLLMEngine:
 
     @property
     def tokenizer(self):
-        return self.engine.tokenizer
+        return self._engine.tokenizer
 
     @property
     def vocab_size(self) -> int:
         """The model's vocabulary (may be padded larger than the tokenizer's)."""
-        return self.engine.model.config.vocab_size
+        return self._engine.model.config.vocab_size
 
     @property
     def is_alive(self) -> bool:
@@ -59,18 +60,31 @@ class AsyncLLMEngine:
 
     @property
     def max_model_len(self) -> int:
-        return self.engine.config.max_model_len
+        return self._engine.config.max_model_len
+
+    @property
+    def block_size(self) -> int:
+        return self._engine.config.block_size
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The model's shape (layers, heads, sizes): read-only, safe from any thread."""
+        return self._engine.model.config
+
+    def finish_counts(self) -> dict[str, int]:
+        """How many sequences finished, by finish reason."""
+        return dict(self._engine.stats.finished)
 
     def stats(self) -> dict[str, int]:
-        used, total = self.engine.kv_usage()
+        used, total = self._engine.kv_usage()
         return {
-            "running": len(self.engine.scheduler.running),
-            "waiting": len(self.engine.scheduler.waiting) + len(self._pending),
+            "running": len(self._engine.scheduler.running),
+            "waiting": len(self._engine.scheduler.waiting) + len(self._pending),
             "kv_blocks_used": used,
             "kv_blocks_total": total,
-            "prefix_cached_tokens": self.engine.stats.prefix_cached_tokens,
-            "prompt_tokens": self.engine.stats.prompt_tokens,
-            "generation_tokens": self.engine.stats.generation_tokens,
+            "prefix_cached_tokens": self._engine.stats.prefix_cached_tokens,
+            "prompt_tokens": self._engine.stats.prompt_tokens,
+            "generation_tokens": self._engine.stats.generation_tokens,
         }
 
     async def submit(
@@ -134,7 +148,7 @@ class AsyncLLMEngine:
                     or self._pending
                     or self._aborts
                     or self._calls
-                    or self.engine.has_work()
+                    or self._engine.has_work()
                 ):
                     self._wake.wait()
                 if self._stopped:
@@ -145,10 +159,10 @@ class AsyncLLMEngine:
             for ticket, ids, params, prefix, stream in pending:
                 if ticket in aborts:
                     if prefix is not None:
-                        self.engine.block_manager.release(prefix)
+                        self._engine.block_manager.release(prefix)
                     continue
                 try:
-                    seq = self.engine.add_request(ids, params, prefix)
+                    seq = self._engine.add_request(ids, params, prefix)
                 except GlassboxError as exc:  # the engine refused it: its caller hears why
                     stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
                     continue
@@ -160,13 +174,13 @@ class AsyncLLMEngine:
                 if seq_id is not None:
                     owners.pop(seq_id, None)
                     self._streams.pop(seq_id, None)
-                    self.engine.abort(seq_id)
+                    self._engine.abort(seq_id)
             for fn, future in calls:
                 self._resolve(future, fn)
-            if not self.engine.has_work():
+            if not self._engine.has_work():
                 continue
             try:
-                outputs = self.engine.step()
+                outputs = self._engine.step()
             except Exception as exc:  # a failed step fails its requests, not the server
                 log.exception("engine step failed")
                 self._fail_all(exc)
@@ -183,7 +197,7 @@ class AsyncLLMEngine:
 
     def _resolve(self, future: asyncio.Future, fn: Callable) -> None:
         try:
-            result, error = fn(self.engine), None
+            result, error = fn(self._engine), None
         except Exception as exc:  # delivered to the caller, the engine goes on
             result, error = None, exc
         loop = future.get_loop()
@@ -200,7 +214,7 @@ class AsyncLLMEngine:
             stream = self._streams.get(out.seq_id)
             if stream is None:
                 if out.kv is not None:  # its consumer is gone: nobody will keep this KV
-                    self.engine.block_manager.release(out.kv)
+                    self._engine.block_manager.release(out.kv)
                 continue
             by_loop.setdefault(stream.loop, []).append((stream.queue, out))
             if out.finish_reason is not None:
@@ -211,7 +225,7 @@ class AsyncLLMEngine:
 
     def _fail_all(self, exc: BaseException) -> None:
         for seq_id, stream in list(self._streams.items()):
-            self.engine.abort(seq_id)
+            self._engine.abort(seq_id)
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
         self._streams.clear()
 

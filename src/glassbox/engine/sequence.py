@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     from glassbox.engine.block_manager import KVHandle
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingParams:
+    """How one sequence samples. Frozen: a request's parameters are not changed after they
+    are built (glassbox.requests builds them)."""
+
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0

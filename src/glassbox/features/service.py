@@ -25,6 +25,7 @@ from glassbox.features.sae import load_sae
 from glassbox.features.search import FeatureIndex
 from glassbox.features.variant import Condition, ConditionGroup, Edit, FeatureRef, VariantSpec
 from glassbox.features.vector_files import load_vector_folder
+from glassbox.requests.builder import RequestBuilder, about
 from glassbox.steering.plan import (
     Direction,
     ResolvedCondition,
@@ -83,6 +84,7 @@ class FeatureService:
         embedder=None,
     ):
         self.engine = engine
+        self.requests = RequestBuilder.for_engine(engine)
         self.cache_dir = Path(cache_dir)
         self.fingerprint = model_fingerprint
         self.base_model = base_model
@@ -249,18 +251,20 @@ class FeatureService:
     # --- running the model --------------------------------------------------------------
 
     def _prompt(self, messages: list[dict]) -> list[int]:
-        try:
-            return self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=False)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="messages") from exc
+        return self.requests.chat(messages, add_generation_prompt=False)
 
     async def _capture(
         self, prompts: list[list[int]], layers: set[int], plan: SteeringPlan | None
     ) -> tuple[list[dict[int, torch.Tensor]], torch.Tensor]:
-        try:
+        with about("messages"):
             return await self.engine.call(lambda e: e.capture(prompts, layers, plan))
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="messages") from exc
+
+    async def next_token_logits(
+        self, prompt_ids: list[int], spec: VariantSpec | None
+    ) -> torch.Tensor:
+        """The logits [vocab] of the token after `prompt_ids`, read under the variant."""
+        _, logits = await self._capture([prompt_ids], set(), await self.resolve(spec))
+        return logits[0]
 
     async def inspect(
         self, messages: list[dict], spec: VariantSpec | None = None, dictionary: str | None = None
@@ -297,10 +301,8 @@ class FeatureService:
         the same conversation with every content emptied (the template's skeleton)."""
         skeleton_messages = [{**m, "content": ""} for m in messages]
         try:
-            skeleton = self.engine.tokenizer.apply_chat_template(
-                skeleton_messages, add_generation_prompt=False
-            )
-        except ValueError:
+            skeleton = self._prompt(skeleton_messages)
+        except InvalidRequest:  # a template that refuses empty contents: keep every position
             return list(range(len(ids)))
         in_skeleton = set()
         matcher = difflib.SequenceMatcher(a=ids, b=skeleton, autojunk=False)
@@ -314,13 +316,9 @@ class FeatureService:
         """Top-k next-token logits after `messages` (a generation prompt is added)."""
         if not 1 <= top_k <= 1000:
             raise InvalidRequest("top_k must be between 1 and 1000", param="top_k")
-        try:
-            ids = self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="messages") from exc
-        plan = await self.resolve(spec)
-        _, logits = await self._capture([ids], set(), plan)
-        values, idx = torch.topk(logits[0], top_k)
+        ids = self.requests.chat(messages, add_generation_prompt=True)
+        logits = await self.next_token_logits(ids, spec)
+        values, idx = torch.topk(logits, top_k)
         tok = self.engine.tokenizer
         return [
             (tok.token_str(i), float(v)) for i, v in zip(idx.tolist(), values.tolist(), strict=True)

@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from glassbox.api.system.models import ModelRegistry
 from glassbox.errors import InvalidRequest, ModelNotFound
 from glassbox.features.dictionary import Feature
 from glassbox.features.ember_json import EmberJSONError, feature_hex, variant_from_ember
@@ -21,6 +20,7 @@ from glassbox.features.service import FeatureService, Inspection
 from glassbox.features.variant import FeatureRef, VariantSpec
 from glassbox.features.variants import DEFAULT_VARIANT, StoredVariant, VariantService
 from glassbox.features.vectors import SteeringVectors
+from glassbox.requests.registry import ModelRegistry
 from glassbox.steering.plan import SteeringPlan
 
 

@@ -4,7 +4,7 @@ cache holds.
 `token_analysis` and `attention` recompute from the tokens alone (one forward pass with an
 activation capture) and run on the engine thread (`AsyncLLMEngine.call`); `cache_summary`
 works on KV already read out of the pool (`LLMEngine.read_kv`); `attention_png` renders a
-matrix and needs no engine.
+matrix and needs no engine. `StateAnalysis` runs them for stored states.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from glassbox.engine.llm_engine import LLMEngine
+from glassbox.errors import InvalidRequest
+from glassbox.requests.builder import about
+from glassbox.states.service import StateService
 
 
 @dataclass
@@ -206,3 +209,60 @@ def _head_norms(x: torch.Tensor) -> HeadNorms | None:
         return None
     norms = x.float().norm(dim=-1)  # [tokens, kv_heads]
     return HeadNorms(norms.mean(dim=0).tolist(), norms.amax(dim=0).tolist())
+
+
+class StateAnalysis:
+    """The analysis of stored states: each call recomputes on the engine thread (or reads
+    the state's KV through a lease), whatever the state's location."""
+
+    def __init__(self, states: StateService):
+        self.states = states
+        self.engine = states.engine
+
+    async def tokens(self, state_id: str, top_k: int) -> tuple[list[int], TokenAnalysis]:
+        ids = self.states.get(state_id).token_ids
+        with about("state_id"):
+            return ids, await self.engine.call(lambda e: token_analysis(e, ids, top_k))
+
+    async def attention(
+        self, state_id: str, layer: int, head: int | None, threshold: float, normalized: bool
+    ) -> tuple[list[int], AttentionMap]:
+        ids = self.states.get(state_id).token_ids
+        c = self.engine.model_config
+        if layer >= c.num_layers:
+            raise InvalidRequest(
+                f"'layer' is {layer}; this model has layers 0 to {c.num_layers - 1}",
+                param="layer",
+            )
+        if head is not None and head >= c.num_heads:
+            raise InvalidRequest(
+                f"'head' is {head}; this model has heads 0 to {c.num_heads - 1} "
+                "(omit it for the mean over heads)",
+                param="head",
+            )
+        with about("state_id"):
+            result = await self.engine.call(
+                lambda e: attention(e, ids, layer, head, threshold, normalized)
+            )
+        return ids, result
+
+    async def cache(
+        self, state_id: str, layer_range: tuple[int, int] | None
+    ) -> tuple[tuple[int, int], CacheSummary]:
+        self.states.get(state_id)
+        layers = self.engine.model_config.num_layers
+        start, end = layer_range or (0, layers)
+        if not 0 <= start < end <= layers:
+            raise InvalidRequest(
+                f"'layer_range' [{start}, {end}) is not a non-empty range of layers: give "
+                f"[start, end) with 0 <= start < end <= {layers}",
+                param="layer_range",
+            )
+        handle = await self.states.lease(state_id)
+        try:
+            summary = await self.engine.call(
+                lambda e: cache_summary(e.read_kv(handle), (start, end))
+            )
+        finally:
+            await self.states.release(handle)
+        return (start, end), summary

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from glassbox.engine.beam_search import BeamSearch, BeamSearchParams, Hypothesis
-from glassbox.states.service import State, StateService, about
+from glassbox.requests.builder import about
+from glassbox.states.service import State, StateService
 
 
 async def beam_search(
@@ -15,7 +16,8 @@ async def beam_search(
     """The best hypotheses, and with `params.keep_kv` the child state holding the state's
     tokens and the best one's."""
     engine = states.engine
-    search = BeamSearch(engine.engine, await states.lease(state_id), params)
+    lease = await states.lease(state_id)
+    search = await engine.call(lambda e: BeamSearch(e, lease, params))
     try:
         with about("state_id"):
             while not await engine.call(lambda e: search.step()):

@@ -23,8 +23,8 @@ import json
 import uuid
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,14 +33,15 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from glassbox.engine.block_manager import KVHandle
-from glassbox.engine.errors import RequestRejected
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import InvalidRequest, NotFound
 from glassbox.logs import get_logger
+from glassbox.requests.builder import about
 from glassbox.requests.generation import GenerationService
 from glassbox.states import files
 from glassbox.states.residency import Residency
+from glassbox.steering.plan import SteeringPlan
 from glassbox.store import Database, StateRow
 
 log = get_logger(__name__)
@@ -81,17 +82,6 @@ def not_found(state_id: str) -> NotFound:
     return NotFound("state", state_id, param="state_id")
 
 
-@contextmanager
-def about(param: str) -> Iterator[None]:
-    """What the engine refuses in this block is about the request's field `param` (the
-    engine only knows the prompt it was given, not which field it came from)."""
-    try:
-        yield
-    except RequestRejected as exc:
-        exc.param = param
-        raise
-
-
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -116,11 +106,13 @@ class StateService:
         self.directory = Path(directory)
         self.exports = self.directory / "exports"
         self.fingerprint = fingerprint
-        llm = self.engine.engine
-        self.kv_bytes_per_token = llm.model.config.kv_bytes_per_token()
-        self.residency = Residency(budget_bytes, self.kv_bytes_per_token * llm.config.block_size)
+        self.requests = generation.requests
+        self.model_config = self.engine.model_config
+        self.kv_bytes_per_token = self.model_config.kv_bytes_per_token()
+        block_bytes = self.kv_bytes_per_token * self.engine.block_size
+        self.residency = Residency(budget_bytes, block_bytes)
         # The largest state file this model can have: KV and ids of a full context, a header.
-        self.max_file_bytes = llm.config.max_model_len * (self.kv_bytes_per_token + 8) + 2**20
+        self.max_file_bytes = self.engine.max_model_len * (self.kv_bytes_per_token + 8) + 2**20
         self._states: dict[str, State] = {}
         self._on_disk: set[str] = set()  # states whose file holds their current KV
         self._writes: deque[tuple[Callable[..., None], tuple]] = deque()
@@ -250,6 +242,9 @@ class StateService:
     def text(self, token_ids: list[int]) -> str:
         return self.engine.tokenizer.decode(token_ids, skip_special_tokens=False)
 
+    def token_text(self, token_id: int) -> str:
+        return self.engine.tokenizer.token_str(token_id)
+
     # --- KV residency -----------------------------------------------------------------
 
     async def _resident(self, state: State) -> KVHandle:
@@ -329,11 +324,27 @@ class StateService:
 
     # --- making states ----------------------------------------------------------------
 
+    async def create_from(
+        self,
+        *,
+        text: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        config: dict[str, Any] | None = None,
+    ) -> State:
+        """A state that has read `text`, or the chat-formatted `messages`."""
+        if messages is not None:
+            ids = self.requests.chat(messages, add_generation_prompt)
+        else:
+            ids = self.requests.text(text or "")
+        return await self.create(ids, config or {})
+
     async def create(
         self, token_ids: list[int], config: dict[str, Any], meta: dict | None = None
     ) -> State:
         if not token_ids:
             raise InvalidRequest("the state's text is empty", param="text")
+        token_ids = self.requests.token_ids(token_ids, "token_ids")
         with about("text"):
             handle = await self.engine.call(lambda e: e.prefill_kv(token_ids))
         state = State(uuid.uuid4().hex, list(token_ids), config=config, meta=meta or {})
@@ -490,13 +501,50 @@ class StateService:
 
     # --- generation -------------------------------------------------------------------
 
-    async def generate(
-        self, state_id: str, params: SamplingParams, commit: bool
-    ) -> AsyncIterator[tuple[StepOutput, State | None]]:
-        """Continue a state: only the new tokens are computed. With `commit`, the last
-        output comes with the child state holding the prompt and what was generated."""
+    def generation_params(
+        self,
+        state_id: str,
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        logprobs: int | None = None,
+        steering: SteeringPlan | None = None,
+        commit: bool = False,
+    ) -> SamplingParams:
+        """Sampling parameters for continuing the state: the request's own values, else the
+        state's config (its sampling defaults). `max_tokens` is lowered to the room the
+        context has left; a state that fills the context is refused."""
         state = self.get(state_id)
-        params.keep_kv = commit
+        config = state.config
+
+        def pick(value: Any, key: str, default: Any) -> Any:
+            if value is not None:
+                return value
+            return default if config.get(key) is None else config[key]
+
+        budget = self.requests.max_tokens(
+            state.num_tokens, max_tokens, prompt_param="state_id", cap=True
+        )
+        return self.requests.params(
+            max_tokens=budget,
+            temperature=pick(temperature, "temperature", 1.0),
+            top_p=pick(top_p, "top_p", 1.0),
+            seed=pick(seed, "seed", None),
+            stop=stop or [],
+            logprobs=logprobs,
+            steering=steering,
+            keep_kv=commit,
+        )
+
+    async def generate(
+        self, state_id: str, params: SamplingParams
+    ) -> AsyncIterator[tuple[StepOutput, State | None]]:
+        """Continue a state: only the new tokens are computed. With `params.keep_kv`, the
+        last output comes with the child state holding the prompt and what was generated."""
+        state = self.get(state_id)
         lease = await self.lease(state_id)
         outputs = self.generation.stream(state.token_ids, params, prefix=lease)
         async with aclosing(outputs):

@@ -44,11 +44,8 @@ from glassbox.api.ember.schemas import (
     EmberMessage,
 )
 from glassbox.api.errors import domain_error_body
-from glassbox.api.system.models import ModelRegistry
 from glassbox.engine.llm_engine import STEERING_ABORT, StepOutput
-from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import (
-    ContextLengthExceeded,
     GlassboxError,
     InvalidRequest,
     NotFound,
@@ -65,8 +62,9 @@ from glassbox.features.ember_json import (
 from glassbox.features.service import FeatureService
 from glassbox.features.variant import VariantSpec
 from glassbox.logs import get_logger
+from glassbox.requests.builder import EngineRequest
 from glassbox.requests.generation import Generation, GenerationService
-from glassbox.steering.plan import SteeringPlan
+from glassbox.requests.registry import ModelRegistry
 
 log = get_logger(__name__)
 
@@ -139,11 +137,14 @@ def sse_event(payload: dict) -> bytes:
     return b"data: " + text.replace("data: ", "data\\u003a ").encode("ascii") + b"\n\n"
 
 
-@dataclass
-class ChatJob:
-    prompt_ids: list[int]
-    params: SamplingParams
-    abort_events: dict[int, str]  # the plan's index of an abort scope -> its event name
+@dataclass(frozen=True)
+class EmberChat:
+    """A checked Ember chat request: the engine request, the event names of the
+    variant's abort scopes (the plan's index of an abort scope -> its event name), and the
+    model name to report back."""
+
+    request: EngineRequest
+    abort_events: dict[int, str]
     model: str
 
 
@@ -343,7 +344,7 @@ class EmberService:
     def _token_id(self, vocab: dict[str, int], text: str, param: str) -> int:
         if text in vocab:
             return vocab[text]
-        ids = self.gen.tokenizer.encode(text, add_special_tokens=False)
+        ids = self.gen.requests.text(text, add_special_tokens=False)
         if len(ids) != 1:
             raise InvalidRequest(
                 f"{param}: {text!r} is not a single token of this model's vocabulary "
@@ -362,18 +363,14 @@ class EmberService:
     ) -> dict[str, float]:
         """Next-token logits after the chat-formatted messages: after the assistant's
         generation prompt, or continuing the assistant's text when it has the last word."""
+        build = self.gen.requests
         plain = _messages(messages)
         if plain[-1]["role"] == "assistant":
-            ids = self.gen.chat_prompt(plain[:-1], add_generation_prompt=True)
-            ids += self.gen.encode(plain[-1]["content"], add_special_tokens=False)
+            ids = build.chat(plain[:-1], add_generation_prompt=True)
+            ids += build.text(plain[-1]["content"], add_special_tokens=False)
         else:
-            ids = self.gen.chat_prompt(plain, add_generation_prompt=True)
-        if len(ids) >= self.gen.max_model_len:
-            raise ContextLengthExceeded(
-                f"the messages take {len(ids)} tokens; this model's context is "
-                f"{self.gen.max_model_len}",
-                param="messages",
-            )
+            ids = build.chat(plain, add_generation_prompt=True)
+        build.max_tokens(len(ids), None, prompt_param="messages")  # the context check
         chosen = None
         if filter_vocabulary is not None:
             vocab = await self._vocabulary()
@@ -385,9 +382,8 @@ class EmberService:
                 dtype=torch.long,
             )
         spec, _ = self._spec(controller, model)
-        plan = await self.features.resolve(spec)
-        _, logits = await self.features.engine.call(lambda e: e.capture([ids], set(), plan))
-        row = logits[0, : self.gen.tokenizer.vocab_size].float()
+        logits = await self.features.next_token_logits(ids, spec)
+        row = logits[: self.gen.tokenizer.vocab_size].float()
         if chosen is None:
             chosen = torch.arange(row.shape[0])
         values = row[chosen]
@@ -404,45 +400,35 @@ class EmberService:
         return out
 
     def tokenize(self, messages: list[EmberMessage]) -> list[str]:
-        ids = self.gen.chat_prompt(_messages(messages), add_generation_prompt=False)
+        ids = self.gen.requests.chat(_messages(messages), add_generation_prompt=False)
         return [self.gen.tokenizer.token_str(i) for i in ids]
 
     # --- chat ---------------------------------------------------------------------------
 
-    async def chat_job(self, req: EmberChatRequest, model: str) -> ChatJob:
+    async def chat_job(self, req: EmberChatRequest, model: str) -> EmberChat:
         """Validate everything that can be wrong with a chat request (before any byte of a
         stream is sent, so errors keep their status codes)."""
-        prompt = self.gen.chat_prompt(_chat_messages(req.messages), add_generation_prompt=True)
-        limit = self.gen.max_model_len
-        if len(prompt) >= limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens, but the messages "
-                f"have {len(prompt)} tokens. Shorten them.",
-                param="messages",
-            )
+        build = self.gen.requests
+        prompt = build.chat(_chat_messages(req.messages), add_generation_prompt=True)
         # The SDK asks for 2048 by default: cap at the room left instead of refusing.
-        room = limit - len(prompt)
-        max_tokens = (
-            room if req.max_completion_tokens is None else min(req.max_completion_tokens, room)
+        max_tokens = build.max_tokens(
+            len(prompt), req.max_completion_tokens, prompt_param="messages", cap=True
         )
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if any(not s for s in stop):
-            raise InvalidRequest("'stop' strings must not be empty", param="stop")
         spec, events = self._spec(req.controller, model)
-        plan: SteeringPlan | None = await self.features.resolve(spec)
-        params = SamplingParams(
+        params = build.params(
             max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             stop=stop,
             seed=req.seed,
-            steering=plan,
+            steering=await self.features.resolve(spec),
         )
-        return ChatJob(prompt, params, events, model)
+        return EmberChat(EngineRequest(prompt, params), events, model)
 
     @staticmethod
     def _finish(
-        reason: str | None, abort_scope: int | None, job: ChatJob
+        reason: str | None, abort_scope: int | None, job: EmberChat
     ) -> tuple[str | None, list[str] | None]:
         if reason == "abort":
             raise Unavailable("the engine aborted the generation; retry the request")
@@ -450,9 +436,9 @@ class EmberService:
             return reason, [job.abort_events[abort_scope]]  # the scope that fired
         return reason, None
 
-    async def chat(self, job: ChatJob) -> EmberChatCompletion:
+    async def chat(self, job: EmberChat) -> EmberChatCompletion:
         g = Generation()
-        async with aclosing(self.gen.stream(job.prompt_ids, job.params)) as outputs:
+        async with aclosing(self.gen.stream(job.request.prompt_ids, job.request.params)) as outputs:
             async for out in outputs:
                 g.add(out)
         reason, events = self._finish(g.finish_reason, g.abort_scope, job)
@@ -466,16 +452,16 @@ class EmberService:
                 EmberChatChoice(message=EmberChatMessageOut(content=g.text), finish_reason=reason)
             ],
             usage=EmberChatUsage(
-                prompt_tokens=len(job.prompt_ids),
+                prompt_tokens=len(job.request.prompt_ids),
                 completion_tokens=g.num_output_tokens,
-                total_tokens=len(job.prompt_ids) + g.num_output_tokens,
+                total_tokens=len(job.request.prompt_ids) + g.num_output_tokens,
             ),
         )
 
-    async def chat_stream(self, job: ChatJob) -> AsyncIterator[bytes]:
+    async def chat_stream(self, job: EmberChat) -> AsyncIterator[bytes]:
         """Starts generating and waits for the first output, so a request the engine refuses
         still gets a status code; then returns the stream of SSE events."""
-        outputs = self.gen.stream(job.prompt_ids, job.params)
+        outputs = self.gen.stream(job.request.prompt_ids, job.request.params)
         try:
             first = await anext(outputs)  # the engine ends every row with an output
         except BaseException:
@@ -484,7 +470,7 @@ class EmberService:
         return self._events(job, first, outputs)
 
     async def _events(
-        self, job: ChatJob, first: StepOutput, outputs: AsyncIterator[StepOutput]
+        self, job: EmberChat, first: StepOutput, outputs: AsyncIterator[StepOutput]
     ) -> AsyncIterator[bytes]:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())

@@ -16,7 +16,7 @@ from glassbox.api.features.schemas import (
     VariantObject,
 )
 from glassbox.api.features.variants import variant_object
-from glassbox.api.openai.adapter import template_messages
+from glassbox.api.openai.schemas import template_messages
 from glassbox.features.ember_json import feature_id, variant_to_ember
 from glassbox.features.variant import VariantSpec
 from glassbox.features.variants import DEFAULT_VARIANT

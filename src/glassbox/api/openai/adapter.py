@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 from glassbox.api.openai.schemas import (
     AssistantMessage,
@@ -16,7 +17,6 @@ from glassbox.api.openai.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatMessage,
     ChoiceLogprobs,
     Completion,
     CompletionChoice,
@@ -26,6 +26,7 @@ from glassbox.api.openai.schemas import (
     TokenLogprobOut,
     TopLogprob,
     Usage,
+    template_messages,
 )
 from glassbox.api.system.schemas import (
     DetokenizeRequest,
@@ -35,25 +36,12 @@ from glassbox.api.system.schemas import (
 )
 from glassbox.engine.llm_engine import STEERING_ABORT
 from glassbox.engine.sequence import TokenLogprob
-from glassbox.errors import Aborted, InvalidRequest, Unavailable, Unsupported
+from glassbox.errors import Aborted, Unavailable, Unsupported
 from glassbox.features.emotion import EmotionalState
 from glassbox.features.steering import SteeringService
-from glassbox.requests.generation import Generation, GenerationService, Job
+from glassbox.requests.builder import EngineRequest
+from glassbox.requests.generation import Generation, GenerationService
 from glassbox.steering.plan import SteeringPlan
-
-_TEMPLATE_ROLE = {"developer": "system"}  # chat templates know 'system', not 'developer'
-
-
-def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    out = []
-    for m in messages:
-        message = {"role": _TEMPLATE_ROLE.get(m.role, m.role), "content": m.text()}
-        if m.name:
-            message["name"] = m.name
-        if m.tool_call_id:
-            message["tool_call_id"] = m.tool_call_id
-        out.append(message)
-    return out
 
 
 def _finish_reason(reason: str | None) -> str | None:
@@ -129,19 +117,23 @@ class OpenAIService:
 
     # --- chat ---------------------------------------------------------------------------
 
-    async def _chat_jobs(self, req: ChatCompletionRequest) -> list[Job]:
+    async def _chat_requests(self, req: ChatCompletionRequest) -> list[EngineRequest]:
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
-        prompt = self.gen.chat_prompt(template_messages(req.messages), req.add_generation_prompt)
-        max_tokens = self.gen.check_length(len(prompt), req.max_new_tokens, "messages")
+        build = self.gen.requests
+        prompt = build.chat(template_messages(req.messages), req.add_generation_prompt)
+        max_tokens = build.max_tokens(len(prompt), req.max_new_tokens, prompt_param="messages")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = self.gen.sampling_params(req, max_tokens=max_tokens, logprobs=logprobs)
-        params.steering = await self._plan(req)
-        return [Job(prompt, self.gen.for_choice(params, i)) for i in range(req.n)]
+        params = build.params(
+            max_tokens=max_tokens, logprobs=logprobs, steering=await self._plan(req),
+            **_sampling_fields(req),
+        )  # fmt: skip
+        first = EngineRequest(prompt, params)
+        return [self.gen.for_choice(first, i) for i in range(req.n)]
 
     async def chat(self, req: ChatCompletionRequest, model: str) -> ChatCompletion:
-        jobs = await self._chat_jobs(req)
-        results = await self.gen.generate_many(jobs)
+        requests = await self._chat_requests(req)
+        results = await self.gen.generate_many(requests)
         choices = [
             ChatChoice(
                 index=i,
@@ -155,16 +147,16 @@ class OpenAIService:
             id=f"chatcmpl-{uuid.uuid4().hex}",
             model=model,
             choices=choices,
-            usage=_usage(jobs, results, req.n),
+            usage=_usage(requests, results, req.n),
         )
 
     async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[str]:
         """Validates now (errors become ordinary 4xx responses), then streams chunk JSON."""
-        jobs = await self._chat_jobs(req)
-        return self._chat_chunks(req, jobs, model)
+        requests = await self._chat_requests(req)
+        return self._chat_chunks(req, requests, model)
 
     async def _chat_chunks(
-        self, req: ChatCompletionRequest, jobs: list[Job], model: str
+        self, req: ChatCompletionRequest, requests: list[EngineRequest], model: str
     ) -> AsyncIterator[str]:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
 
@@ -175,12 +167,12 @@ class OpenAIService:
                 choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
             return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
-        for i in range(len(jobs)):
+        for i in range(len(requests)):
             yield chunk(
                 [ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))]
             )
-        results = [Generation() for _ in jobs]
-        async with aclosing(self.gen.stream_many(jobs)) as outputs:
+        results = [Generation() for _ in requests]
+        async with aclosing(self.gen.stream_many(requests)) as outputs:
             async for i, out in outputs:
                 results[i].add(out)
                 if out.text or (req.logprobs and out.logprobs):
@@ -195,38 +187,39 @@ class OpenAIService:
                         [ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=reason)]
                     )
         if req.include_usage:
-            yield chunk([], _usage(jobs, results, req.n))
+            yield chunk([], _usage(requests, results, req.n))
 
     # --- completions --------------------------------------------------------------------
 
-    async def _completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[str]]:
-        """Jobs ordered prompt-major (prompt p, choice i -> index p * n + i), and the prompt
-        texts (for echo)."""
+    async def _completion_requests(
+        self, req: CompletionRequest
+    ) -> tuple[list[EngineRequest], list[str]]:
+        """Requests ordered prompt-major (prompt p, choice i -> index p * n + i), and the
+        prompt texts (for echo)."""
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
+        build = self.gen.requests
         plan = await self._plan(req)
-        jobs, texts = [], []
+        requests, texts = [], []
         for prompt in req.prompts():
             if isinstance(prompt, str):
-                ids = self.gen.encode(prompt)
+                ids = build.text(prompt)
                 text = prompt
             else:
-                self.gen.check_token_ids(prompt, "prompt")
-                ids = prompt
+                ids = build.token_ids(prompt, "prompt")
                 text = self.tokenizer.decode(ids) if req.echo else ""
-            if not ids:
-                raise InvalidRequest("the prompt is empty; send at least one token", param="prompt")
-            max_tokens = self.gen.check_length(len(ids), req.max_tokens, "prompt")
-            params = self.gen.sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs)
-            params.steering = plan
+            first = build.request(
+                ids, prompt_param="prompt", max_tokens=req.max_tokens, logprobs=req.logprobs,
+                steering=plan, **_sampling_fields(req),
+            )  # fmt: skip
             for i in range(req.n):
-                jobs.append(Job(ids, self.gen.for_choice(params, i)))
+                requests.append(self.gen.for_choice(first, i))
                 texts.append(text)
-        return jobs, texts
+        return requests, texts
 
     async def completion(self, req: CompletionRequest, model: str) -> Completion:
-        jobs, texts = await self._completion_jobs(req)
-        results = await self.gen.generate_many(jobs)
+        requests, texts = await self._completion_requests(req)
+        results = await self.gen.generate_many(requests)
         choices = []
         for i, (g, prompt_text) in enumerate(zip(results, texts, strict=True)):
             prefix = prompt_text if req.echo else ""
@@ -241,15 +234,15 @@ class OpenAIService:
             id=f"cmpl-{uuid.uuid4().hex}",
             model=model,
             choices=choices,
-            usage=_usage(jobs, results, req.n),
+            usage=_usage(requests, results, req.n),
         )
 
     async def completion_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[str]:
-        jobs, texts = await self._completion_jobs(req)
-        return self._completion_chunks(req, jobs, texts, model)
+        requests, texts = await self._completion_requests(req)
+        return self._completion_chunks(req, requests, texts, model)
 
     async def _completion_chunks(
-        self, req: CompletionRequest, jobs: list[Job], texts: list[str], model: str
+        self, req: CompletionRequest, requests: list[EngineRequest], texts: list[str], model: str
     ) -> AsyncIterator[str]:
         cid = f"cmpl-{uuid.uuid4().hex}"
 
@@ -260,8 +253,8 @@ class OpenAIService:
         if req.echo:
             for i, text in enumerate(texts):
                 yield chunk([CompletionChoice(index=i, text=text, finish_reason=None)])
-        results = [Generation() for _ in jobs]
-        async with aclosing(self.gen.stream_many(jobs)) as outputs:
+        results = [Generation() for _ in requests]
+        async with aclosing(self.gen.stream_many(requests)) as outputs:
             async for i, out in outputs:
                 results[i].add(out)
                 logprobs = None
@@ -275,25 +268,46 @@ class OpenAIService:
                                           finish_reason=reason)]
                     )  # fmt: skip
         if req.include_usage:
-            yield chunk([], _usage(jobs, results, req.n))
+            yield chunk([], _usage(requests, results, req.n))
 
     # --- tokenize (vLLM-compatible) --------------------------------------------------
 
     def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        build = self.gen.requests
         if req.messages is not None:
-            ids = self.gen.chat_prompt(template_messages(req.messages), req.add_generation_prompt)
+            ids = build.chat(template_messages(req.messages), req.add_generation_prompt)
         else:
             add_special = True if req.add_special_tokens is None else req.add_special_tokens
-            ids = self.gen.encode(req.prompt or "", add_special_tokens=add_special)
+            ids = build.text(req.prompt or "", add_special_tokens=add_special)
         return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.gen.max_model_len)
 
     def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
-        return DetokenizeResponse(prompt=self.gen.decode(req.tokens))
+        return DetokenizeResponse(prompt=self.gen.requests.decode(req.tokens))
 
 
-def _usage(jobs: list[Job], results: list[Generation], n: int) -> Usage:
-    # Jobs are prompt-major with n choices per prompt: each prompt counts once, like OpenAI.
-    prompt = sum(len(job.prompt_ids) for job in jobs[::n])
+def _sampling_fields(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """The sampling fields chat and completions share, as the request path's keywords."""
+    return {
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "top_k": req.top_k,
+        "min_p": req.min_p,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "repetition_penalty": req.repetition_penalty,
+        "logit_bias": {int(k): v for k, v in (req.logit_bias or {}).items()},
+        "stop": req.stop_list,
+        "stop_token_ids": req.stop_token_ids or [],
+        "ignore_eos": req.ignore_eos,
+        "seed": req.seed,
+        "skip_special_tokens": req.skip_special_tokens,
+    }
+
+
+def _usage(requests: list[EngineRequest], results: list[Generation], n: int) -> Usage:
+    # Requests are prompt-major with n choices per prompt: each prompt counts once, as
+    # OpenAI counts them.
+    prompt = sum(len(r.prompt_ids) for r in requests[::n])
     completion = sum(g.num_output_tokens for g in results)
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion

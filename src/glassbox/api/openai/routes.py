@@ -14,6 +14,7 @@ from glassbox.api.openai.schemas import (
     ModelList,
 )
 from glassbox.api.streaming import sse_response, until_disconnected
+from glassbox.requests.registry import ModelRegistry
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _SSE = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream"}}
@@ -47,9 +48,16 @@ async def completions(
 
 @router.get("/models", response_model=ModelList)
 async def list_models(models: RegistryDep) -> ModelList:
-    return models.list()
+    return ModelList(data=[model_card(models, n) for n in models.names()])
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
 async def get_model(model_id: str, models: RegistryDep) -> ModelCard:
-    return models.card(model_id)
+    models.resolve(model_id)
+    return model_card(models, model_id)
+
+
+def model_card(models: ModelRegistry, name: str) -> ModelCard:
+    return ModelCard(
+        id=name, created=models.created, root=models.served_name, max_model_len=models.max_model_len
+    )

@@ -61,6 +61,21 @@ class ChatMessage(BaseModel):
         return "\n".join(part.text or "" for part in self.content)
 
 
+_TEMPLATE_ROLE = {"developer": "system"}  # chat templates know 'system', not 'developer'
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    out = []
+    for m in messages:
+        message = {"role": _TEMPLATE_ROLE.get(m.role, m.role), "content": m.text()}
+        if m.name:
+            message["name"] = m.name
+        if m.tool_call_id:
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
+    return out
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 

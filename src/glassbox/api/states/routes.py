@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request, Response
 
 from glassbox.api.deps import RegistryDep, StatesDep, SteeringDep
+from glassbox.api.openai.schemas import template_messages
 from glassbox.api.states.schemas import (
     CheckpointRequest,
     ExportFile,
@@ -34,7 +35,7 @@ from glassbox.api.streaming import sse_response, until_disconnected
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import InvalidRequest, TooLarge
-from glassbox.models.tokenizer import ChatTemplateError
+from glassbox.features.steering import SteeringService
 from glassbox.states.service import State, StateService
 
 router = APIRouter(tags=["states"])
@@ -76,16 +77,12 @@ async def create_state(
     req: StateCreateRequest, states: StatesDep, models: RegistryDep
 ) -> StateObject:
     model = models.resolve(req.model_id)
-    tok = states.engine.tokenizer
-    if req.messages is not None:
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        try:
-            ids = tok.apply_chat_template(messages, req.add_generation_prompt)
-        except ChatTemplateError as exc:
-            raise InvalidRequest(str(exc), param="messages") from exc
-    else:
-        ids = tok.encode(req.text)
-    state = await states.create(ids, req.config.model_dump())
+    state = await states.create_from(
+        text=req.text,
+        messages=template_messages(req.messages) if req.messages is not None else None,
+        add_generation_prompt=req.add_generation_prompt,
+        config=req.config.model_dump(),
+    )
     return state_object(states, state, model)
 
 
@@ -219,18 +216,18 @@ async def download_state(state_id: str, states: StatesDep) -> Response:
 
 
 def _token_info(states: StateService, out: StepOutput, logprobs: int | None) -> list[TokenInfo]:
-    tok = states.engine.tokenizer
+    text = states.token_text
     infos = {i.token_id: i for i in out.logprobs} if logprobs is not None else {}
     tokens = []
     for token_id in out.token_ids:
         info = infos.get(token_id)
         top = None
         if info is not None:
-            top = [{"token_id": t, "token": tok.token_str(t), "logprob": lp} for t, lp in info.top]
+            top = [{"token_id": t, "token": text(t), "logprob": lp} for t, lp in info.top]
         tokens.append(
             TokenInfo(
                 token_id=token_id,
-                token=tok.token_str(token_id),
+                token=text(token_id),
                 logprob=info.logprob if info else None,
                 top_logprobs=top,
             )
@@ -238,18 +235,19 @@ def _token_info(states: StateService, out: StepOutput, logprobs: int | None) -> 
     return tokens
 
 
-async def _params(req: GenerateTokenRequest, states: StateService, steering) -> SamplingParams:
-    config = states.get(req.state_id).config
-    temperature = req.temperature if req.temperature is not None else config.get("temperature")
-    top_p = req.top_p if req.top_p is not None else config.get("top_p")
-    return SamplingParams(
+async def _params(
+    req: GenerateTokenRequest, states: StateService, steering: SteeringService
+) -> SamplingParams:
+    return states.generation_params(
+        req.state_id,
         max_tokens=req.max_tokens,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        seed=req.seed if req.seed is not None else config.get("seed"),
+        temperature=req.temperature,
+        top_p=req.top_p,
+        seed=req.seed,
         stop=list(req.stop_sequences),
         logprobs=req.logprobs,
         steering=await steering.plan(req.variant, req.session_id, req.variant_id),
+        commit=req.commit,
     )
 
 
@@ -258,7 +256,7 @@ async def _generate(
 ) -> GenerationResult:
     text, tokens, last = "", [], None
     child = None
-    async for out, committed in states.generate(req.state_id, params, req.commit):
+    async for out, committed in states.generate(req.state_id, params):
         text += out.text
         tokens += _token_info(states, out, req.logprobs)
         last, child = out, committed or child
@@ -280,7 +278,7 @@ async def _stream(
     req: GenerateTokenRequest, states: StateService, params: SamplingParams
 ) -> AsyncIterator[str]:
     index = 0
-    async for out, child in states.generate(req.state_id, params, req.commit):
+    async for out, child in states.generate(req.state_id, params):
         infos = _token_info(states, out, req.logprobs)
         for k, info in enumerate(infos):
             text = out.text if k == len(infos) - 1 else ""

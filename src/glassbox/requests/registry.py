@@ -1,10 +1,10 @@
-"""The names this server answers to: the served model name and its aliases."""
+"""The names this server answers to: the served model name and its aliases (a request's
+`model` field is resolved here, on every surface)."""
 
 from __future__ import annotations
 
 import time
 
-from glassbox.api.openai.schemas import ModelCard, ModelList
 from glassbox.errors import ModelNotFound
 
 
@@ -34,15 +34,3 @@ class ModelRegistry:
             f"The model '{name}' does not exist; this server serves: "
             + ", ".join(repr(n) for n in self.names()),
         )
-
-    def card(self, name: str) -> ModelCard:
-        self.resolve(name)
-        return ModelCard(
-            id=name,
-            created=self.created,
-            root=self.served_name,
-            max_model_len=self.max_model_len,
-        )
-
-    def list(self) -> ModelList:
-        return ModelList(data=[self.card(n) for n in self.names()])
