@@ -335,17 +335,21 @@ class StateService:
         """A state that has read `text`, or the chat-formatted `messages`."""
         if messages is not None:
             ids = self.requests.chat(messages, add_generation_prompt)
-        else:
-            ids = self.requests.text(text or "")
-        return await self.create(ids, config or {})
+            return await self.create(ids, config or {}, param="messages")
+        return await self.create(self.requests.text(text or ""), config or {}, param="text")
 
     async def create(
-        self, token_ids: list[int], config: dict[str, Any], meta: dict | None = None
+        self,
+        token_ids: list[int],
+        config: dict[str, Any],
+        meta: dict | None = None,
+        *,
+        param: str = "token_ids",
     ) -> State:
-        if not token_ids:
-            raise InvalidRequest("the state's text is empty", param="text")
-        token_ids = self.requests.token_ids(token_ids, "token_ids")
-        with about("text"):
+        """A state that has read `token_ids` (`param`: the request field they came from)."""
+        token_ids = self.requests.token_ids(token_ids, param)
+        self.requests.max_tokens(len(token_ids), None, prompt_param=param)  # the context
+        with about(param):
             handle = await self.engine.call(lambda e: e.prefill_kv(token_ids))
         state = State(uuid.uuid4().hex, list(token_ids), config=config, meta=meta or {})
         async with self._lock:

@@ -1,0 +1,106 @@
+"""The one request path (requests/builder.py): prompts, the context check, sampling fields."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from glassbox.errors import ContextLengthExceeded, InvalidRequest
+from glassbox.requests.builder import EngineRequest, RequestBuilder, about
+from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
+
+LIMIT = 64
+MESSAGES = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture
+def build(tiny_tokenizer) -> RequestBuilder:
+    return RequestBuilder(tiny_tokenizer, vocab_size=tiny_tokenizer.vocab_size, max_model_len=LIMIT)
+
+
+def test_chat_applies_the_models_template(build, tiny_tokenizer):
+    expected = tiny_tokenizer.hf.apply_chat_template(
+        MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    assert build.chat(MESSAGES) == list(expected)
+    without = build.chat(MESSAGES, add_generation_prompt=False)
+    assert without != build.chat(MESSAGES) and build.chat(MESSAGES)[: len(without)] == without
+
+
+def test_a_template_that_refuses_the_messages_is_a_400_on_the_field(build, monkeypatch):
+    monkeypatch.setattr(build.tokenizer.hf, "chat_template", None)
+    with pytest.raises(InvalidRequest, match="no chat template") as info:
+        build.chat(MESSAGES, param="conversation")
+    assert info.value.param == "conversation"
+
+
+def test_token_ids_outside_the_vocabulary_name_the_field(build):
+    vocab = build.vocab_size
+    assert build.token_ids([0, vocab - 1], "prompt") == [0, vocab - 1]
+    with pytest.raises(InvalidRequest, match=f"token id {vocab}, outside") as info:
+        build.token_ids([1, vocab], "prompt")
+    assert info.value.param == "prompt"
+    with pytest.raises(InvalidRequest, match="token id -1") as info:
+        build.token_ids([-1], "tokens")
+    assert info.value.param == "tokens"
+
+
+def test_the_context_check_has_one_wording(build):
+    assert build.max_tokens(10, None, prompt_param="prompt") == LIMIT - 10
+    assert build.max_tokens(10, 54, prompt_param="prompt") == 54
+    with pytest.raises(ContextLengthExceeded) as full:
+        build.max_tokens(LIMIT, None, prompt_param="messages")
+    assert full.value.param == "messages" and full.value.code == "context_length_exceeded"
+    assert str(full.value) == (
+        f"This model's maximum context length is {LIMIT} tokens, but the prompt has {LIMIT} "
+        f"tokens. Shorten the prompt to fewer than {LIMIT} tokens."
+    )
+    with pytest.raises(ContextLengthExceeded) as over:
+        build.max_tokens(10, 55, prompt_param="messages")
+    assert over.value.param == "max_tokens"
+    assert "65 were requested (10 in the prompt, 55 for the completion)" in str(over.value)
+    assert "at most 54" in str(over.value)
+    assert build.max_tokens(10, 55, prompt_param="messages", cap=True) == 54
+    with pytest.raises(InvalidRequest, match="empty") as empty:
+        build.max_tokens(0, 5, prompt_param="prompt")
+    assert empty.value.param == "prompt"
+
+
+def test_params_check_token_ids_and_stop_strings(build):
+    vocab = build.vocab_size
+    with pytest.raises(InvalidRequest) as bias:
+        build.params(max_tokens=4, logit_bias={vocab + 3: 1.0})
+    assert bias.value.param == "logit_bias"
+    with pytest.raises(InvalidRequest) as stops:
+        build.params(max_tokens=4, stop_token_ids=[vocab])
+    assert stops.value.param == "stop_token_ids"
+    with pytest.raises(InvalidRequest, match="must not be empty") as empty:
+        build.params(max_tokens=4, stop=["end", ""])
+    assert empty.value.param == "stop"
+    params = build.params(max_tokens=4, top_k=-1, logit_bias={"5": "2.5"}, stop=("x",))
+    assert params.top_k == 0 and params.logit_bias == {5: 2.5} and params.stop == ["x"]
+
+
+def test_an_empty_steering_plan_is_no_plan(build):
+    assert build.params(max_tokens=1, steering=SteeringPlan([], [])).steering is None
+    w = torch.ones(8)
+    plan = SteeringPlan([ResolvedEdit(Direction("d", 0, w, 0.0, w), "nudge", 1.0)], [])
+    assert build.params(max_tokens=1, steering=plan).steering is plan
+
+
+def test_built_requests_cannot_change(build):
+    request = build.request(build.chat(MESSAGES), prompt_param="messages", max_tokens=3, seed=7)
+    assert isinstance(request, EngineRequest) and request.params.max_tokens == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.params.seed = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.prompt_ids = []
+
+
+def test_engine_refusals_are_about_the_field_the_prompt_came_from():
+    with pytest.raises(InvalidRequest) as info:
+        with about("text"):
+            raise InvalidRequest("the prompt is empty", param="prompt")
+    assert info.value.param == "text"
