@@ -7,7 +7,8 @@ import asyncio
 
 from glassbox.engine.beam_search import BeamSearch, BeamSearchParams, Hypothesis
 from glassbox.requests.builder import about
-from glassbox.states.service import State, StateService
+from glassbox.states.records import State
+from glassbox.states.service import StateService
 
 
 async def beam_search(

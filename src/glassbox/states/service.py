@@ -7,8 +7,8 @@ to where it came from. Forks share their parent's blocks, so they cost no KV byt
 
 Memory: the states resident in the pool hold at most `budget_bytes` of it (shared blocks
 count once). Past that, the least recently used are spilled to their file (states/files.py)
-and come back on their next use. Records live in the database (written in order by a
-background writer); files in `directory`; at shutdown every resident state is written out
+and come back on their next use. Records live in the database (states/records.py, written
+behind in order); files in `directory`; at shutdown every resident state is written out
 and every record written, so states survive a restart. A state whose
 file is missing (a crash before it was spilled) is recomputed from its tokens on use.
 
@@ -19,18 +19,11 @@ of KV between pool and disk.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from array import array
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import delete, insert, select, update
 
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import StepOutput
@@ -40,42 +33,12 @@ from glassbox.logs import get_logger
 from glassbox.requests.builder import about
 from glassbox.requests.generation import GenerationService
 from glassbox.states import files
+from glassbox.states.records import State, StateRecords, now
 from glassbox.states.residency import Residency
 from glassbox.steering.plan import SteeringPlan
-from glassbox.store import Database, StateRow
+from glassbox.store import Database
 
 log = get_logger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class State:
-    state_id: str
-    token_ids: list[int]
-    parent_id: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed
-    checkpoints: dict[str, int] = field(default_factory=dict)  # name -> token count
-    meta: dict[str, Any] = field(default_factory=dict)  # merged_from, imported_from
-    created_at: datetime = field(default_factory=_now)
-    modified_at: datetime = field(default_factory=_now)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    def record(self) -> dict[str, Any]:
-        """What a state file carries besides KV and tokens."""
-        return {
-            "state_id": self.state_id,
-            "parent_id": self.parent_id,
-            "config": self.config,
-            "checkpoints": self.checkpoints,
-            "meta": self.meta,
-            "created_at": self.created_at.isoformat(),
-        }
 
 
 def not_found(state_id: str) -> NotFound:
@@ -113,86 +76,14 @@ class StateService:
         self.residency = Residency(budget_bytes, block_bytes)
         # The largest state file this model can have: KV and ids of a full context, a header.
         self.max_file_bytes = self.engine.max_model_len * (self.kv_bytes_per_token + 8) + 2**20
+        self.records = StateRecords(db, fingerprint)
         self._states: dict[str, State] = {}
         self._on_disk: set[str] = set()  # states whose file holds their current KV
-        self._writes: deque[tuple[Callable[..., None], tuple]] = deque()
-        self._writer: asyncio.Task | None = None
         self._lock = asyncio.Lock()
-        self._load_records()
-
-    # --- records ----------------------------------------------------------------------
-
-    def _load_records(self) -> None:
-        with self.db.session() as s:
-            rows = s.scalars(
-                select(StateRow)
-                .where(StateRow.fingerprint == self.fingerprint)
-                .order_by(StateRow.created_at)
-            ).all()
-        for row in rows:
-            tokens = array("i")
-            tokens.frombytes(row.token_ids)
-            state = State(
-                row.state_id, tokens.tolist(), row.parent_id, json.loads(row.config),
-                json.loads(row.checkpoints), json.loads(row.meta),
-                row.created_at.replace(tzinfo=UTC), row.modified_at.replace(tzinfo=UTC),
-            )  # fmt: skip
+        for state in self.records.load():
             self._states[state.state_id] = state
             if self._file(state.state_id).is_file():
                 self._on_disk.add(state.state_id)
-
-    def _row_values(self, state: State) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint,
-            "parent_id": state.parent_id,
-            "num_tokens": state.num_tokens,
-            "token_ids": array("i", state.token_ids).tobytes(),
-            "config": json.dumps(state.config),
-            "checkpoints": json.dumps(state.checkpoints),
-            "meta": json.dumps(state.meta),
-            "created_at": state.created_at,
-            "modified_at": state.modified_at,
-        }
-
-    def _insert(self, state: State) -> None:
-        # A Core insert: the ORM's unit of work costs more than the rest of a fork.
-        with self.db.engine.begin() as conn:
-            conn.execute(insert(StateRow), {"state_id": state.state_id, **self._row_values(state)})
-
-    def _update(self, *states: State) -> None:
-        with self.db.session() as s, s.begin():
-            for state in states:
-                s.execute(
-                    update(StateRow)
-                    .where(StateRow.state_id == state.state_id)
-                    .values(**self._row_values(state))
-                )
-
-    def _write(self, fn: Callable[..., None], *args: Any) -> None:
-        """Queue a record write. One writer task applies the queue in order, off the event
-        loop: a fork or a commit does not wait for SQLite (about half a millisecond, more
-        than the rest of a fork). `flush` waits for every queued write."""
-        self._writes.append((fn, args))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
-
-    async def _write_queued(self) -> None:
-        while self._writes:
-            batch = list(self._writes)
-            self._writes.clear()
-            await asyncio.to_thread(self._apply, batch)
-
-    @staticmethod
-    def _apply(batch: list[tuple[Callable[..., None], tuple]]) -> None:
-        for fn, args in batch:
-            try:
-                fn(*args)
-            except Exception:  # the state stays served; its record is what is lost
-                log.exception("state record write failed", write=fn.__name__)
-
-    def _delete_row(self, state_id: str) -> None:
-        with self.db.session() as s, s.begin():
-            s.execute(delete(StateRow).where(StateRow.state_id == state_id))
 
     def _file(self, state_id: str) -> Path:
         return self.directory / f"{state_id}{files.SUFFIX}"
@@ -305,7 +196,7 @@ class StateService:
         """Record a new state whose KV is `handle` (taken over)."""
         self._states[state.state_id] = state
         self.residency.add(state.state_id, handle)
-        self._write(self._insert, state)
+        self.records.insert(state)
         await self._fit_budget(keep=state.state_id)
         return state
 
@@ -398,8 +289,8 @@ class StateService:
     async def add_checkpoint(self, state_id: str, name: str, token_index: int | None) -> State:
         state = self.get(state_id)
         state.checkpoints[name] = self._check_index(state, token_index)
-        state.modified_at = _now()
-        self._write(self._update, state)
+        state.modified_at = now()
+        self.records.update(state)
         return state
 
     async def rollback(
@@ -431,8 +322,8 @@ class StateService:
             self._file(state_id).unlink(missing_ok=True)
             state.token_ids = state.token_ids[:n]
             state.checkpoints = {k: v for k, v in state.checkpoints.items() if v <= n}
-            state.modified_at = _now()
-            self._write(self._update, state)
+            state.modified_at = now()
+            self.records.update(state)
         return state
 
     async def merge(self, state_ids: list[str]) -> State:
@@ -499,9 +390,9 @@ class StateService:
             children = [s for s in self._states.values() if s.parent_id == state_id]
             for child in children:
                 child.parent_id = state.parent_id
-            self._write(self._delete_row, state_id)
+            self.records.delete(state_id)
             if children:
-                self._write(self._update, *children)
+                self.records.update(*children)
 
     # --- generation -------------------------------------------------------------------
 
@@ -636,5 +527,4 @@ class StateService:
         async with self._lock:
             for state_id in self.residency.ids():
                 await self._spill(state_id)
-        while self._writer is not None and not self._writer.done():
-            await self._writer
+        await self.records.flush()

@@ -36,7 +36,8 @@ from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import InvalidRequest, TooLarge
 from glassbox.features.steering import SteeringService
-from glassbox.states.service import State, StateService
+from glassbox.states.records import State
+from glassbox.states.service import StateService
 
 router = APIRouter(tags=["states"])
 
