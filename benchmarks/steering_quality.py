@@ -38,7 +38,7 @@ from glassbox.features.concepts import (
     load_dictionary,
     save_dictionary,
 )
-from glassbox.features.encoder import Embedder
+from glassbox.features.label_encoder import LabelEncoder
 from glassbox.features.search import FeatureIndex
 from glassbox.runtime import load_engine
 from glassbox.steering.plan import SteeringPlan
@@ -95,7 +95,7 @@ def main() -> None:
     settings = Settings()
     engine, resolved = load_engine(settings)
     d, data = train_dictionary(engine, settings, resolved.fingerprint)
-    embedder = Embedder.default()
+    embedder = LabelEncoder.default()
     index = FeatureIndex([d], embedder)
     heldout = [c for c in data.concepts if c.split == "heldout"]
     tok = engine.tokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from glassbox.features.dictionary import FeatureDictionary
-from glassbox.features.encoder import Embedder
+from glassbox.features.label_encoder import LabelEncoder
 from glassbox.features.search import MAX_TOP_K, FeatureIndex, feature_text
 
 CONCEPTS = Path(__file__).resolve().parents[2] / "src/glassbox/features/data/concepts.json"
@@ -45,8 +45,8 @@ PARAPHRASES = {
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    return Embedder.default()
+def embedder() -> LabelEncoder:
+    return LabelEncoder.default()
 
 
 def make_dictionary(

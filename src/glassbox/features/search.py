@@ -19,7 +19,7 @@ from glassbox.features.dictionary import Feature, FeatureDictionary
 MAX_TOP_K = 1000
 
 
-class TextEmbedder(Protocol):
+class TextEncoder(Protocol):
     def embed(self, texts: list[str]) -> torch.Tensor:
         """[n, dim] L2-normalized rows."""
         ...
@@ -50,7 +50,7 @@ class FeatureIndex:
     The first dictionary is the default one for `lookup` by index.
     """
 
-    def __init__(self, dictionaries: list[FeatureDictionary], embedder: TextEmbedder):
+    def __init__(self, dictionaries: list[FeatureDictionary], embedder: TextEncoder):
         if not dictionaries:
             raise ValueError("a feature index needs at least one dictionary")
         names = [d.name for d in dictionaries]

@@ -81,7 +81,7 @@ class FeatureService:
         sae_paths: list[Path] | None = None,
         vector_dirs: list[Path] | None = None,
         layer: int | None = None,
-        embedder=None,
+        encoder=None,
     ):
         self.engine = engine
         self.requests = RequestBuilder.for_engine(engine)
@@ -91,7 +91,7 @@ class FeatureService:
         self.sae_paths = list(sae_paths or [])
         self.vector_dirs = list(vector_dirs or [])
         self.layer = layer
-        self._embedder = embedder
+        self._encoder = encoder
         self._lock = asyncio.Lock()
         self._dictionaries: list[FeatureDictionary] | None = None
         self._index: FeatureIndex | None = None
@@ -137,10 +137,10 @@ class FeatureService:
     async def index(self) -> FeatureIndex:
         dictionaries = await self.dictionaries()
         if self._index is None:
-            from glassbox.features.encoder import Embedder
+            from glassbox.features.label_encoder import LabelEncoder
 
-            embedder = self._embedder or Embedder.default()
-            self._index = await asyncio.to_thread(FeatureIndex, dictionaries, embedder)
+            encoder = self._encoder or LabelEncoder.default()
+            self._index = await asyncio.to_thread(FeatureIndex, dictionaries, encoder)
         return self._index
 
     async def feature(self, uuid: str) -> tuple[FeatureDictionary, Feature]:

