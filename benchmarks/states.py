@@ -26,6 +26,7 @@ from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.metrics import Metrics
+from glassbox.principal import LOCAL
 from glassbox.requests.generation import GenerationService
 from glassbox.runtime import load_engine
 from glassbox.states.service import StateService
@@ -90,13 +91,13 @@ def main() -> None:
         states = StateService(generation, db, Path(tmp), resolved.fingerprint, 2 * 1024**3)
 
         async def forks() -> tuple[list[float], list[float], int, int]:
-            parent = await states.create(ids, {})
+            parent = await states.create(LOCAL, ids, {})
             handle = states.residency.get(parent.state_id)
             used_before = llm.kv_usage()[0]
             fork_times, copy_times = [], []
             for _ in range(args.runs * 4):
                 t0 = time.perf_counter()
-                await states.fork(parent.state_id)
+                await states.fork(LOCAL, parent.state_id)
                 fork_times.append(time.perf_counter() - t0)
             for _ in range(args.runs):
                 t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from conftest import tiny_settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.metrics import Metrics
+from glassbox.principal import LOCAL
 from glassbox.requests.generation import GenerationService
 from glassbox.runtime import load_engine
 from glassbox.states.service import StateService
@@ -23,7 +24,7 @@ TOKENS = 500
 
 async def _first_token(states: StateService, state_id: str) -> int:
     params = SamplingParams(max_tokens=1, temperature=1.0, seed=5)
-    async for out, _ in states.generate(state_id, params):
+    async for out, _ in states.generate(LOCAL, state_id, params):
         return out.token_ids[0]
     raise AssertionError("no output")
 
@@ -46,7 +47,7 @@ def test_a_thousand_states_fit_the_budget_and_all_stay_usable(tiny_model_dir, tm
         ids, first = [], {}
         for i in range(NUM_STATES):
             tokens = [rng.randrange(vocab) for _ in range(TOKENS)]
-            s = await states.create(tokens, {})
+            s = await states.create(LOCAL, tokens, {})
             ids.append(s.state_id)
             if i % 50 == 0:  # a sample, continued while still in memory
                 first[s.state_id] = await _first_token(states, s.state_id)

@@ -12,6 +12,7 @@ from live_server import serve_in_thread
 from glassbox.app import create_app
 from glassbox.features.variant import FeatureRef, VariantSpec
 from glassbox.features.variants import VariantService
+from glassbox.principal import LOCAL
 from glassbox.store import Database
 
 
@@ -175,13 +176,13 @@ def test_variant_service_persists_in_sqlite(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'variants.db'}"
     ref = FeatureRef(uuid="ab" * 16, label="Pirate speech", index_in_sae=3)
     first = VariantService(Database(url), "m")
-    first.set_edit("s", "default", ref, 0.5, "pin")
-    first.create("s", "copy", base_variant_id="default")
-    first.set_edit("s", "copy", ref, None, "nudge")  # None clears
+    first.set_edit(LOCAL, "s", "default", ref, 0.5, "pin")
+    first.create(LOCAL, "s", "copy", base_variant_id="default")
+    first.set_edit(LOCAL, "s", "copy", ref, None, "nudge")  # None clears
 
     second = VariantService(Database(url), "m")
-    [edit] = second.modified("s", "default")
+    [edit] = second.modified(LOCAL, "s", "default")
     assert (edit.feature, edit.mode, edit.value) == (ref, "pin", 0.5)
-    assert second.get("s", "copy").spec == VariantSpec(base_model="m")
-    assert second.get("s", "copy").parent_variant_id == "default"
-    assert [v.variant_id for v in second.list("s")] == ["default", "copy"]
+    assert second.get(LOCAL, "s", "copy").spec == VariantSpec(base_model="m")
+    assert second.get(LOCAL, "s", "copy").parent_variant_id == "default"
+    assert [v.variant_id for v in second.list(LOCAL, "s")] == ["default", "copy"]

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the services create_app put on app.state."""
+"""FastAPI dependencies: the caller's principal, and the services create_app put on
+app.state."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ from glassbox.api.openai.adapter import OpenAIService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
 from glassbox.metrics import Metrics
+from glassbox.principal import LOCAL, Principal
 from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
 from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
+
+
+def current_principal(request: Request) -> Principal:
+    """Who is calling. Every caller is the local anonymous principal until API keys exist;
+    authentication only has to replace this function's body."""
+    return LOCAL
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
 def openai_service(request: Request) -> OpenAIService:

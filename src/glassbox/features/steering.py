@@ -1,5 +1,5 @@
-"""Features within a session's variants: what the /features and /variants routes and steered
-generation share.
+"""Features within stored variants (each owner's namespaces of variants): what the
+/features and /variants routes and steered generation share.
 
 Variants arrive as Ember `Variant.json()` and are checked before they are stored or used: the
 base model must be one this server serves and every feature must exist in its dictionaries
@@ -20,6 +20,7 @@ from glassbox.features.service import FeatureService, Inspection
 from glassbox.features.variant import FeatureRef, VariantSpec
 from glassbox.features.variants import DEFAULT_VARIANT, StoredVariant, VariantService
 from glassbox.features.vectors import SteeringVectors
+from glassbox.principal import Principal
 from glassbox.requests.registry import ModelRegistry
 from glassbox.steering.plan import SteeringPlan
 
@@ -56,39 +57,42 @@ class SteeringService:
 
     # --- stored variants --------------------------------------------------------------
 
-    async def get(self, session_id: str, variant_id: str | None) -> StoredVariant:
-        return await asyncio.to_thread(self.variants.get, session_id, variant_id or DEFAULT_VARIANT)
+    async def get(self, owner: Principal, namespace: str, variant_id: str | None) -> StoredVariant:
+        variant_id = variant_id or DEFAULT_VARIANT
+        return await asyncio.to_thread(self.variants.get, owner, namespace, variant_id)
 
     async def create(
         self,
-        session_id: str,
+        owner: Principal,
+        namespace: str,
         variant_id: str,
         base_variant_id: str | None,
         variant: Mapping[str, Any] | None,
     ) -> StoredVariant:
         spec = await self.spec_from_json(variant) if variant is not None else None
         return await asyncio.to_thread(
-            self.variants.create, session_id, variant_id, base_variant_id, spec
+            self.variants.create, owner, namespace, variant_id, base_variant_id, spec
         )
 
     async def replace(
-        self, session_id: str, variant_id: str, variant: Mapping[str, Any]
+        self, owner: Principal, namespace: str, variant_id: str, variant: Mapping[str, Any]
     ) -> StoredVariant:
         spec = await self.spec_from_json(variant)
-        return await asyncio.to_thread(self.variants.replace, session_id, variant_id, spec)
+        return await asyncio.to_thread(self.variants.replace, owner, namespace, variant_id, spec)
 
     async def plan(
         self,
+        owner: Principal,
         variant: Mapping[str, Any] | None,
-        session_id: str | None,
+        namespace: str | None,
         variant_id: str | None,
     ) -> SteeringPlan | None:
         """The steering plan of a generation request: its inline variant, or the stored
         variant it names, or none."""
         if variant is not None:
             spec = await self.spec_from_json(variant)
-        elif session_id is not None:
-            spec = (await self.get(session_id, variant_id)).spec
+        elif namespace is not None:
+            spec = (await self.get(owner, namespace, variant_id)).spec
         else:
             return None
         return await self.features.resolve(spec)
@@ -107,23 +111,24 @@ class SteeringService:
     # --- features under a variant -----------------------------------------------------
 
     async def search(
-        self, query: str, session_id: str, variant_id: str | None, top_k: int
+        self, owner: Principal, query: str, namespace: str, variant_id: str | None, top_k: int
     ) -> list[tuple[Feature, float, float]]:
         """(feature, relevance, the variant's current value for it: 0 when unset)."""
-        stored = await self.get(session_id, variant_id)
+        stored = await self.get(owner, namespace, variant_id)
         values = {e.feature.uuid: e.value for e in stored.spec.edits}
         hits = await self.features.search(query, top_k)
         return [(f, score, values.get(f.uuid, 0.0)) for f, score in hits]
 
     async def inspect(
-        self, messages: list[dict], session_id: str, variant_id: str | None
+        self, owner: Principal, messages: list[dict], namespace: str, variant_id: str | None
     ) -> Inspection:
-        stored = await self.get(session_id, variant_id)
+        stored = await self.get(owner, namespace, variant_id)
         return await self.features.inspect(messages, stored.spec)
 
     async def steer(
         self,
-        session_id: str,
+        owner: Principal,
+        namespace: str,
         variant_id: str | None,
         label: str | None,
         feature_id: str | None,
@@ -132,7 +137,7 @@ class SteeringService:
     ) -> StoredVariant:
         """Set one feature of a stored variant, found by id or by label (exact label first,
         else the best search hit)."""
-        await self.get(session_id, variant_id)  # 400/404 before any feature lookup
+        await self.get(owner, namespace, variant_id)  # 400/404 before any feature lookup
         if feature_id is not None:
             try:
                 uuid = feature_hex(feature_id, "feature_id")
@@ -143,7 +148,8 @@ class SteeringService:
             _, feature = await self.features.feature_by_label(label or "")
         return await asyncio.to_thread(
             self.variants.set_edit,
-            session_id,
+            owner,
+            namespace,
             variant_id or DEFAULT_VARIANT,
             feature_ref(feature),
             value,

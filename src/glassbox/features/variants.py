@@ -1,10 +1,16 @@
-"""Stored variants: per session, named variants of the served model, kept in the database.
+"""Stored variants: named variants of the served model, grouped in namespaces, kept in the
+database and owned by the principal that made them.
 
-Every session has a variant named "default" (no edits on the served model) that comes into
+A namespace (the `session_id` field on the wire) is a client's folder of variants; each
+owner has its own namespaces, and another owner's namespace is empty to the caller. Every
+namespace has a variant named "default" (no edits on the served model) that comes into
 being on first use, so clients can steer without creating anything first; deleting it
-resets it. Methods are synchronous (plain SQL); async callers run them in a worker thread.
-Writes in one process are serialized by a lock so read-modify-write edits never lose an
-update.
+resets it.
+
+This is the variants' one boundary to blocking SQL: methods are synchronous and are called
+from worker threads only (FastAPI's threadpool for plain `def` routes, `asyncio.to_thread`
+from the steering service). Writes in one process are serialized by a lock so
+read-modify-write edits never lose an update.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from glassbox.errors import Conflict, InvalidRequest, NotFound
 from glassbox.features.variant import Edit, EditMode, FeatureRef, VariantSpec
+from glassbox.principal import Principal
 from glassbox.store import Database, VariantRow
 
 DEFAULT_VARIANT = "default"
@@ -27,7 +34,7 @@ _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 @dataclass(frozen=True)
 class StoredVariant:
-    session_id: str
+    namespace: str
     variant_id: str
     spec: VariantSpec
     parent_variant_id: str | None
@@ -50,7 +57,7 @@ def _utc(t: datetime) -> datetime:
 
 def _stored(row: VariantRow) -> StoredVariant:
     return StoredVariant(
-        row.session_id,
+        row.namespace,
         row.variant_id,
         VariantSpec.model_validate_json(row.spec),
         row.parent_variant_id,
@@ -59,11 +66,11 @@ def _stored(row: VariantRow) -> StoredVariant:
     )
 
 
-def _not_found(session_id: str, variant_id: str, param: str = "variant_id") -> NotFound:
+def _not_found(namespace: str, variant_id: str, param: str = "variant_id") -> NotFound:
     return NotFound(
         "variant",
         variant_id,
-        f"session {session_id!r} has no variant {variant_id!r}; create it with POST /variants",
+        f"session {namespace!r} has no variant {variant_id!r}; create it with POST /variants",
         param=param,
     )
 
@@ -80,16 +87,24 @@ class VariantService:
     # --- rows -------------------------------------------------------------------------
 
     def _row(
-        self, s: Session, session_id: str, variant_id: str, param: str = "variant_id"
+        self,
+        s: Session,
+        owner: Principal,
+        namespace: str,
+        variant_id: str,
+        param: str = "variant_id",
     ) -> VariantRow:
         """The row, creating the default variant on first use; 404 for any other missing."""
-        row = s.get(VariantRow, (session_id, variant_id))
+        row = s.get(VariantRow, (owner.tenant, namespace, variant_id))
         if row is not None:
             return row
         if variant_id != DEFAULT_VARIANT:
-            raise _not_found(session_id, variant_id, param)
+            raise _not_found(namespace, variant_id, param)
         row = VariantRow(
-            session_id=session_id, variant_id=variant_id, spec=self.empty().model_dump_json()
+            owner=owner.tenant,
+            namespace=namespace,
+            variant_id=variant_id,
+            spec=self.empty().model_dump_json(),
         )
         s.add(row)
         s.flush()
@@ -97,41 +112,46 @@ class VariantService:
 
     # --- reads ------------------------------------------------------------------------
 
-    def get(self, session_id: str, variant_id: str = DEFAULT_VARIANT) -> StoredVariant:
-        check_id(session_id, "session_id")
+    def get(
+        self, owner: Principal, namespace: str, variant_id: str = DEFAULT_VARIANT
+    ) -> StoredVariant:
+        check_id(namespace, "session_id")
         check_id(variant_id, "variant_id")
         with self._lock, self.db.session() as s, s.begin():
-            return _stored(self._row(s, session_id, variant_id))
+            return _stored(self._row(s, owner, namespace, variant_id))
 
-    def list(self, session_id: str) -> list[StoredVariant]:
-        """The session's variants, the default first, then by creation time."""
-        check_id(session_id, "session_id")
+    def list(self, owner: Principal, namespace: str) -> list[StoredVariant]:
+        """The namespace's variants, the default first, then by creation time."""
+        check_id(namespace, "session_id")
         with self._lock, self.db.session() as s, s.begin():
-            self._row(s, session_id, DEFAULT_VARIANT)
+            self._row(s, owner, namespace, DEFAULT_VARIANT)
             rows = s.scalars(
                 select(VariantRow)
-                .where(VariantRow.session_id == session_id)
+                .where(VariantRow.owner == owner.tenant, VariantRow.namespace == namespace)
                 .order_by(VariantRow.created_at, VariantRow.variant_id)
             ).all()
             out = [_stored(r) for r in rows]
         return sorted(out, key=lambda v: v.variant_id != DEFAULT_VARIANT)
 
-    def modified(self, session_id: str, variant_id: str = DEFAULT_VARIANT) -> list[Edit]:
+    def modified(
+        self, owner: Principal, namespace: str, variant_id: str = DEFAULT_VARIANT
+    ) -> list[Edit]:
         """The variant's unconditional edits (what a client has set)."""
-        return self.get(session_id, variant_id).spec.edits
+        return self.get(owner, namespace, variant_id).spec.edits
 
     # --- writes -----------------------------------------------------------------------
 
     def create(
         self,
-        session_id: str,
+        owner: Principal,
+        namespace: str,
         variant_id: str,
         base_variant_id: str | None = None,
         spec: VariantSpec | None = None,
     ) -> StoredVariant:
         """A new variant: a copy of `base_variant_id`'s edits and scopes, or `spec`, or empty.
         409 if it exists, 404 if the base does not."""
-        check_id(session_id, "session_id")
+        check_id(namespace, "session_id")
         check_id(variant_id, "variant_id")
         if base_variant_id is not None:
             check_id(base_variant_id, "base_variant_id")
@@ -142,18 +162,19 @@ class VariantService:
                     param="base_variant_id",
                 )
         with self._lock, self.db.session() as s, s.begin():
-            if s.get(VariantRow, (session_id, variant_id)) is not None:
+            if s.get(VariantRow, (owner.tenant, namespace, variant_id)) is not None:
                 raise Conflict(
-                    f"session {session_id!r} already has a variant {variant_id!r}; "
-                    f"change it with PUT /variants/{session_id}/{variant_id}",
+                    f"session {namespace!r} already has a variant {variant_id!r}; "
+                    f"change it with PUT /variants/{namespace}/{variant_id}",
                     param="variant_id",
                     code="variant_exists",
                 )
             if base_variant_id is not None:
-                base = _stored(self._row(s, session_id, base_variant_id, "base_variant_id"))
+                base = _stored(self._row(s, owner, namespace, base_variant_id, "base_variant_id"))
                 spec = base.spec.model_copy(deep=True)
             row = VariantRow(
-                session_id=session_id,
+                owner=owner.tenant,
+                namespace=namespace,
                 variant_id=variant_id,
                 spec=(spec or self.empty()).model_dump_json(),
                 parent_variant_id=base_variant_id,
@@ -162,30 +183,33 @@ class VariantService:
             s.flush()
             return _stored(row)
 
-    def replace(self, session_id: str, variant_id: str, spec: VariantSpec) -> StoredVariant:
-        check_id(session_id, "session_id")
+    def replace(
+        self, owner: Principal, namespace: str, variant_id: str, spec: VariantSpec
+    ) -> StoredVariant:
+        check_id(namespace, "session_id")
         check_id(variant_id, "variant_id")
         with self._lock, self.db.session() as s, s.begin():
-            row = self._row(s, session_id, variant_id)
+            row = self._row(s, owner, namespace, variant_id)
             row.spec = spec.model_dump_json()
             s.flush()
             return _stored(row)
 
-    def delete(self, session_id: str, variant_id: str) -> None:
+    def delete(self, owner: Principal, namespace: str, variant_id: str) -> None:
         """Deleting the default resets it: it comes back empty on next use."""
-        check_id(session_id, "session_id")
+        check_id(namespace, "session_id")
         check_id(variant_id, "variant_id")
         with self._lock, self.db.session() as s, s.begin():
-            row = s.get(VariantRow, (session_id, variant_id))
+            row = s.get(VariantRow, (owner.tenant, namespace, variant_id))
             if row is None:
                 if variant_id == DEFAULT_VARIANT:
                     return
-                raise _not_found(session_id, variant_id)
+                raise _not_found(namespace, variant_id)
             s.delete(row)
 
     def set_edit(
         self,
-        session_id: str,
+        owner: Principal,
+        namespace: str,
         variant_id: str,
         feature: FeatureRef,
         value: float | None,
@@ -193,12 +217,12 @@ class VariantService:
     ) -> StoredVariant:
         """Set one feature's unconditional edit, replacing any edit of that feature. Mode
         "clear", a value of None, or a nudge of 0 (which changes nothing) removes it."""
-        check_id(session_id, "session_id")
+        check_id(namespace, "session_id")
         check_id(variant_id, "variant_id")
         remove = mode == "clear" or (value is None and mode != "ablate")
         remove = remove or (mode == "nudge" and value == 0)
         with self._lock, self.db.session() as s, s.begin():
-            row = self._row(s, session_id, variant_id)
+            row = self._row(s, owner, namespace, variant_id)
             spec = VariantSpec.model_validate_json(row.spec)
             edit = None if remove else Edit(feature=feature, mode=mode, value=value or 0.0)
             edits, placed = [], False

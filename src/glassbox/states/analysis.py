@@ -19,6 +19,7 @@ from PIL import Image
 
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.errors import InvalidRequest
+from glassbox.principal import Principal
 from glassbox.requests.builder import about
 from glassbox.states.service import StateService
 
@@ -219,15 +220,23 @@ class StateAnalysis:
         self.states = states
         self.engine = states.engine
 
-    async def tokens(self, state_id: str, top_k: int) -> tuple[list[int], TokenAnalysis]:
-        ids = self.states.get(state_id).token_ids
+    async def tokens(
+        self, owner: Principal, state_id: str, top_k: int
+    ) -> tuple[list[int], TokenAnalysis]:
+        ids = self.states.get(owner, state_id).token_ids
         with about("state_id"):
             return ids, await self.engine.call(lambda e: token_analysis(e, ids, top_k))
 
     async def attention(
-        self, state_id: str, layer: int, head: int | None, threshold: float, normalized: bool
+        self,
+        owner: Principal,
+        state_id: str,
+        layer: int,
+        head: int | None,
+        threshold: float,
+        normalized: bool,
     ) -> tuple[list[int], AttentionMap]:
-        ids = self.states.get(state_id).token_ids
+        ids = self.states.get(owner, state_id).token_ids
         c = self.engine.model_config
         if layer >= c.num_layers:
             raise InvalidRequest(
@@ -247,9 +256,9 @@ class StateAnalysis:
         return ids, result
 
     async def cache(
-        self, state_id: str, layer_range: tuple[int, int] | None
+        self, owner: Principal, state_id: str, layer_range: tuple[int, int] | None
     ) -> tuple[tuple[int, int], CacheSummary]:
-        self.states.get(state_id)
+        self.states.get(owner, state_id)
         layers = self.engine.model_config.num_layers
         start, end = layer_range or (0, layers)
         if not 0 <= start < end <= layers:
@@ -258,7 +267,7 @@ class StateAnalysis:
                 f"[start, end) with 0 <= start < end <= {layers}",
                 param="layer_range",
             )
-        handle = await self.states.lease(state_id)
+        handle = await self.states.lease(owner, state_id)
         try:
             summary = await self.engine.call(
                 lambda e: cache_summary(e.read_kv(handle), (start, end))

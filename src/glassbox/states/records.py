@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from glassbox.logs import get_logger
+from glassbox.principal import LOCAL_TENANT
 from glassbox.store import Database, StateRow
 
 log = get_logger(__name__)
@@ -40,6 +41,7 @@ class State:
     meta: dict[str, Any] = field(default_factory=dict)  # merged_from, imported_from
     created_at: datetime = field(default_factory=now)
     modified_at: datetime = field(default_factory=now)
+    owner: str = LOCAL_TENANT  # the tenant of the principal that made it
 
     @property
     def num_tokens(self) -> int:
@@ -81,6 +83,7 @@ class StateRecords:
                     row.state_id, tokens.tolist(), row.parent_id, json.loads(row.config),
                     json.loads(row.checkpoints), json.loads(row.meta),
                     row.created_at.replace(tzinfo=UTC), row.modified_at.replace(tzinfo=UTC),
+                    row.owner,
                 )
             )  # fmt: skip
         return states
@@ -123,6 +126,7 @@ class StateRecords:
 
     def _values(self, state: State) -> dict[str, Any]:
         return {
+            "owner": state.owner,
             "fingerprint": self.fingerprint,
             "parent_id": state.parent_id,
             "num_tokens": state.num_tokens,

@@ -30,6 +30,7 @@ from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import InvalidRequest, NotFound
 from glassbox.logs import get_logger
+from glassbox.principal import LOCAL, Principal
 from glassbox.requests.builder import about
 from glassbox.requests.generation import GenerationService
 from glassbox.states import files
@@ -80,6 +81,7 @@ class StateService:
         self._states: dict[str, State] = {}
         self._on_disk: set[str] = set()  # states whose file holds their current KV
         self._lock = asyncio.Lock()
+        self._adopt_unowned_exports()
         for state in self.records.load():
             self._states[state.state_id] = state
             if self._file(state.state_id).is_file():
@@ -90,9 +92,9 @@ class StateService:
 
     # --- reading ----------------------------------------------------------------------
 
-    def get(self, state_id: str) -> State:
+    def get(self, owner: Principal, state_id: str) -> State:
         state = self._states.get(state_id)
-        if state is None:
+        if state is None or state.owner != owner.tenant:  # another owner's: not found either
             raise not_found(state_id)
         return state
 
@@ -110,10 +112,14 @@ class StateService:
         return path.stat().st_size if state_id in self._on_disk and path.is_file() else None
 
     def list(
-        self, limit: int = 20, after: str | None = None, parent_id: str | None = None
+        self,
+        owner: Principal,
+        limit: int = 20,
+        after: str | None = None,
+        parent_id: str | None = None,
     ) -> tuple[list[State], bool]:
         """States oldest first, `limit` at a time after the state `after`."""
-        states = list(self._states.values())
+        states = [s for s in self._states.values() if s.owner == owner.tenant]
         if parent_id is not None:
             states = [s for s in states if s.parent_id == parent_id]
         if after is not None:
@@ -123,9 +129,9 @@ class StateService:
             states = states[ids.index(after) + 1 :]
         return states[:limit], len(states) > limit
 
-    def lineage(self, state_id: str) -> list[State]:
+    def lineage(self, owner: Principal, state_id: str) -> list[State]:
         """The state and its ancestors, nearest first."""
-        chain = [self.get(state_id)]
+        chain = [self.get(owner, state_id)]
         while chain[-1].parent_id in self._states:
             chain.append(self._states[chain[-1].parent_id])
         return chain
@@ -200,10 +206,12 @@ class StateService:
         await self._fit_budget(keep=state.state_id)
         return state
 
-    async def lease(self, state_id: str, num_tokens: int | None = None) -> KVHandle:
+    async def lease(
+        self, owner: Principal, state_id: str, num_tokens: int | None = None
+    ) -> KVHandle:
         """A handle of the caller's own on the state's KV (or on its first `num_tokens`),
         brought into the pool first. Release it, or hand it to `engine.submit`."""
-        state = self.get(state_id)
+        state = self.get(owner, state_id)
         async with self._lock:
             handle = await self._resident(state)
             lease = await self.engine.call(lambda e: e.block_manager.share(handle, num_tokens))
@@ -217,6 +225,7 @@ class StateService:
 
     async def create_from(
         self,
+        owner: Principal,
         *,
         text: str | None = None,
         messages: list[dict[str, Any]] | None = None,
@@ -226,11 +235,12 @@ class StateService:
         """A state that has read `text`, or the chat-formatted `messages`."""
         if messages is not None:
             ids = self.requests.chat(messages, add_generation_prompt)
-            return await self.create(ids, config or {}, param="messages")
-        return await self.create(self.requests.text(text or ""), config or {}, param="text")
+            return await self.create(owner, ids, config or {}, param="messages")
+        return await self.create(owner, self.requests.text(text or ""), config or {}, param="text")
 
     async def create(
         self,
+        owner: Principal,
         token_ids: list[int],
         config: dict[str, Any],
         meta: dict | None = None,
@@ -242,11 +252,15 @@ class StateService:
         self.requests.max_tokens(len(token_ids), None, prompt_param=param)  # the context
         with about(param):
             handle = await self.engine.call(lambda e: e.prefill_kv(token_ids))
-        state = State(uuid.uuid4().hex, list(token_ids), config=config, meta=meta or {})
+        state = State(
+            uuid.uuid4().hex, list(token_ids), config=config, meta=meta or {}, owner=owner.tenant
+        )
         async with self._lock:
             return await self._adopt(state, handle)
 
-    async def commit(self, handle: KVHandle, parent_id: str, meta: dict | None = None) -> State:
+    async def commit(
+        self, owner: Principal, handle: KVHandle, parent_id: str, meta: dict | None = None
+    ) -> State:
         """A child of `parent_id` whose KV is `handle` (taken over): a generation's result."""
         parent = self._states.get(parent_id)
         child = State(
@@ -256,13 +270,14 @@ class StateService:
             config=dict(parent.config) if parent else {},
             checkpoints=dict(parent.checkpoints) if parent else {},
             meta=meta or {},
+            owner=owner.tenant,
         )
         async with self._lock:
             return await self._adopt(child, handle)
 
-    async def fork(self, state_id: str, token_index: int | None = None) -> State:
+    async def fork(self, owner: Principal, state_id: str, token_index: int | None = None) -> State:
         """A child sharing the parent's blocks (of its first `token_index` tokens)."""
-        parent = self.get(state_id)
+        parent = self.get(owner, state_id)
         n = self._check_index(parent, token_index)
         child = State(
             uuid.uuid4().hex,
@@ -270,6 +285,7 @@ class StateService:
             parent_id=state_id,
             config=dict(parent.config),
             checkpoints={k: v for k, v in parent.checkpoints.items() if v <= n},
+            owner=owner.tenant,
         )
         async with self._lock:
             handle = await self._resident(parent)
@@ -286,19 +302,25 @@ class StateService:
             )
         return token_index
 
-    async def add_checkpoint(self, state_id: str, name: str, token_index: int | None) -> State:
-        state = self.get(state_id)
+    async def add_checkpoint(
+        self, owner: Principal, state_id: str, name: str, token_index: int | None
+    ) -> State:
+        state = self.get(owner, state_id)
         state.checkpoints[name] = self._check_index(state, token_index)
         state.modified_at = now()
         self.records.update(state)
         return state
 
     async def rollback(
-        self, state_id: str, token_index: int | None = None, checkpoint: str | None = None
+        self,
+        owner: Principal,
+        state_id: str,
+        token_index: int | None = None,
+        checkpoint: str | None = None,
     ) -> State:
         """Truncate the state in place to its first `token_index` tokens, or to a
         checkpoint. Its children keep their own KV and tokens."""
-        state = self.get(state_id)
+        state = self.get(owner, state_id)
         if (token_index is None) == (checkpoint is None):
             raise InvalidRequest("give exactly one of token_index and checkpoint")
         if checkpoint is not None:
@@ -326,20 +348,20 @@ class StateService:
             self.records.update(state)
         return state
 
-    async def merge(self, state_ids: list[str]) -> State:
+    async def merge(self, owner: Principal, state_ids: list[str]) -> State:
         """Merge branches: the tokens all of them share, then each branch's own tokens
         after that common prefix, in the order given. The shared prefix and the whole
         first branch keep their KV; the later branches' tokens are recomputed (they sit at
         new positions). The parent is the branches' nearest common ancestor."""
         if len(state_ids) < 2:
             raise InvalidRequest("merge needs at least two states", param="state_ids")
-        branches = [self.get(s) for s in state_ids]
+        branches = [self.get(owner, s) for s in state_ids]
         shared = min(common_prefix(branches[0].token_ids, b.token_ids) for b in branches[1:])
         tokens = branches[0].token_ids[:shared]
         for b in branches:
             tokens += b.token_ids[shared:]
-        ancestor = self._common_ancestor(state_ids)
-        lease = await self.lease(state_ids[0])
+        ancestor = self._common_ancestor(owner, state_ids)
+        lease = await self.lease(owner, state_ids[0])
         try:
             with about("state_ids"):
                 handle = await self.engine.call(lambda e: e.prefill_kv(tokens, prefix=lease))
@@ -353,17 +375,18 @@ class StateService:
             config=dict(first.config),
             checkpoints={k: v for k, v in first.checkpoints.items() if v <= shared},
             meta={"merged_from": list(state_ids), "common_prefix_tokens": shared},
+            owner=owner.tenant,
         )
         async with self._lock:
             return await self._adopt(merged, handle)
 
-    def _common_ancestor(self, state_ids: list[str]) -> str | None:
-        chains = [[s.state_id for s in self.lineage(i)] for i in state_ids]
+    def _common_ancestor(self, owner: Principal, state_ids: list[str]) -> str | None:
+        chains = [[s.state_id for s in self.lineage(owner, i)] for i in state_ids]
         others = [set(c) for c in chains[1:]]
         return next((s for s in chains[0] if all(s in o for o in others)), None)
 
-    def diff(self, a: str, b: str) -> dict[str, Any]:
-        sa, sb = self.get(a), self.get(b)
+    def diff(self, owner: Principal, a: str, b: str) -> dict[str, Any]:
+        sa, sb = self.get(owner, a), self.get(owner, b)
         n = common_prefix(sa.token_ids, sb.token_ids)
 
         def side(s: State) -> dict[str, Any]:
@@ -371,16 +394,16 @@ class StateService:
             return {"state_id": s.state_id, "token_ids": rest, "text": self.text(rest)}
 
         return {
-            "common_ancestor_id": self._common_ancestor([a, b]),
+            "common_ancestor_id": self._common_ancestor(owner, [a, b]),
             "common_prefix_tokens": n,
             "common_text": self.text(sa.token_ids[:n]),
             "a": side(sa),
             "b": side(sb),
         }
 
-    async def delete(self, state_id: str) -> None:
+    async def delete(self, owner: Principal, state_id: str) -> None:
         """Forget a state; its children are re-attached to its parent."""
-        state = self.get(state_id)
+        state = self.get(owner, state_id)
         async with self._lock:
             del self._states[state_id]
             if state_id in self.residency:
@@ -398,6 +421,7 @@ class StateService:
 
     def generation_params(
         self,
+        owner: Principal,
         state_id: str,
         *,
         max_tokens: int,
@@ -412,7 +436,7 @@ class StateService:
         """Sampling parameters for continuing the state: the request's own values, else the
         state's config (its sampling defaults). `max_tokens` is lowered to the room the
         context has left; a state that fills the context is refused."""
-        state = self.get(state_id)
+        state = self.get(owner, state_id)
         config = state.config
 
         def pick(value: Any, key: str, default: Any) -> Any:
@@ -435,25 +459,25 @@ class StateService:
         )
 
     async def generate(
-        self, state_id: str, params: SamplingParams
+        self, owner: Principal, state_id: str, params: SamplingParams
     ) -> AsyncIterator[tuple[StepOutput, State | None]]:
         """Continue a state: only the new tokens are computed. With `params.keep_kv`, the
         last output comes with the child state holding the prompt and what was generated."""
-        state = self.get(state_id)
-        lease = await self.lease(state_id)
+        state = self.get(owner, state_id)
+        lease = await self.lease(owner, state_id)
         outputs = self.generation.stream(state.token_ids, params, prefix=lease)
         async with aclosing(outputs):
             async for out in outputs:
                 child = None
                 if out.kv is not None:
-                    child = await self.commit(out.kv, state_id)
+                    child = await self.commit(owner, out.kv, state_id)
                 yield out, child
 
     # --- files ------------------------------------------------------------------------
 
-    async def export_bytes(self, state_id: str) -> bytes:
-        state = self.get(state_id)
-        lease = await self.lease(state_id)
+    async def export_bytes(self, owner: Principal, state_id: str) -> bytes:
+        state = self.get(owner, state_id)
+        lease = await self.lease(owner, state_id)
         try:
             kv = await self.engine.call(lambda e: e.read_kv(lease))
         finally:
@@ -462,39 +486,56 @@ class StateService:
             files.encode, self.fingerprint, state.token_ids, kv, state.record()
         )
 
-    async def export(self, state_id: str, name: str | None) -> Path:
-        path = self._named(state_id if name is None else name)
-        data = await self.export_bytes(state_id)
+    async def export(self, owner: Principal, state_id: str, name: str | None) -> Path:
+        path = self._named(owner, state_id if name is None else name)
+        data = await self.export_bytes(owner, state_id)
         await asyncio.to_thread(files.write_atomic, path, data)
         return path
 
-    def _named(self, name: str) -> Path:
+    def exports_dir(self, owner: Principal) -> Path:
+        """The owner's export directory: `exports/<tenant>/`."""
+        return self.exports / owner.tenant
+
+    def _named(self, owner: Principal, name: str) -> Path:
         try:
-            return files.safe_path(self.exports, name)
+            return files.safe_path(self.exports_dir(owner), name)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="name") from exc
 
-    def exported(self) -> list[tuple[str, int]]:
-        """The files in the export directory: (name, bytes), by name."""
-        if not self.exports.is_dir():
+    def exported(self, owner: Principal) -> list[tuple[str, int]]:
+        """The files in the owner's export directory: (name, bytes), by name."""
+        folder = self.exports_dir(owner)
+        if not folder.is_dir():
             return []
         return sorted(
-            (p.stem, p.stat().st_size) for p in self.exports.glob(f"*{files.SUFFIX}") if p.is_file()
+            (p.stem, p.stat().st_size) for p in folder.glob(f"*{files.SUFFIX}") if p.is_file()
         )
 
-    def delete_export(self, name: str) -> None:
-        path = self._named(name)
+    def _adopt_unowned_exports(self) -> None:
+        """Export files from before owners (directly in `exports/`) belong to the local
+        principal: move them into its directory, once."""
+        loose = sorted(self.exports.glob(f"*{files.SUFFIX}")) if self.exports.is_dir() else []
+        if not loose:
+            return
+        target = self.exports_dir(LOCAL)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in loose:
+            if not (target / path.name).exists():
+                path.rename(target / path.name)
+
+    def delete_export(self, owner: Principal, name: str) -> None:
+        path = self._named(owner, name)
         if not path.is_file():
             raise NotFound("export", name, f"No exported state named '{name}'", param="name")
         path.unlink()
 
-    async def import_file(self, name: str) -> State:
-        path = self._named(name)
+    async def import_file(self, owner: Principal, name: str) -> State:
+        path = self._named(owner, name)
         if not path.is_file():
             raise NotFound("export", name, f"No exported state named '{name}'", param="name")
-        return await self.import_bytes(await asyncio.to_thread(path.read_bytes), name)
+        return await self.import_bytes(owner, await asyncio.to_thread(path.read_bytes), name)
 
-    async def import_bytes(self, data: bytes, source: str | None = None) -> State:
+    async def import_bytes(self, owner: Principal, data: bytes, source: str | None = None) -> State:
         """A new state from a state file: refused whole if it is damaged or belongs to
         another model."""
         try:
@@ -517,6 +558,7 @@ class StateService:
             config=record.get("config", {}),
             checkpoints=record.get("checkpoints", {}),
             meta={"imported_from": record.get("state_id"), "source": source},
+            owner=owner.tenant,
         )
         async with self._lock:
             return await self._adopt(state, handle)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from glassbox.api.deps import SteeringDep, VariantsDep
+from glassbox.api.deps import PrincipalDep, SteeringDep, VariantsDep
 from glassbox.api.features.schemas import (
     FeatureActivation,
     FeatureInspection,
@@ -26,9 +26,9 @@ router = APIRouter(prefix="/features", tags=["features"])
 
 @router.post("/search", response_model=list[FeatureActivation])
 async def search_features(
-    req: FeatureSearchRequest, steering: SteeringDep
+    req: FeatureSearchRequest, steering: SteeringDep, principal: PrincipalDep
 ) -> list[FeatureActivation]:
-    hits = await steering.search(req.query, req.session_id, req.variant_id, req.top_k)
+    hits = await steering.search(principal, req.query, req.session_id, req.variant_id, req.top_k)
     return [
         FeatureActivation(
             uuid=feature_id(f.uuid),
@@ -42,9 +42,11 @@ async def search_features(
 
 
 @router.post("/inspect", response_model=FeatureInspection, response_model_exclude_none=True)
-async def inspect_features(req: FeatureInspectRequest, steering: SteeringDep) -> FeatureInspection:
+async def inspect_features(
+    req: FeatureInspectRequest, steering: SteeringDep, principal: PrincipalDep
+) -> FeatureInspection:
     inspection = await steering.inspect(
-        template_messages(req.messages), req.session_id, req.variant_id
+        principal, template_messages(req.messages), req.session_id, req.variant_id
     )
     top = inspection.top(req.top_k, req.aggregate_by)
     matrix = None
@@ -64,17 +66,22 @@ async def inspect_features(req: FeatureInspectRequest, steering: SteeringDep) ->
 
 
 @router.post("/steer", response_model=VariantObject)
-async def steer_feature(req: FeatureSteerRequest, steering: SteeringDep) -> VariantObject:
+async def steer_feature(
+    req: FeatureSteerRequest, steering: SteeringDep, principal: PrincipalDep
+) -> VariantObject:
     stored = await steering.steer(
-        req.session_id, req.variant_id, req.label, req.feature_id, req.value, req.mode
+        principal, req.session_id, req.variant_id, req.label, req.feature_id, req.value, req.mode
     )
     return variant_object(stored)
 
 
 @router.get("/modified", response_model=ModifiedFeatures)
 def modified_features(
-    session_id: str, variants: VariantsDep, variant_id: str = DEFAULT_VARIANT
+    session_id: str,
+    variants: VariantsDep,
+    principal: PrincipalDep,
+    variant_id: str = DEFAULT_VARIANT,
 ) -> ModifiedFeatures:
-    edits = variants.modified(session_id, variant_id)
+    edits = variants.modified(principal, session_id, variant_id)
     as_json = variant_to_ember(VariantSpec(base_model=variants.base_model, edits=edits))
     return ModifiedFeatures(session_id=session_id, variant_id=variant_id, edits=as_json["edits"])

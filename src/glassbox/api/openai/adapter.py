@@ -39,6 +39,7 @@ from glassbox.engine.sequence import TokenLogprob
 from glassbox.errors import Aborted, Unavailable, Unsupported
 from glassbox.features.emotion import EmotionalState
 from glassbox.features.steering import SteeringService
+from glassbox.principal import Principal
 from glassbox.requests.builder import EngineRequest
 from glassbox.requests.generation import Generation, GenerationService
 from glassbox.steering.plan import SteeringPlan
@@ -61,7 +62,7 @@ class OpenAIService:
         self.tokenizer = generation.tokenizer
         self._token_text: dict[int, str] = {}
 
-    async def _plan(self, req) -> SteeringPlan | None:
+    async def _plan(self, owner: Principal, req) -> SteeringPlan | None:
         """The request's variant (`variant` inline, or `session_id` + `variant_id` stored)
         and its emotion (`emotion_coefficients` or `emotional_state`) resolved into the
         steering plan that every choice carries."""
@@ -76,7 +77,7 @@ class OpenAIService:
             raise Unsupported("variant", "this server has no feature dictionaries")
         plan = None
         if wants_variant:
-            plan = await self.steering.plan(req.variant, req.session_id, req.variant_id)
+            plan = await self.steering.plan(owner, req.variant, req.session_id, req.variant_id)
         if coefficients is not None:
             emotion = await self.steering.emotion_plan(coefficients)
             plan = emotion if plan is None else plan.combined(emotion)
@@ -117,7 +118,9 @@ class OpenAIService:
 
     # --- chat ---------------------------------------------------------------------------
 
-    async def _chat_requests(self, req: ChatCompletionRequest) -> list[EngineRequest]:
+    async def _chat_requests(
+        self, owner: Principal, req: ChatCompletionRequest
+    ) -> list[EngineRequest]:
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
         build = self.gen.requests
@@ -125,14 +128,16 @@ class OpenAIService:
         max_tokens = build.max_tokens(len(prompt), req.max_new_tokens, prompt_param="messages")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = build.params(
-            max_tokens=max_tokens, logprobs=logprobs, steering=await self._plan(req),
+            max_tokens=max_tokens, logprobs=logprobs, steering=await self._plan(owner, req),
             **_sampling_fields(req),
         )  # fmt: skip
         first = EngineRequest(prompt, params)
         return [self.gen.for_choice(first, i) for i in range(req.n)]
 
-    async def chat(self, req: ChatCompletionRequest, model: str) -> ChatCompletion:
-        requests = await self._chat_requests(req)
+    async def chat(
+        self, owner: Principal, req: ChatCompletionRequest, model: str
+    ) -> ChatCompletion:
+        requests = await self._chat_requests(owner, req)
         results = await self.gen.generate_many(requests)
         choices = [
             ChatChoice(
@@ -150,9 +155,11 @@ class OpenAIService:
             usage=_usage(requests, results, req.n),
         )
 
-    async def chat_stream(self, req: ChatCompletionRequest, model: str) -> AsyncIterator[str]:
+    async def chat_stream(
+        self, owner: Principal, req: ChatCompletionRequest, model: str
+    ) -> AsyncIterator[str]:
         """Validates now (errors become ordinary 4xx responses), then streams chunk JSON."""
-        requests = await self._chat_requests(req)
+        requests = await self._chat_requests(owner, req)
         return self._chat_chunks(req, requests, model)
 
     async def _chat_chunks(
@@ -192,14 +199,14 @@ class OpenAIService:
     # --- completions --------------------------------------------------------------------
 
     async def _completion_requests(
-        self, req: CompletionRequest
+        self, owner: Principal, req: CompletionRequest
     ) -> tuple[list[EngineRequest], list[str]]:
         """Requests ordered prompt-major (prompt p, choice i -> index p * n + i), and the
         prompt texts (for echo)."""
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
         build = self.gen.requests
-        plan = await self._plan(req)
+        plan = await self._plan(owner, req)
         requests, texts = [], []
         for prompt in req.prompts():
             if isinstance(prompt, str):
@@ -217,8 +224,8 @@ class OpenAIService:
                 texts.append(text)
         return requests, texts
 
-    async def completion(self, req: CompletionRequest, model: str) -> Completion:
-        requests, texts = await self._completion_requests(req)
+    async def completion(self, owner: Principal, req: CompletionRequest, model: str) -> Completion:
+        requests, texts = await self._completion_requests(owner, req)
         results = await self.gen.generate_many(requests)
         choices = []
         for i, (g, prompt_text) in enumerate(zip(results, texts, strict=True)):
@@ -237,8 +244,10 @@ class OpenAIService:
             usage=_usage(requests, results, req.n),
         )
 
-    async def completion_stream(self, req: CompletionRequest, model: str) -> AsyncIterator[str]:
-        requests, texts = await self._completion_requests(req)
+    async def completion_stream(
+        self, owner: Principal, req: CompletionRequest, model: str
+    ) -> AsyncIterator[str]:
+        requests, texts = await self._completion_requests(owner, req)
         return self._completion_chunks(req, requests, texts, model)
 
     async def _completion_chunks(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from glassbox.api.deps import OpenAIDep, RegistryDep
+from glassbox.api.deps import OpenAIDep, PrincipalDep, RegistryDep
 from glassbox.api.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -26,11 +26,12 @@ async def chat_completions(
     request: Request,
     service: OpenAIDep,
     models: RegistryDep,
+    principal: PrincipalDep,
 ):
     model = models.resolve(req.model)
     if req.stream:
-        return sse_response(await service.chat_stream(req, model))
-    return await until_disconnected(request, service.chat(req, model))
+        return sse_response(await service.chat_stream(principal, req, model))
+    return await until_disconnected(request, service.chat(principal, req, model))
 
 
 @router.post("/completions", response_model=Completion, responses=_SSE)
@@ -39,11 +40,12 @@ async def completions(
     request: Request,
     service: OpenAIDep,
     models: RegistryDep,
+    principal: PrincipalDep,
 ):
     model = models.resolve(req.model)
     if req.stream:
-        return sse_response(await service.completion_stream(req, model))
-    return await until_disconnected(request, service.completion(req, model))
+        return sse_response(await service.completion_stream(principal, req, model))
+    return await until_disconnected(request, service.completion(principal, req, model))
 
 
 @router.get("/models", response_model=ModelList)

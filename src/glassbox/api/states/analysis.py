@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
 
-from glassbox.api.deps import AnalysisDep, StatesDep
+from glassbox.api.deps import AnalysisDep, PrincipalDep, StatesDep
 from glassbox.api.states.analysis_schemas import (
     AttentionEntry,
     AttentionRequest,
@@ -24,9 +24,12 @@ router = APIRouter(prefix="/analysis", tags=["analysis"])
 
 @router.get("/tokens/{state_id}", response_model=TokenAnalysisResponse)
 async def analyze_tokens(
-    state_id: str, analysis: AnalysisDep, top_k: int = Query(5, ge=0, le=20)
+    state_id: str,
+    analysis: AnalysisDep,
+    principal: PrincipalDep,
+    top_k: int = Query(5, ge=0, le=20),
 ) -> TokenAnalysisResponse:
-    ids, result = await analysis.tokens(state_id, top_k)
+    ids, result = await analysis.tokens(principal, state_id, top_k)
     return TokenAnalysisResponse(
         state_id=state_id,
         num_tokens=len(ids),
@@ -42,11 +45,15 @@ async def analyze_tokens(
     responses={200: {"content": {"image/png": {}}}},
 )
 async def analyze_attention(
-    state_id: str, req: AttentionRequest, analysis: AnalysisDep, states: StatesDep
+    state_id: str,
+    req: AttentionRequest,
+    analysis: AnalysisDep,
+    principal: PrincipalDep,
+    states: StatesDep,
 ) -> AttentionResponse | Response:
     """format "png": the weights as a heatmap (white 0, dark blue the largest value)."""
     ids, result = await analysis.attention(
-        state_id, req.layer, req.head, req.threshold, req.normalized
+        principal, state_id, req.layer, req.head, req.threshold, req.normalized
     )
     if req.format == "png":
         return Response(attention_png(result.weights), media_type="image/png")
@@ -64,9 +71,11 @@ async def analyze_attention(
 
 @router.post("/cache/{state_id}", response_model=CacheResponse)
 async def analyze_cache(
-    state_id: str, analysis: AnalysisDep, req: CacheRequest | None = None
+    state_id: str, analysis: AnalysisDep, principal: PrincipalDep, req: CacheRequest | None = None
 ) -> CacheResponse:
-    layer_range, summary = await analysis.cache(state_id, req.layer_range if req else None)
+    layer_range, summary = await analysis.cache(
+        principal, state_id, req.layer_range if req else None
+    )
     return CacheResponse(
         state_id=state_id,
         layer_range=layer_range,

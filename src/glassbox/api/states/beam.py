@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from glassbox.api.deps import StatesDep, SteeringDep
+from glassbox.api.deps import PrincipalDep, StatesDep, SteeringDep
 from glassbox.api.states.beam_schemas import (
     Beam,
     BeamSearchRequest,
@@ -13,6 +13,7 @@ from glassbox.api.states.beam_schemas import (
 )
 from glassbox.api.streaming import until_disconnected
 from glassbox.engine.beam_search import BeamSearchParams
+from glassbox.principal import Principal
 from glassbox.states.beam import beam_search
 from glassbox.states.service import StateService
 
@@ -20,10 +21,10 @@ router = APIRouter(tags=["states"])
 
 
 async def _search(
-    states: StateService, state_id: str, params: BeamSearchParams
+    states: StateService, principal: Principal, state_id: str, params: BeamSearchParams
 ) -> BeamSearchResult:
-    prompt_tokens = states.get(state_id).num_tokens
-    hypotheses, child = await beam_search(states, state_id, params)
+    prompt_tokens = states.get(principal, state_id).num_tokens
+    hypotheses, child = await beam_search(states, principal, state_id, params)
     beams = [
         Beam(
             index=i,
@@ -48,12 +49,16 @@ async def _search(
 
 @router.post("/generate/beam", response_model=BeamSearchResult)
 async def generate_beam(
-    req: BeamSearchRequest, request: Request, states: StatesDep, steering: SteeringDep
+    req: BeamSearchRequest,
+    request: Request,
+    states: StatesDep,
+    principal: PrincipalDep,
+    steering: SteeringDep,
 ):
     """Beam search from a state (Hugging Face `generate(num_beams=...)` semantics);
     `max_length` counts new tokens only. Other requests keep running while it searches.
     With `commit`, the best beam is stored as a child state."""
-    states.get(req.state_id)  # 404 before resolving the variant
-    plan = await steering.plan(req.variant, req.session_id, req.variant_id)
-    work = _search(states, req.state_id, req.search_params(plan))
+    states.get(principal, req.state_id)  # 404 before resolving the variant
+    plan = await steering.plan(principal, req.variant, req.session_id, req.variant_id)
+    work = _search(states, principal, req.state_id, req.search_params(plan))
     return await until_disconnected(request, work)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Query, Request, Response
 
-from glassbox.api.deps import RegistryDep, StatesDep, SteeringDep
+from glassbox.api.deps import PrincipalDep, RegistryDep, StatesDep, SteeringDep
 from glassbox.api.openai.schemas import template_messages
 from glassbox.api.states.schemas import (
     CheckpointRequest,
@@ -36,6 +36,7 @@ from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import InvalidRequest, TooLarge
 from glassbox.features.steering import SteeringService
+from glassbox.principal import Principal
 from glassbox.states.records import State
 from glassbox.states.service import StateService
 
@@ -75,10 +76,11 @@ def state_summary(states: StateService, s: State) -> StateSummary:
 
 @router.post("/states", response_model=StateObject, status_code=201)
 async def create_state(
-    req: StateCreateRequest, states: StatesDep, models: RegistryDep
+    req: StateCreateRequest, states: StatesDep, principal: PrincipalDep, models: RegistryDep
 ) -> StateObject:
     model = models.resolve(req.model_id)
     state = await states.create_from(
+        principal,
         text=req.text,
         messages=template_messages(req.messages) if req.messages is not None else None,
         add_generation_prompt=req.add_generation_prompt,
@@ -88,48 +90,55 @@ async def create_state(
 
 
 @router.get("/states", response_model=StateList)
-def list_states(
+async def list_states(
     states: StatesDep,
+    principal: PrincipalDep,
     limit: int = Query(20, ge=1, le=100),
     after: str | None = None,
     parent_id: str | None = None,
 ) -> StateList:
-    page, more = states.list(limit, after, parent_id)
+    page, more = states.list(principal, limit, after, parent_id)
     data = [state_summary(states, s) for s in page]
     return StateList(data=data, has_more=more, last_id=data[-1].id if data else None)
 
 
 # Before /states/{state_id}: "exports" is not a state id.
 @router.get("/states/exports", response_model=ExportList)
-def list_exports(states: StatesDep) -> ExportList:
+async def list_exports(states: StatesDep, principal: PrincipalDep) -> ExportList:
     """The state files in the export directory (what `POST /states/import` can name)."""
-    return ExportList(data=[ExportFile(name=n, bytes=b) for n, b in states.exported()])
+    return ExportList(data=[ExportFile(name=n, bytes=b) for n, b in states.exported(principal)])
 
 
 @router.delete("/states/exports/{name}", status_code=204)
-def delete_export(name: str, states: StatesDep) -> Response:
-    states.delete_export(name)
+async def delete_export(name: str, states: StatesDep, principal: PrincipalDep) -> Response:
+    states.delete_export(principal, name)
     return Response(status_code=204)
 
 
 @router.get("/states/{state_id}", response_model=StateObject)
-def get_state(state_id: str, states: StatesDep, models: RegistryDep) -> StateObject:
-    return state_object(states, states.get(state_id), models.served_name)
+async def get_state(
+    state_id: str, states: StatesDep, principal: PrincipalDep, models: RegistryDep
+) -> StateObject:
+    return state_object(states, states.get(principal, state_id), models.served_name)
 
 
 @router.delete("/states/{state_id}", response_model=StateDeleted)
-async def delete_state(state_id: str, states: StatesDep) -> StateDeleted:
-    await states.delete(state_id)
+async def delete_state(state_id: str, states: StatesDep, principal: PrincipalDep) -> StateDeleted:
+    await states.delete(principal, state_id)
     return StateDeleted(id=state_id)
 
 
 @router.post("/states/merge", response_model=StateObject, status_code=201)
-async def merge_states(req: MergeRequest, states: StatesDep, models: RegistryDep) -> StateObject:
-    return state_object(states, await states.merge(req.state_ids), models.served_name)
+async def merge_states(
+    req: MergeRequest, states: StatesDep, principal: PrincipalDep, models: RegistryDep
+) -> StateObject:
+    return state_object(states, await states.merge(principal, req.state_ids), models.served_name)
 
 
 @router.post("/states/import", response_model=StateObject, status_code=201)
-async def import_state(request: Request, states: StatesDep, models: RegistryDep) -> StateObject:
+async def import_state(
+    request: Request, states: StatesDep, principal: PrincipalDep, models: RegistryDep
+) -> StateObject:
     """A state file as the body (application/octet-stream), or {"name": ...} of a file in
     the export directory."""
     if request.headers.get("content-type", "").startswith("application/json"):
@@ -137,9 +146,9 @@ async def import_state(request: Request, states: StatesDep, models: RegistryDep)
             req = ImportRequest.model_validate_json(await request.body())
         except ValueError as exc:
             raise InvalidRequest(f"invalid import request: {exc}") from exc
-        state = await states.import_file(req.name)
+        state = await states.import_file(principal, req.name)
     else:
-        state = await states.import_bytes(await _body(request, states.max_file_bytes))
+        state = await states.import_bytes(principal, await _body(request, states.max_file_bytes))
     return state_object(states, state, models.served_name)
 
 
@@ -161,51 +170,67 @@ async def _body(request: Request, limit: int) -> bytes:
 
 @router.post("/states/{state_id}/fork", response_model=StateObject, status_code=201)
 async def fork_state(
-    state_id: str, states: StatesDep, models: RegistryDep, req: ForkRequest | None = None
+    state_id: str,
+    states: StatesDep,
+    principal: PrincipalDep,
+    models: RegistryDep,
+    req: ForkRequest | None = None,
 ) -> StateObject:
     token_index = req.token_index if req is not None else None
-    return state_object(states, await states.fork(state_id, token_index), models.served_name)
+    return state_object(
+        states, await states.fork(principal, state_id, token_index), models.served_name
+    )
 
 
 @router.post("/states/{state_id}/rollback", response_model=StateObject)
 async def rollback_state(
-    state_id: str, req: RollbackRequest, states: StatesDep, models: RegistryDep
+    state_id: str,
+    req: RollbackRequest,
+    states: StatesDep,
+    principal: PrincipalDep,
+    models: RegistryDep,
 ) -> StateObject:
-    state = await states.rollback(state_id, req.token_index, req.checkpoint)
+    state = await states.rollback(principal, state_id, req.token_index, req.checkpoint)
     return state_object(states, state, models.served_name)
 
 
 @router.post("/states/{state_id}/checkpoints", response_model=StateObject)
 async def add_checkpoint(
-    state_id: str, req: CheckpointRequest, states: StatesDep, models: RegistryDep
+    state_id: str,
+    req: CheckpointRequest,
+    states: StatesDep,
+    principal: PrincipalDep,
+    models: RegistryDep,
 ) -> StateObject:
-    state = await states.add_checkpoint(state_id, req.name, req.token_index)
+    state = await states.add_checkpoint(principal, state_id, req.name, req.token_index)
     return state_object(states, state, models.served_name)
 
 
 @router.get("/states/{state_id}/history", response_model=StateList)
-def state_history(state_id: str, states: StatesDep) -> StateList:
+async def state_history(state_id: str, states: StatesDep, principal: PrincipalDep) -> StateList:
     """The state and its ancestors, nearest first."""
-    data = [state_summary(states, s) for s in states.lineage(state_id)]
+    data = [state_summary(states, s) for s in states.lineage(principal, state_id)]
     return StateList(data=data, has_more=False, last_id=data[-1].id)
 
 
 @router.get("/states/{state_id}/diff/{other_id}", response_model=StateDiff)
-def diff_states(state_id: str, other_id: str, states: StatesDep) -> StateDiff:
-    return StateDiff(**states.diff(state_id, other_id))
+async def diff_states(
+    state_id: str, other_id: str, states: StatesDep, principal: PrincipalDep
+) -> StateDiff:
+    return StateDiff(**states.diff(principal, state_id, other_id))
 
 
 @router.post("/states/{state_id}/export", response_model=ExportResult)
 async def export_state(
-    state_id: str, states: StatesDep, req: ExportRequest | None = None
+    state_id: str, states: StatesDep, principal: PrincipalDep, req: ExportRequest | None = None
 ) -> ExportResult:
-    path = await states.export(state_id, req.name if req is not None else None)
+    path = await states.export(principal, state_id, req.name if req is not None else None)
     return ExportResult(id=state_id, name=path.stem, bytes=path.stat().st_size)
 
 
 @router.get("/states/{state_id}/export")
-async def download_state(state_id: str, states: StatesDep) -> Response:
-    data = await states.export_bytes(state_id)
+async def download_state(state_id: str, states: StatesDep, principal: PrincipalDep) -> Response:
+    data = await states.export_bytes(principal, state_id)
     return Response(
         data,
         media_type="application/octet-stream",
@@ -237,9 +262,13 @@ def _token_info(states: StateService, out: StepOutput, logprobs: int | None) -> 
 
 
 async def _params(
-    req: GenerateTokenRequest, states: StateService, steering: SteeringService
+    req: GenerateTokenRequest,
+    states: StateService,
+    principal: Principal,
+    steering: SteeringService,
 ) -> SamplingParams:
     return states.generation_params(
+        principal,
         req.state_id,
         max_tokens=req.max_tokens,
         temperature=req.temperature,
@@ -247,17 +276,17 @@ async def _params(
         seed=req.seed,
         stop=list(req.stop_sequences),
         logprobs=req.logprobs,
-        steering=await steering.plan(req.variant, req.session_id, req.variant_id),
+        steering=await steering.plan(principal, req.variant, req.session_id, req.variant_id),
         commit=req.commit,
     )
 
 
 async def _generate(
-    req: GenerateTokenRequest, states: StateService, params: SamplingParams
+    req: GenerateTokenRequest, states: StateService, principal: Principal, params: SamplingParams
 ) -> GenerationResult:
     text, tokens, last = "", [], None
     child = None
-    async for out, committed in states.generate(req.state_id, params):
+    async for out, committed in states.generate(principal, req.state_id, params):
         text += out.text
         tokens += _token_info(states, out, req.logprobs)
         last, child = out, committed or child
@@ -276,10 +305,10 @@ async def _generate(
 
 
 async def _stream(
-    req: GenerateTokenRequest, states: StateService, params: SamplingParams
+    req: GenerateTokenRequest, states: StateService, principal: Principal, params: SamplingParams
 ) -> AsyncIterator[str]:
     index = 0
-    async for out, child in states.generate(req.state_id, params):
+    async for out, child in states.generate(principal, req.state_id, params):
         infos = _token_info(states, out, req.logprobs)
         for k, info in enumerate(infos):
             text = out.text if k == len(infos) - 1 else ""
@@ -303,12 +332,16 @@ async def _stream(
 
 @router.post("/generate/token", response_model=GenerationResult)
 async def generate_token(
-    req: GenerateTokenRequest, request: Request, states: StatesDep, steering: SteeringDep
+    req: GenerateTokenRequest,
+    request: Request,
+    states: StatesDep,
+    principal: PrincipalDep,
+    steering: SteeringDep,
 ):
     """Continue a state: only the new tokens are computed. `stream` sends SSE events: one
     per token ({index, token_id, token, text}: `text` is the output text it settles, which
     a stop string can hold back), then one with finish_reason, child_state_id and usage."""
-    params = await _params(req, states, steering)
+    params = await _params(req, states, principal, steering)
     if req.stream:
-        return sse_response(_stream(req, states, params))
-    return await until_disconnected(request, _generate(req, states, params))
+        return sse_response(_stream(req, states, principal, params))
+    return await until_disconnected(request, _generate(req, states, principal, params))

@@ -1,0 +1,30 @@
+"""Who is asking: the identity every stored object is owned by.
+
+A `Principal` is a tenant id and scopes. Every service call that reads or writes stored
+objects (variants, states and their exports; sessions, files and jobs next) takes the
+caller's principal: objects carry their owner's tenant id, reads filter by it, and another
+tenant's id is reported as not found. The HTTP layer produces the principal
+(glassbox.api.deps); until API keys exist, every caller is the local anonymous principal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+LOCAL_TENANT = "local"
+_TENANT = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # also a safe directory name (exports)
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not _TENANT.fullmatch(self.tenant) or self.tenant in (".", ".."):
+            raise ValueError(f"tenant id {self.tenant!r} must be 1-128 letters, digits and _ . -")
+
+
+# The caller when the server checks no API keys (the default on loopback).
+LOCAL = Principal(LOCAL_TENANT, frozenset({"admin"}))
