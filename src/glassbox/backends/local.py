@@ -14,7 +14,7 @@ from contextlib import aclosing
 
 from glassbox.backends.base import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, InferenceEngine, Message
 from glassbox.engine.async_engine import AsyncLLMEngine
-from glassbox.engine.llm_engine import STEERING_ABORT
+from glassbox.engine.sequence import STEERING_ABORT
 from glassbox.features.vectors import SteeringVectors
 from glassbox.requests.builder import EngineRequest, RequestBuilder
 

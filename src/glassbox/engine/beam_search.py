@@ -36,14 +36,11 @@ import torch
 
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.errors import OutOfBlocks, PromptTooLong, RequestRejected
-from glassbox.engine.sequence import SamplingParams, Sequence
+from glassbox.engine.sequence import STEERING_ABORT, SamplingParams, Sequence
 from glassbox.steering.plan import SteeringPlan
 
 if TYPE_CHECKING:
     from glassbox.engine.llm_engine import LLMEngine
-
-# finish_reason of a beam stopped by a variant's abort_when scope (as in the engine).
-STEERING_ABORT = "steering_abort"
 
 
 @dataclass

@@ -18,16 +18,13 @@ from glassbox.engine.errors import OutOfBlocks, PromptTooLong, RequestRejected
 from glassbox.engine.model_runner import ModelRunner
 from glassbox.engine.sampler import Sampler
 from glassbox.engine.scheduler import Scheduler
-from glassbox.engine.sequence import SamplingParams, Sequence, TokenLogprob
+from glassbox.engine.sequence import STEERING_ABORT, SamplingParams, Sequence, TokenLogprob
 from glassbox.models.layers import WeightFormat
 from glassbox.models.llama import LlamaModel
 from glassbox.models.tokenizer import Tokenizer
 from glassbox.steering.plan import SteeringPlan
 
 log = logging.getLogger(__name__)
-
-# finish_reason of a sequence stopped by a variant's abort_when scope.
-STEERING_ABORT = "steering_abort"
 
 
 @dataclass

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from glassbox.engine.block_manager import KVHandle
 
 
+# finish_reason of a sequence stopped by a variant's abort_when scope.
+STEERING_ABORT = "steering_abort"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one sequence samples. Frozen: a request's parameters are not changed after they

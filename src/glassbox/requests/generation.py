@@ -55,6 +55,10 @@ class GenerationService:
         self.max_model_len = engine.max_model_len
         self.requests = RequestBuilder.for_engine(engine)
 
+    @property
+    def engine_alive(self) -> bool:
+        return self.engine.is_alive
+
     @staticmethod
     def for_choice(request: EngineRequest, index: int) -> EngineRequest:
         """Choice i of n samples with seed + i, so choices differ yet reproduce."""

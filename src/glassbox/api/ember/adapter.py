@@ -44,7 +44,8 @@ from glassbox.api.ember.schemas import (
     EmberMessage,
 )
 from glassbox.api.errors import domain_error_body
-from glassbox.engine.llm_engine import STEERING_ABORT, StepOutput
+from glassbox.engine.llm_engine import StepOutput
+from glassbox.engine.sequence import STEERING_ABORT
 from glassbox.errors import (
     GlassboxError,
     InvalidRequest,

@@ -34,8 +34,7 @@ from glassbox.api.system.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from glassbox.engine.llm_engine import STEERING_ABORT
-from glassbox.engine.sequence import TokenLogprob
+from glassbox.engine.sequence import STEERING_ABORT, TokenLogprob
 from glassbox.errors import Aborted, Unavailable, Unsupported
 from glassbox.features.emotion import EmotionalState
 from glassbox.features.steering import SteeringService

@@ -18,7 +18,7 @@ async def health(
     models: RegistryDep,
 ) -> Health:
     """200 while the engine thread serves; 503 once it has died, so a supervisor restarts us."""
-    if not gen.engine.is_alive:
+    if not gen.engine_alive:
         raise EngineDeadError("the engine has stopped")
     return Health(model=models.served_name, **gen.stats())
 
