@@ -406,7 +406,7 @@ class EmberService:
 
     # --- chat ---------------------------------------------------------------------------
 
-    async def chat_job(self, req: EmberChatRequest, model: str) -> EmberChat:
+    async def check_chat(self, req: EmberChatRequest, model: str) -> EmberChat:
         """Validate everything that can be wrong with a chat request (before any byte of a
         stream is sent, so errors keep their status codes)."""
         build = self.gen.requests
@@ -429,49 +429,51 @@ class EmberService:
 
     @staticmethod
     def _finish(
-        reason: str | None, abort_scope: int | None, job: EmberChat
+        reason: str | None, abort_scope: int | None, chat: EmberChat
     ) -> tuple[str | None, list[str] | None]:
         if reason == "abort":
             raise Unavailable("the engine aborted the generation; retry the request")
-        if reason == STEERING_ABORT and abort_scope in job.abort_events:
-            return reason, [job.abort_events[abort_scope]]  # the scope that fired
+        if reason == STEERING_ABORT and abort_scope in chat.abort_events:
+            return reason, [chat.abort_events[abort_scope]]  # the scope that fired
         return reason, None
 
-    async def chat(self, job: EmberChat) -> EmberChatCompletion:
+    async def chat(self, chat: EmberChat) -> EmberChatCompletion:
         g = Generation()
-        async with aclosing(self.gen.stream(job.request.prompt_ids, job.request.params)) as outputs:
+        async with aclosing(
+            self.gen.stream(chat.request.prompt_ids, chat.request.params)
+        ) as outputs:
             async for out in outputs:
                 g.add(out)
-        reason, events = self._finish(g.finish_reason, g.abort_scope, job)
+        reason, events = self._finish(g.finish_reason, g.abort_scope, chat)
         return EmberChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
-            model=job.model,
+            model=chat.model,
             system_fingerprint=self.system_fingerprint,
             gf_event_names=events,
             choices=[
                 EmberChatChoice(message=EmberChatMessageOut(content=g.text), finish_reason=reason)
             ],
             usage=EmberChatUsage(
-                prompt_tokens=len(job.request.prompt_ids),
+                prompt_tokens=len(chat.request.prompt_ids),
                 completion_tokens=g.num_output_tokens,
-                total_tokens=len(job.request.prompt_ids) + g.num_output_tokens,
+                total_tokens=len(chat.request.prompt_ids) + g.num_output_tokens,
             ),
         )
 
-    async def chat_stream(self, job: EmberChat) -> AsyncIterator[bytes]:
+    async def chat_stream(self, chat: EmberChat) -> AsyncIterator[bytes]:
         """Starts generating and waits for the first output, so a request the engine refuses
         still gets a status code; then returns the stream of SSE events."""
-        outputs = self.gen.stream(job.request.prompt_ids, job.request.params)
+        outputs = self.gen.stream(chat.request.prompt_ids, chat.request.params)
         try:
             first = await anext(outputs)  # the engine ends every row with an output
         except BaseException:
             await outputs.aclose()
             raise
-        return self._events(job, first, outputs)
+        return self._events(chat, first, outputs)
 
     async def _events(
-        self, job: EmberChat, first: StepOutput, outputs: AsyncIterator[StepOutput]
+        self, chat: EmberChat, first: StepOutput, outputs: AsyncIterator[StepOutput]
     ) -> AsyncIterator[bytes]:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -482,7 +484,7 @@ class EmberService:
             body = EmberChatChunk(
                 id=cid,
                 created=created,
-                model=job.model,
+                model=chat.model,
                 system_fingerprint=self.system_fingerprint,
                 gf_event_names=events,
                 choices=[
@@ -499,7 +501,7 @@ class EmberService:
         def events_of(out: StepOutput) -> list[bytes]:
             events = [chunk(out.text)] if out.text else []
             if out.finish_reason is not None:
-                reason, names = self._finish(out.finish_reason, out.abort_scope, job)
+                reason, names = self._finish(out.finish_reason, out.abort_scope, chat)
                 events.append(chunk("", reason, names))  # its own gf_token_index
             return events
 

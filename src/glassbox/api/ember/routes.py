@@ -136,13 +136,13 @@ async def tokenize(req: EmberTokenizeRequest, service: EmberDep) -> EmberTokeniz
 
 @router.post("/chat/completions", response_model=EmberChatCompletion, responses=_SSE)
 async def chat_completions(req: EmberChatRequest, request: Request, service: EmberDep):
-    job = await service.chat_job(req, service.model(req.model))
+    chat = await service.check_chat(req, service.model(req.model))
     if req.stream:
         # Plain StreamingResponse, not sse-starlette: the SDK reads `data:` events only (no
         # pings, no [DONE]); each event is one write.
         return StreamingResponse(
-            await service.chat_stream(job),
+            await service.chat_stream(chat),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await until_disconnected(request, service.chat(job))
+    return await until_disconnected(request, service.chat(chat))

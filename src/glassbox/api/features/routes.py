@@ -1,4 +1,5 @@
-"""/features: search, inspect and steer features within a session's variants."""
+"""/features: search, inspect and steer features within a namespace's stored variants
+(the wire calls the namespace `session_id`)."""
 
 from __future__ import annotations
 

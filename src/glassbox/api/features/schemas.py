@@ -15,7 +15,7 @@ TopK = Annotated[int, Field(ge=1, le=1000)]
 class FeatureSearchRequest(StrictRequest):
     query: str = Field(min_length=1)
     session_id: str
-    variant_id: str | None = Field(None, description="Default: the session's 'default'")
+    variant_id: str | None = Field(None, description="Default: the namespace's 'default'")
     top_k: TopK = 20
 
 

@@ -1,4 +1,5 @@
-"""/variants: a session's stored variants, in and out as Ember's `Variant.json()`."""
+"""/variants: a namespace's stored variants (the wire calls the namespace `session_id`), in
+and out as Ember's `Variant.json()`."""
 
 from __future__ import annotations
 
