@@ -1,0 +1,72 @@
+"""Bring a database's schema to the newest Alembic revision (the scripts in migrations/).
+
+A database from before Alembic (glassbox's tables, no `alembic_version`) is stamped at the
+baseline revision, which is the schema `create_all` made then, and upgraded from there.
+A new revision: `alembic.command.revision(alembic_config(connection), message,
+autogenerate=True)` on a connection to a database at head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import Connection, Engine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BASELINE = "0001_baseline"
+# Tables that tell a database from before Alembic (created by the baseline revision).
+_BASELINE_TABLES = {"variants", "states"}
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration, built in code: migrations/env.py runs on `connection`."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    """The newest revision."""
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def current(url_or_engine: str | Engine) -> str | None:
+    """The database's revision; None for a database that Alembic has not touched."""
+    engine, owned = _engine(url_or_engine)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def upgrade(url_or_engine: str | Engine) -> None:
+    """Migrate the database to head (in one transaction on PostgreSQL; SQLite's driver runs
+    DDL outside of one). At head, reading the database's revision is all it does."""
+    engine, owned = _engine(url_or_engine)
+    try:
+        with engine.begin() as conn:
+            revision = MigrationContext.configure(conn).get_current_revision()
+            if revision == head():
+                return
+            config = alembic_config(conn)
+            if revision is None and _BASELINE_TABLES & set(inspect(conn).get_table_names()):
+                command.stamp(config, BASELINE)
+            command.upgrade(config, "head")
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def _engine(url_or_engine: str | Engine) -> tuple[Engine, bool]:
+    """The engine, and whether it was made here (and is to be disposed of here)."""
+    if isinstance(url_or_engine, Engine):
+        return url_or_engine, False
+    return create_engine(url_or_engine), True
