@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from glassbox.api.errors import APIError
 from glassbox.steering.variant import Edit, EditMode, FeatureRef, VariantSpec
-from glassbox.store import Database, VariantRow
+from glassbox.store import LOCAL_OWNER, Database, VariantRow
 
 DEFAULT_VARIANT = "default"
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -50,7 +50,7 @@ def _utc(t: datetime) -> datetime:
 
 def _stored(row: VariantRow) -> StoredVariant:
     return StoredVariant(
-        row.session_id,
+        row.namespace,
         row.variant_id,
         VariantSpec.model_validate_json(row.spec),
         row.parent_variant_id,
@@ -83,13 +83,13 @@ class VariantService:
         self, s: Session, session_id: str, variant_id: str, param: str = "variant_id"
     ) -> VariantRow:
         """The row, creating the default variant on first use; 404 for any other missing."""
-        row = s.get(VariantRow, (session_id, variant_id))
+        row = s.get(VariantRow, (LOCAL_OWNER, session_id, variant_id))
         if row is not None:
             return row
         if variant_id != DEFAULT_VARIANT:
             raise _not_found(session_id, variant_id, param)
         row = VariantRow(
-            session_id=session_id, variant_id=variant_id, spec=self.empty().model_dump_json()
+            namespace=session_id, variant_id=variant_id, spec=self.empty().model_dump_json()
         )
         s.add(row)
         s.flush()
@@ -110,7 +110,7 @@ class VariantService:
             self._row(s, session_id, DEFAULT_VARIANT)
             rows = s.scalars(
                 select(VariantRow)
-                .where(VariantRow.session_id == session_id)
+                .where(VariantRow.owner == LOCAL_OWNER, VariantRow.namespace == session_id)
                 .order_by(VariantRow.created_at, VariantRow.variant_id)
             ).all()
             out = [_stored(r) for r in rows]
@@ -142,7 +142,7 @@ class VariantService:
                     param="base_variant_id",
                 )
         with self._lock, self.db.session() as s, s.begin():
-            if s.get(VariantRow, (session_id, variant_id)) is not None:
+            if s.get(VariantRow, (LOCAL_OWNER, session_id, variant_id)) is not None:
                 raise APIError(
                     f"session {session_id!r} already has a variant {variant_id!r}; "
                     f"change it with PUT /variants/{session_id}/{variant_id}",
@@ -154,7 +154,7 @@ class VariantService:
                 base = _stored(self._row(s, session_id, base_variant_id, "base_variant_id"))
                 spec = base.spec.model_copy(deep=True)
             row = VariantRow(
-                session_id=session_id,
+                namespace=session_id,
                 variant_id=variant_id,
                 spec=(spec or self.empty()).model_dump_json(),
                 parent_variant_id=base_variant_id,
@@ -177,7 +177,7 @@ class VariantService:
         check_id(session_id, "session_id")
         check_id(variant_id, "variant_id")
         with self._lock, self.db.session() as s, s.begin():
-            row = s.get(VariantRow, (session_id, variant_id))
+            row = s.get(VariantRow, (LOCAL_OWNER, session_id, variant_id))
             if row is None:
                 if variant_id == DEFAULT_VARIANT:
                     return
