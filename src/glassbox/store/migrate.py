@@ -8,6 +8,8 @@ autogenerate=True)` on a connection to a database at head.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -38,35 +40,31 @@ def head() -> str:
 
 def current(url_or_engine: str | Engine) -> str | None:
     """The database's revision; None for a database that Alembic has not touched."""
-    engine, owned = _engine(url_or_engine)
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        if owned:
-            engine.dispose()
+    with _connection(url_or_engine, begin=False) as conn:
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(url_or_engine: str | Engine) -> None:
     """Migrate the database to head (in one transaction on PostgreSQL; SQLite's driver runs
     DDL outside of one). At head, reading the database's revision is all it does."""
-    engine, owned = _engine(url_or_engine)
+    with _connection(url_or_engine, begin=True) as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+        if revision == head():
+            return
+        config = alembic_config(conn)
+        if revision is None and _BASELINE_TABLES & set(inspect(conn).get_table_names()):
+            command.stamp(config, BASELINE)
+        command.upgrade(config, "head")
+
+
+@contextmanager
+def _connection(url_or_engine: str | Engine, begin: bool) -> Iterator[Connection]:
+    """A connection (in a transaction if `begin`); an engine made here from a URL is
+    disposed of afterwards."""
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else create_engine(url_or_engine)
     try:
-        with engine.begin() as conn:
-            revision = MigrationContext.configure(conn).get_current_revision()
-            if revision == head():
-                return
-            config = alembic_config(conn)
-            if revision is None and _BASELINE_TABLES & set(inspect(conn).get_table_names()):
-                command.stamp(config, BASELINE)
-            command.upgrade(config, "head")
+        with engine.begin() if begin else engine.connect() as conn:
+            yield conn
     finally:
-        if owned:
+        if engine is not url_or_engine:
             engine.dispose()
-
-
-def _engine(url_or_engine: str | Engine) -> tuple[Engine, bool]:
-    """The engine, and whether it was made here (and is to be disposed of here)."""
-    if isinstance(url_or_engine, Engine):
-        return url_or_engine, False
-    return create_engine(url_or_engine), True
