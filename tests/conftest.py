@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama served live by uvicorn, and clients for it."""
+"""Shared fixtures: a tiny random Llama served live by uvicorn, clients for it, and a
+PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -130,3 +131,12 @@ def aclient(tiny_server: LiveServer) -> openai.AsyncOpenAI:
 def http(tiny_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=tiny_server.base_url, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of the test session's own (tests/pg_server.py): its URL."""
+    from pg_server import running_postgres  # psycopg is imported only by tests that use it
+
+    with running_postgres() as url:
+        yield url

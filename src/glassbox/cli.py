@@ -1,6 +1,6 @@
 """The `glassbox` command: `serve` runs the HTTP server, `chat` asks one question,
 `features build` (re)builds the concept vectors, `states` lists, shows, deletes, exports
-and imports the KV states of a running server.
+and imports the KV states of a running server, `db` upgrades the database's schema.
 
 Flags given on the command line override GLASSBOX_* environment variables (they are passed
 to Settings as init arguments, which pydantic-settings ranks above the environment).
@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("file", type=Path)
     load = states_sub.add_parser("import", help="upload a local state file as a new state")
     load.add_argument("file", type=Path)
+
+    db = sub.add_parser("db", help="the database's schema (GLASSBOX_DATABASE_URL)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="migrate it to the newest revision")
+    db_sub.add_parser("current", help="print its revision")
     return parser
 
 
@@ -121,6 +126,22 @@ def states_command(args: argparse.Namespace) -> int:
     except (GlassboxError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def db_command(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from glassbox.store import Database, migrate
+    from glassbox.store.db import default_url
+
+    settings = Settings()
+    url = settings.database_url or default_url(settings.cache_dir)
+    if args.db_command == "upgrade":
+        Database(url).close()  # construction migrates
+    revision = migrate.current(url)
+    at_head = " (head)" if revision == migrate.head() else ""
+    print(f"{revision or 'none'}{at_head}  {make_url(url).render_as_string(hide_password=True)}")
     return 0
 
 
@@ -251,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         return features_build(args)
     if args.command == "states":
         return states_command(args)
+    if args.command == "db":
+        return db_command(args)
     if args.url:
         return _chat_remote(args)
     return _chat_local(args)

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
         "used are spilled to disk past it (default: half of kv_cache_bytes)",
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL for stored variants (default: sqlite in cache_dir)"
+        None,
+        description="SQLAlchemy URL of the store: variants and state records (default: sqlite "
+        "in cache_dir; postgresql+psycopg://... for PostgreSQL)",
     )
     features_layer: int | None = Field(
         None, description="Layer of the concept vectors and vector files (default: the middle)"

@@ -1,8 +1,8 @@
 """`Database(url)`: an SQLAlchemy engine and session factory over one URL.
 
 The default is an SQLite file in the cache directory; any SQLAlchemy URL works
-(`postgresql+psycopg://...`). Missing tables are created on construction; schema changes
-to existing tables belong to Alembic migrations, not to `create_all`.
+(`postgresql+psycopg://...`). Construction brings the schema to the newest migration
+(store/migrate.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from glassbox.store.models import Base
+from glassbox.store import migrate
 
 
 def default_url(cache_dir: Path) -> str:
@@ -56,7 +56,7 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        Base.metadata.create_all(self.engine)
+        migrate.upgrade(self.engine)
 
     def session(self) -> Session:
         return self._sessions()

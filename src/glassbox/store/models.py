@@ -1,7 +1,9 @@
-"""Tables. `Database` creates them with `metadata.create_all` at startup, which only adds
-missing tables and never alters one. The first change to an existing table's shape is the
-point to add Alembic (an environment with `Base.metadata` as `target_metadata`, this
-schema as its baseline revision) and to run its migrations at startup instead."""
+"""Tables, as of the newest Alembic revision in store/migrations/versions/.
+
+`Database` brings every database to that revision at start-up (store/migrate.py). A change
+to a table here goes with a new revision; tests/integration/test_migrations.py checks that
+the revisions and these classes agree.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from glassbox.principal import LOCAL_TENANT  # rows stored without an owner are the local one's
 
 
 def utcnow() -> datetime:
@@ -20,11 +24,16 @@ class Base(DeclarativeBase):
 
 
 class VariantRow(Base):
-    """One stored variant of one session; `spec` is `VariantSpec.model_dump_json()`."""
+    """One stored variant in one namespace of one owner; `spec` is
+    `VariantSpec.model_dump_json()`."""
 
     __tablename__ = "variants"
 
-    session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Primary key order (owner, namespace, variant_id) is the order of `Session.get`'s tuple.
+    owner: Mapped[str] = mapped_column(
+        String(128), primary_key=True, server_default=LOCAL_TENANT, index=True
+    )
+    namespace: Mapped[str] = mapped_column(String(128), primary_key=True)
     variant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     spec: Mapped[str] = mapped_column(Text)
     parent_variant_id: Mapped[str | None] = mapped_column(String(128), default=None)
@@ -41,6 +50,7 @@ class StateRow(Base):
     __tablename__ = "states"
 
     state_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), server_default=LOCAL_TENANT, index=True)
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     parent_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     num_tokens: Mapped[int] = mapped_column(Integer)
