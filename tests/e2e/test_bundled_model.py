@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from live_server import free_port, serve_in_thread
+from helpers.live_server import free_port, serve_in_thread
 
 from glassbox.app import create_app
 from glassbox.config import Settings

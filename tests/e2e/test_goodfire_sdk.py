@@ -15,9 +15,9 @@ import goodfire
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_NAME, LiveServer, _live, tiny_settings
 from goodfire.api.exceptions import InvalidRequestException, NotFoundException
-from live_server import serve_in_thread
+from helpers.live_server import serve_in_thread
+from helpers.server import TINY_NAME, LiveServer, live, tiny_settings
 
 from glassbox.api.ember.adapter import sse_event
 from glassbox.app import create_app
@@ -35,7 +35,7 @@ MESSAGES = [{"role": "user", "content": "Tell me about your day."}]
 def ember_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = tiny_settings(tiny_model_dir, tmp_path_factory.mktemp("cache"))
     settings = settings.model_copy(update={"model_aliases": {ALIAS: TINY_NAME}})
-    for server in _live(settings):
+    for server in live(settings):
         warm_up(server.base_url)
         yield server
 

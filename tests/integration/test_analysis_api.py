@@ -8,7 +8,7 @@ import math
 
 import httpx
 import pytest
-from conftest import LiveServer
+from helpers.server import LiveServer
 from PIL import Image
 
 TEXT = "the quick brown fox jumps over the lazy dog"

@@ -9,15 +9,10 @@ import time
 import httpx
 import pytest
 import torch
-from conftest import LiveServer, pirate_variant
+from helpers.http import blocks_used, create_state, pirate_variant
+from helpers.server import LiveServer
 
 TEXT = "the quick brown fox jumps over the lazy dog"
-
-
-def create(http: httpx.Client, text: str = TEXT) -> dict:
-    r = http.post("/states", json={"text": text})
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
 def beam(http: httpx.Client, state_id: str, **kw) -> dict:
@@ -26,16 +21,12 @@ def beam(http: httpx.Client, state_id: str, **kw) -> dict:
     return r.json()
 
 
-def blocks_used(server: LiveServer) -> int:
-    return server.engine.stats()["kv_blocks_used"]
-
-
 def test_beams_match_hf_and_give_their_blocks_back(
     tiny_server: LiveServer, http: httpx.Client, tiny_model_dir
 ) -> None:
     from transformers import LlamaForCausalLM
 
-    s = create(http)
+    s = create_state(http, TEXT)
     before = blocks_used(tiny_server)
     out = beam(http, s["id"], num_beams=4, max_length=8, num_return_sequences=3,
                length_penalty=0.5, no_repeat_ngram_size=2)  # fmt: skip
@@ -63,7 +54,7 @@ def test_beams_match_hf_and_give_their_blocks_back(
 def test_commit_stores_the_best_beam_as_a_child_state(
     tiny_server: LiveServer, http: httpx.Client
 ) -> None:
-    s = create(http)
+    s = create_state(http, TEXT)
     out = beam(http, s["id"], num_beams=3, max_length=6, commit=True)
     best = out["beams"][0]
     child = http.get(f"/states/{out['child_state_id']}").json()
@@ -71,7 +62,7 @@ def test_commit_stores_the_best_beam_as_a_child_state(
     assert child["token_ids"] == s["token_ids"] + best["token_ids"]
     assert child["location"] == "memory"
     # the child's KV is the beam's: it continues like its text read cold
-    cold = create(http, child["text"])
+    cold = create_state(http, child["text"])
     assert cold["token_ids"] == child["token_ids"]
     body = {"max_tokens": 6, "temperature": 0.0}
     warm = http.post("/generate/token", json={"state_id": child["id"], **body}).json()
@@ -80,7 +71,7 @@ def test_commit_stores_the_best_beam_as_a_child_state(
 
 
 def test_diverse_groups(http: httpx.Client) -> None:
-    s = create(http)
+    s = create_state(http, TEXT)
     plain = beam(http, s["id"], num_beams=2, max_length=6, num_return_sequences=2)
     out = beam(http, s["id"], num_beams=4, num_beam_groups=2, diversity_penalty=100.0,
                max_length=6, num_return_sequences=4)  # fmt: skip
@@ -94,7 +85,7 @@ def test_diverse_groups(http: httpx.Client) -> None:
 
 def test_a_variant_steers_every_beam(http: httpx.Client) -> None:
     variant = pirate_variant(http, "beam")
-    s = create(http)
+    s = create_state(http, TEXT)
     plain = beam(http, s["id"], num_beams=3, max_length=8)
     steered = beam(http, s["id"], num_beams=3, max_length=8, variant=variant)
     assert steered["beams"][0]["token_ids"] != plain["beams"][0]["token_ids"]
@@ -124,7 +115,7 @@ async def test_other_requests_run_between_search_steps(tiny_server: LiveServer) 
 def test_a_client_that_hangs_up_frees_the_search(
     tiny_server: LiveServer, http: httpx.Client
 ) -> None:
-    s = create(http)
+    s = create_state(http, TEXT)
     before = blocks_used(tiny_server)
     body = {"state_id": s["id"], "num_beams": 16, "max_length": 400, "early_stopping": "never"}
     with pytest.raises(httpx.ReadTimeout):
@@ -147,7 +138,7 @@ def test_a_client_that_hangs_up_frees_the_search(
     ],
 )
 def test_bad_requests_say_what_to_fix(http: httpx.Client, body, status, needle) -> None:
-    s = create(http, "short")
+    s = create_state(http, "short")
     r = http.post("/generate/beam", json={"state_id": s["id"], **body})
     assert r.status_code == status, r.text
     err = r.json()["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import openai
-from conftest import TINY_MAX_LEN, TINY_NAME
+from helpers.server import TINY_MAX_LEN, TINY_NAME
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}

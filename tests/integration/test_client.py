@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import LiveServer
+from helpers.server import LiveServer
 
 from glassbox.client import Client, GlassboxError, NotFoundError
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import openai
-from conftest import TINY_NAME
+from helpers.server import TINY_NAME
 
 PROMPT = "Once upon a time"
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}

@@ -4,7 +4,7 @@ concept vectors of excited / calm / frustrated / depleted into the request's pla
 from __future__ import annotations
 
 import openai
-from conftest import TINY_NAME
+from helpers.server import TINY_NAME
 
 MESSAGES = [{"role": "user", "content": "Tell me about your day."}]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import TINY_ALIAS, TINY_MAX_LEN, TINY_NAME, tiny_settings
 from fastapi.testclient import TestClient
+from helpers.server import TINY_ALIAS, TINY_MAX_LEN, TINY_NAME, tiny_settings
 
 from glassbox.app import create_app
 from glassbox.engine.async_engine import AsyncLLMEngine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import TINY_MAX_LEN, TINY_NAME
+from helpers.server import TINY_MAX_LEN, TINY_NAME
 
 USER = [{"role": "user", "content": "Hi"}]
 

@@ -9,7 +9,8 @@ import uuid
 import httpx
 import openai
 import pytest
-from conftest import TINY_NAME, LiveServer
+from helpers.http import new_namespace, nudge_variant
+from helpers.server import TINY_NAME, LiveServer
 
 from glassbox.features.ember_json import feature_hex, variant_to_ember
 from glassbox.features.variant import (
@@ -22,10 +23,6 @@ from glassbox.features.variant import (
 
 MESSAGES = [{"role": "user", "content": "Tell me about your day."}]
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "extra_body": {"ignore_eos": True}}
-
-
-def new_session() -> str:
-    return f"s-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +38,6 @@ def feature(hits: list[dict]) -> dict:
     return hits[0]
 
 
-def nudge(feature: dict, value: float) -> dict:
-    return {
-        "base_model": TINY_NAME,
-        "edits": [
-            {
-                "feature_id": feature["uuid"],
-                "feature_label": feature["label"],
-                "index_in_sae": feature["index_in_sae"],
-                "value": value,
-            }
-        ],
-        "scopes": [],
-    }
-
-
 def test_search_shape_and_relevance_order(hits: list[dict]) -> None:
     assert len(hits) == 20  # top_k defaults to 20
     assert set(hits[0]) == {"uuid", "label", "index_in_sae", "score", "activation"}
@@ -66,7 +48,7 @@ def test_search_shape_and_relevance_order(hits: list[dict]) -> None:
 
 
 def test_search_activation_reflects_the_variant(http, hits) -> None:
-    s = new_session()
+    s = new_namespace()
     target = hits[1]
     r = http.post(
         "/features/steer", json={"session_id": s, "feature_id": target["uuid"], "value": 0.6}
@@ -96,7 +78,7 @@ def test_search_errors(http) -> None:
 
 
 def test_steer_by_label_then_modified(http, feature) -> None:
-    s = new_session()
+    s = new_namespace()
     r = http.post(
         "/features/steer", json={"session_id": s, "label": feature["label"], "value": 0.7}
     )
@@ -124,7 +106,7 @@ def test_steer_by_label_then_modified(http, feature) -> None:
 
 
 def test_steer_errors(http, feature) -> None:
-    s = new_session()
+    s = new_namespace()
     unknown = http.post(
         "/features/steer", json={"session_id": s, "feature_id": str(uuid.UUID(int=1)), "value": 1}
     )
@@ -143,7 +125,7 @@ def test_steer_errors(http, feature) -> None:
 
 
 def test_inspect_tokens_and_features(http) -> None:
-    body = {"messages": MESSAGES, "session_id": new_session(), "top_k": 5}
+    body = {"messages": MESSAGES, "session_id": new_namespace(), "top_k": 5}
     r = http.post("/features/inspect", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -175,7 +157,7 @@ def test_inspect_tokens_and_features(http) -> None:
 def test_inspect_sees_the_variant(http, feature) -> None:
     """A nudged feature reads higher under the variant (activations are read after the
     layer's edits)."""
-    s = new_session()
+    s = new_namespace()
     body = {"messages": MESSAGES, "session_id": s, "top_k": 1, "aggregate_by": "mean"}
     before = http.post("/features/inspect", json=body).json()
     http.post(
@@ -207,20 +189,21 @@ def chat_tokens(client: openai.OpenAI, **extra) -> list[tuple[str, float]]:
 
 def test_inline_variant_steers_and_empty_variant_does_not(client, feature) -> None:
     plain = chat_tokens(client)
-    steered = chat_tokens(client, variant=nudge(feature, 4.0))
+    steered = chat_tokens(client, variant=nudge_variant(feature, 4.0))
     assert steered != plain
     assert (
         chat_tokens(client, variant={"base_model": TINY_NAME, "edits": [], "scopes": []}) == plain
     )
-    assert chat_tokens(client, variant=nudge(feature, 4.0)) == steered  # deterministic
+    assert chat_tokens(client, variant=nudge_variant(feature, 4.0)) == steered  # deterministic
 
 
 def test_stored_variant_by_session(client, http, feature) -> None:
-    s = new_session()
+    s = new_namespace()
     http.post(
-        "/variants", json={"session_id": s, "variant_id": "loud", "variant": nudge(feature, 4.0)}
+        "/variants",
+        json={"session_id": s, "variant_id": "loud", "variant": nudge_variant(feature, 4.0)},
     )
-    steered = chat_tokens(client, variant=nudge(feature, 4.0))
+    steered = chat_tokens(client, variant=nudge_variant(feature, 4.0))
     assert chat_tokens(client, session_id=s, variant_id="loud") == steered
     assert chat_tokens(client, session_id=s) == chat_tokens(
         client
@@ -232,14 +215,14 @@ def test_stored_variant_by_session(client, http, feature) -> None:
 
 
 def test_steered_stream_and_completions(client, feature) -> None:
-    steered = chat(client, variant=nudge(feature, 4.0))
+    steered = chat(client, variant=nudge_variant(feature, 4.0))
     chunks = client.chat.completions.create(
         model=TINY_NAME,
         messages=MESSAGES,
         stream=True,
         temperature=0.0,
         max_tokens=12,
-        extra_body={"ignore_eos": True, "variant": nudge(feature, 4.0)},
+        extra_body={"ignore_eos": True, "variant": nudge_variant(feature, 4.0)},
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == steered
 
@@ -254,7 +237,7 @@ def test_steered_stream_and_completions(client, feature) -> None:
         )
         return [c.text for c in r.choices]
 
-    plain, nudged = complete(), complete(variant=nudge(feature, 4.0))
+    plain, nudged = complete(), complete(variant=nudge_variant(feature, 4.0))
     assert nudged[0] == nudged[1]  # every choice carries the plan
     assert nudged[0] != plain[0]
 
@@ -262,14 +245,14 @@ def test_steered_stream_and_completions(client, feature) -> None:
 def test_steering_request_errors(client, feature) -> None:
     unknown = dict(feature, uuid=str(uuid.UUID(int=3)))
     with pytest.raises(openai.NotFoundError) as exc:
-        chat(client, variant=nudge(unknown, 1.0))
+        chat(client, variant=nudge_variant(unknown, 1.0))
     assert exc.value.body["code"] == "feature_not_found"
     with pytest.raises(openai.BadRequestError):
-        chat(client, variant=nudge(feature, 1.0), session_id="s")
+        chat(client, variant=nudge_variant(feature, 1.0), session_id="s")
     with pytest.raises(openai.BadRequestError):
         chat(client, variant_id="v")
     with pytest.raises(openai.NotFoundError) as exc:
-        chat(client, session_id=new_session(), variant_id="missing")
+        chat(client, session_id=new_namespace(), variant_id="missing")
     assert exc.value.body["code"] == "variant_not_found"
 
 

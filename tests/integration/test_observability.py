@@ -6,7 +6,7 @@ import io
 import json
 import re
 
-from conftest import TINY_NAME
+from helpers.server import TINY_NAME
 from prometheus_client.parser import text_string_to_metric_families
 
 from glassbox.logs import configure_logging

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-from conftest import TINY_NAME, LiveServer
+from helpers.server import TINY_NAME, LiveServer
 
 from glassbox.api.deps import current_principal
 from glassbox.principal import LOCAL, Principal

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from conftest import TINY_NAME, LiveServer
+from helpers.server import TINY_NAME, LiveServer
 
 MESSAGES = [
     {"role": "system", "content": "You answer in one word."},

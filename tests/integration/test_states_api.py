@@ -9,15 +9,8 @@ import json
 import httpx
 import pytest
 import zstandard
-from conftest import LiveServer, pirate_variant, running, tiny_settings
-
-TEXT = "the quick brown fox jumps over the lazy dog and then the dog runs after the fox"
-
-
-def create(http: httpx.Client, text: str = TEXT, **config) -> dict:
-    r = http.post("/states", json={"text": text, "config": config})
-    assert r.status_code == 201, r.text
-    return r.json()
+from helpers.http import TEXT, blocks_used, create_state, pirate_variant
+from helpers.server import LiveServer, running, tiny_settings
 
 
 def generate(http: httpx.Client, state_id: str, **kw) -> dict:
@@ -27,12 +20,8 @@ def generate(http: httpx.Client, state_id: str, **kw) -> dict:
     return r.json()
 
 
-def blocks_used(server: LiveServer) -> int:
-    return server.engine.stats()["kv_blocks_used"]
-
-
 def test_create_read_list_delete(tiny_server: LiveServer, http: httpx.Client) -> None:
-    s = create(http, temperature=0.5, seed=9)
+    s = create_state(http, temperature=0.5, seed=9)
     assert s["object"] == "state" and s["parent_id"] is None and s["location"] == "memory"
     assert s["num_tokens"] == len(s["token_ids"]) > 10 and TEXT in s["text"]
     assert s["config"] == {"temperature": 0.5, "top_p": 1.0, "seed": 9}
@@ -40,7 +29,7 @@ def test_create_read_list_delete(tiny_server: LiveServer, http: httpx.Client) ->
     got = http.get(f"/states/{s['id']}").json()
     assert got["token_ids"] == s["token_ids"]
 
-    others = [create(http, f"state number {i}")["id"] for i in range(3)]
+    others = [create_state(http, f"state number {i}")["id"] for i in range(3)]
     page = http.get("/states", params={"limit": 2, "after": s["id"]}).json()
     assert [d["id"] for d in page["data"]] == others[:2] and page["has_more"]
     rest = http.get("/states", params={"limit": 2, "after": page["last_id"]}).json()
@@ -78,7 +67,7 @@ def test_create_from_messages_and_bad_input(http: httpx.Client) -> None:
 def test_generation_reuses_the_state_and_repeats_with_a_seed(
     tiny_server: LiveServer, http: httpx.Client
 ) -> None:
-    s = create(http)
+    s = create_state(http)
     a = generate(http, s["id"])
     b = generate(http, s["id"])
     assert a["text"] == b["text"] and len(a["tokens"]) == 8
@@ -93,7 +82,7 @@ def test_generation_reuses_the_state_and_repeats_with_a_seed(
 
 
 def test_a_state_that_fills_the_context_cannot_be_continued(http: httpx.Client) -> None:
-    s = create(http, "word " * 150)
+    s = create_state(http, "word " * 150)
     full = generate(http, s["id"], max_tokens=600, commit=True, temperature=0.0)
     assert full["finish_reason"] == "length"
     child = http.get(f"/states/{full['child_state_id']}").json()
@@ -102,7 +91,7 @@ def test_a_state_that_fills_the_context_cannot_be_continued(http: httpx.Client) 
 
 
 def test_state_config_gives_the_sampling_defaults(http: httpx.Client) -> None:
-    s = create(http, temperature=0.0)
+    s = create_state(http, temperature=0.0)
     greedy = [generate(http, s["id"], temperature=None, seed=i)["text"] for i in range(3)]
     assert len(set(greedy)) == 1
 
@@ -110,7 +99,7 @@ def test_state_config_gives_the_sampling_defaults(http: httpx.Client) -> None:
 def test_commit_makes_a_child_that_continues_the_generation(
     tiny_server: LiveServer, http: httpx.Client
 ) -> None:
-    s = create(http)
+    s = create_state(http)
     whole = generate(http, s["id"], max_tokens=10, temperature=0.0)
     part = generate(http, s["id"], max_tokens=4, temperature=0.0, commit=True)
     child = http.get(f"/states/{part['child_state_id']}").json()
@@ -124,7 +113,7 @@ def test_commit_makes_a_child_that_continues_the_generation(
 
 
 def test_streaming_sends_one_event_per_token(http: httpx.Client) -> None:
-    s = create(http)
+    s = create_state(http)
     expected = generate(http, s["id"], logprobs=2)
     body = {"state_id": s["id"], "max_tokens": 8, "seed": 3, "stream": True, "logprobs": 2}
     events = []
@@ -144,7 +133,7 @@ def test_streaming_sends_one_event_per_token(http: httpx.Client) -> None:
 def test_fork_shares_blocks_and_rollback_truncates(
     tiny_server: LiveServer, http: httpx.Client
 ) -> None:
-    s = create(http, temperature=0.0)
+    s = create_state(http, temperature=0.0)
     before = blocks_used(tiny_server)
     fork = http.post(f"/states/{s['id']}/fork").json()
     assert blocks_used(tiny_server) == before  # no block copied, none added
@@ -169,7 +158,7 @@ def test_fork_shares_blocks_and_rollback_truncates(
 
 
 def test_diff_and_merge(http: httpx.Client) -> None:
-    root = create(http, "one two three four five six seven")
+    root = create_state(http, "one two three four five six seven")
     a = generate(http, root["id"], max_tokens=3, commit=True, seed=1)["child_state_id"]
     b = generate(http, root["id"], max_tokens=3, commit=True, seed=2)["child_state_id"]
     d = http.get(f"/states/{a}/diff/{b}").json()
@@ -184,7 +173,7 @@ def test_diff_and_merge(http: httpx.Client) -> None:
     m = r.json()
     assert m["token_ids"] == sa["token_ids"] + sb["token_ids"][n:]
     assert m["parent_id"] == root["id"] and m["metadata"]["merged_from"] == [a, b]
-    fresh = create(http, m["text"])  # the merged state continues like its text read cold
+    fresh = create_state(http, m["text"])  # the merged state continues like its text read cold
     if fresh["token_ids"] == m["token_ids"]:
         g1 = generate(http, m["id"], temperature=0.0)
         assert g1["text"] == generate(http, fresh["id"], temperature=0.0)["text"]
@@ -197,7 +186,7 @@ def test_states_spill_over_budget_and_come_back(tiny_model_dir, tmp_path) -> Non
     per_token = 2 * 2 * 2 * 16 * 4  # tiny model: layers * (K, V) * kv_heads * head_dim * fp32
     settings.state_memory_bytes = 5 * settings.block_size * per_token  # 2 or 3 states
     with running(settings) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
-        ids = [create(http, f"{TEXT} number {i}")["id"] for i in range(6)]
+        ids = [create_state(http, f"{TEXT} number {i}")["id"] for i in range(6)]
         expected = {i: generate(http, i)["text"] for i in ids}
         states = server.app.state.states
         assert states.residency.bytes <= settings.state_memory_bytes
@@ -220,7 +209,7 @@ def test_states_spill_over_budget_and_come_back(tiny_model_dir, tmp_path) -> Non
 def test_states_survive_a_restart_and_export_import(tiny_model_dir, tmp_path) -> None:
     settings = tiny_settings(tiny_model_dir, tmp_path)
     with running(settings) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
-        s = create(http, seed=11)
+        s = create_state(http, seed=11)
         child = generate(http, s["id"], commit=True)["child_state_id"]
         expected = generate(http, child)["text"]
         exported = http.post(f"/states/{child}/export", json={"name": "kept"}).json()
@@ -261,7 +250,7 @@ def test_states_survive_a_restart_and_export_import(tiny_model_dir, tmp_path) ->
 def test_damaged_state_files_are_refused_whole(
     tiny_server: LiveServer, http: httpx.Client, damage
 ) -> None:
-    s = create(http)
+    s = create_state(http)
     data = http.get(f"/states/{s['id']}/export").content
     before = len(http.get("/states", params={"limit": 100}).json()["data"])
     blocks = blocks_used(tiny_server)
@@ -278,7 +267,7 @@ def test_state_files_of_another_model_and_bad_names_are_refused(
 ) -> None:
     from glassbox.states import files
 
-    s = create(http)
+    s = create_state(http)
     loaded = files.decode(http.get(f"/states/{s['id']}/export").content)
     other = files.encode("f" * 64, loaded.token_ids, loaded.kv, loaded.record)
     r = http.post(
@@ -304,7 +293,7 @@ def test_state_files_of_another_model_and_bad_names_are_refused(
 
 
 def test_stop_sequences_and_a_variant(http: httpx.Client) -> None:
-    s = create(http)
+    s = create_state(http)
     free = generate(http, s["id"], max_tokens=16, temperature=0.0)
     cut = free["text"][len(free["text"]) // 2 :][:3]
     stopped = generate(http, s["id"], max_tokens=16, temperature=0.0, stop_sequences=[cut])

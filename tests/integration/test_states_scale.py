@@ -7,7 +7,7 @@ import asyncio
 import random
 
 import pytest
-from conftest import tiny_settings
+from helpers.server import tiny_settings
 
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.sequence import SamplingParams

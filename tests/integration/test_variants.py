@@ -6,18 +6,15 @@ import uuid
 
 import httpx
 import pytest
-from conftest import TINY_NAME, LiveServer
-from live_server import serve_in_thread
+from helpers.http import new_namespace, nudge_variant
+from helpers.live_server import serve_in_thread
+from helpers.server import TINY_NAME, LiveServer
 
 from glassbox.app import create_app
 from glassbox.features.variant import FeatureRef, VariantSpec
 from glassbox.features.variants import VariantService
 from glassbox.principal import LOCAL
 from glassbox.store import Database
-
-
-def new_session() -> str:
-    return f"s-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
@@ -29,41 +26,26 @@ def feature(tiny_server: LiveServer) -> dict:
     return r.json()[0]
 
 
-def ember_variant(feature: dict, value: float, base_model: str = TINY_NAME) -> dict:
-    return {
-        "base_model": base_model,
-        "edits": [
-            {
-                "feature_id": feature["uuid"],
-                "feature_label": feature["label"],
-                "index_in_sae": feature["index_in_sae"],
-                "value": value,
-            }
-        ],
-        "scopes": [],
-    }
-
-
 def edit_values(variant_object: dict) -> dict[str, float]:
     return {e["feature_id"]: e["value"] for e in variant_object["variant"]["edits"]}
 
 
 def test_default_variant_exists_on_first_use(http) -> None:
-    s = new_session()
+    s = new_namespace()
     r = http.get(f"/variants/{s}/default")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "variant" and body["variant_id"] == "default"
     assert body["variant"] == {"base_model": TINY_NAME, "edits": [], "scopes": []}
-    listed = http.get("/variants", params={"session_id": new_session()}).json()
+    listed = http.get("/variants", params={"session_id": new_namespace()}).json()
     assert [v["variant_id"] for v in listed["data"]] == ["default"]
 
 
 def test_crud_round_trip(http, feature) -> None:
-    s = new_session()
+    s = new_namespace()
     created = http.post(
         "/variants",
-        json={"session_id": s, "variant_id": "pirate", "variant": ember_variant(feature, 0.5)},
+        json={"session_id": s, "variant_id": "pirate", "variant": nudge_variant(feature, 0.5)},
     )
     assert created.status_code == 201, created.text
     assert edit_values(created.json()) == {feature["uuid"]: 0.5}
@@ -74,7 +56,7 @@ def test_crud_round_trip(http, feature) -> None:
     listed = http.get("/variants", params={"session_id": s}).json()["data"]
     assert [v["variant_id"] for v in listed] == ["default", "pirate"]
 
-    replaced = http.put(f"/variants/{s}/pirate", json={"variant": ember_variant(feature, -0.25)})
+    replaced = http.put(f"/variants/{s}/pirate", json={"variant": nudge_variant(feature, -0.25)})
     assert replaced.status_code == 200, replaced.text
     assert edit_values(replaced.json()) == {feature["uuid"]: -0.25}
     assert edit_values(http.get(f"/variants/{s}/pirate").json()) == {feature["uuid"]: -0.25}
@@ -92,21 +74,21 @@ def test_crud_round_trip(http, feature) -> None:
 
 
 def test_create_from_base_copies_edits_and_stays_independent(http, feature) -> None:
-    s = new_session()
-    http.put(f"/variants/{s}/default", json={"variant": ember_variant(feature, 0.3)})
+    s = new_namespace()
+    http.put(f"/variants/{s}/default", json={"variant": nudge_variant(feature, 0.3)})
     r = http.post(
         "/variants", json={"session_id": s, "variant_id": "b", "base_variant_id": "default"}
     )
     assert r.status_code == 201, r.text
     assert r.json()["parent_variant_id"] == "default"
     assert edit_values(r.json()) == {feature["uuid"]: 0.3}
-    http.put(f"/variants/{s}/b", json={"variant": ember_variant(feature, 0.9)})
+    http.put(f"/variants/{s}/b", json={"variant": nudge_variant(feature, 0.9)})
     assert edit_values(http.get(f"/variants/{s}/default").json()) == {feature["uuid"]: 0.3}
 
 
 def test_deleting_the_default_resets_it(http, feature) -> None:
-    s = new_session()
-    http.put(f"/variants/{s}/default", json={"variant": ember_variant(feature, 0.3)})
+    s = new_namespace()
+    http.put(f"/variants/{s}/default", json={"variant": nudge_variant(feature, 0.3)})
     assert http.delete(f"/variants/{s}/default").status_code == 200
     assert http.get(f"/variants/{s}/default").json()["variant"]["edits"] == []
 
@@ -117,7 +99,7 @@ def error(r: httpx.Response, status: int) -> dict:
 
 
 def test_variant_errors(http, feature) -> None:
-    s = new_session()
+    s = new_namespace()
     http.post("/variants", json={"session_id": s, "variant_id": "v"})
     dup = error(http.post("/variants", json={"session_id": s, "variant_id": "v"}), 409)
     assert dup["code"] == "variant_exists" and dup["param"] == "variant_id"
@@ -126,7 +108,7 @@ def test_variant_errors(http, feature) -> None:
     assert error(http.post("/variants", json=no_base), 404)["param"] == "base_variant_id"
     assert error(http.get(f"/variants/{s}/nope"), 404)["code"] == "variant_not_found"
     assert error(http.delete(f"/variants/{s}/nope"), 404)["code"] == "variant_not_found"
-    put_missing = http.put(f"/variants/{s}/nope", json={"variant": ember_variant(feature, 1)})
+    put_missing = http.put(f"/variants/{s}/nope", json={"variant": nudge_variant(feature, 1)})
     assert error(put_missing, 404)["code"] == "variant_not_found"
 
     bad_id = error(http.post("/variants", json={"session_id": "a b", "variant_id": "v"}), 400)
@@ -139,17 +121,17 @@ def test_variant_errors(http, feature) -> None:
         "session_id": s,
         "variant_id": "z",
         "base_variant_id": "v",
-        "variant": ember_variant(feature, 1),
+        "variant": nudge_variant(feature, 1),
     }
     assert error(http.post("/variants", json=both), 400)["param"] == "base_variant_id"
 
     unknown = dict(feature, uuid=str(uuid.UUID(int=7)))
-    body = {"session_id": s, "variant_id": "u", "variant": ember_variant(unknown, 0.5)}
+    body = {"session_id": s, "variant_id": "u", "variant": nudge_variant(unknown, 0.5)}
     assert error(http.post("/variants", json=body), 404)["code"] == "feature_not_found"
     other_model = {
         "session_id": s,
         "variant_id": "u",
-        "variant": ember_variant(feature, 0.5, base_model="someone/else"),
+        "variant": nudge_variant(feature, 0.5, base_model="someone/else"),
     }
     assert error(http.post("/variants", json=other_model), 404)["code"] == "model_not_found"
     malformed = {"session_id": s, "variant_id": "u", "variant": {"edits": []}}
@@ -161,8 +143,8 @@ def test_variant_errors(http, feature) -> None:
 
 def test_variants_survive_a_restart(tiny_server: LiveServer, http, feature) -> None:
     """A second app over the same database (same cache_dir) sees what the first stored."""
-    s = new_session()
-    body = {"session_id": s, "variant_id": "kept", "variant": ember_variant(feature, 0.4)}
+    s = new_namespace()
+    body = {"session_id": s, "variant_id": "kept", "variant": nudge_variant(feature, 0.4)}
     assert http.post("/variants", json=body).status_code == 201
     second = create_app(tiny_server.settings, tiny_server.engine)
     with serve_in_thread(second) as url, httpx.Client(base_url=url, timeout=30) as other:

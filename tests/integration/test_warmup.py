@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
-from conftest import tiny_settings
 from fastapi.testclient import TestClient
+from helpers.server import tiny_settings
+from helpers.waiting import wait_until
 
 from glassbox.app import create_app
 from glassbox.engine.async_engine import AsyncLLMEngine
@@ -20,10 +19,8 @@ def test_features_are_warmed_up_without_a_request(tiny_model_dir, tmp_path) -> N
     try:
         with TestClient(create_app(settings, engine=engine)) as tc:
             features = tc.app.state.features
-            deadline = time.monotonic() + 60
-            while not features.is_ready and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert features.is_ready  # built with no features request made
+            # built with no features request made
+            assert wait_until(lambda: features.is_ready, timeout=60, poll=0.1)
             r = tc.post("/features/search", json={"query": "pirate", "session_id": "s", "top_k": 3})
             assert r.status_code == 200 and len(r.json()) == 3
     finally:

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-# tests/ holds tiny_model.py; tests/unit holds helpers.py. Neither is a package.
-_TESTS = Path(__file__).resolve().parents[1]
-for _p in (_TESTS, _TESTS / "unit"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from tiny_model import build_tiny_model  # noqa: E402
-
-from glassbox.engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
-from glassbox.models.llama import LlamaModel  # noqa: E402
-from glassbox.models.tokenizer import Tokenizer  # noqa: E402
+from glassbox.engine.llm_engine import EngineConfig, LLMEngine
+from glassbox.models.llama import LlamaModel
+from glassbox.models.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0, layers=2)
+def tiny_dir(tiny_model_dir: Path) -> Path:
+    """The suite's one tiny model (tests/conftest.py builds it once per session)."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="session")

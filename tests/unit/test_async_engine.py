@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
+from helpers.waiting import async_wait_until
 
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.errors import RequestRejected
@@ -19,22 +19,13 @@ def async_engine(make_engine):
     eng.shutdown()
 
 
-async def _wait_for(predicate, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()
-
-
 async def test_stream_completes_and_frees_blocks(async_engine):
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
     outs = [o async for o in async_engine.submit([1, 2, 3, 4, 5], params)]
     assert sum(len(o.token_ids) for o in outs) == 10
     assert outs[-1].finish_reason == "length"
     assert all(o.finish_reason is None for o in outs[:-1])
-    assert await _wait_for(lambda: async_engine.stats()["kv_blocks_used"] == 0)
+    assert await async_wait_until(lambda: async_engine.stats()["kv_blocks_used"] == 0)
 
 
 async def test_closing_the_iterator_aborts_and_frees_within_a_step(async_engine):
@@ -47,7 +38,7 @@ async def test_closing_the_iterator_aborts_and_frees_within_a_step(async_engine)
     assert async_engine.stats()["kv_blocks_used"] > baseline["kv_blocks_used"]
     await stream.aclose()
     # A tiny-model step takes milliseconds: the abort lands within one step.
-    freed = await _wait_for(
+    freed = await async_wait_until(
         lambda: (
             async_engine.stats()["running"] == 0
             and async_engine.stats()["kv_blocks_used"] == baseline["kv_blocks_used"]

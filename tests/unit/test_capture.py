@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import Driver
+from helpers.engine import Driver
 
 from glassbox.engine.errors import RequestRejected
 from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import Driver, hf_logits
+from helpers.engine import Driver, hf_logits
 
 ATOL = 1e-4
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from helpers import Driver
+from helpers.engine import Driver
 
 from glassbox.engine.llm_engine import STEERING_ABORT
 from glassbox.engine.sequence import SamplingParams
