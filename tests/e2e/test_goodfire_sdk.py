@@ -49,8 +49,17 @@ def warm_up(base_url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def gf(ember_server: LiveServer) -> goodfire.Client:
-    return goodfire.Client(api_key="anything", base_url=ember_server.base_url)
+def gf(ember_server: LiveServer) -> Iterator[goodfire.Client]:
+    """The SDK's sync client runs its coroutines on the thread's current event loop
+    (`asyncio.get_event_loop()`); any earlier `asyncio.run` in this thread (another test
+    module) leaves none, so this module's tests get one of their own."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield goodfire.Client(api_key="anything", base_url=ember_server.base_url)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @pytest.fixture(scope="module")

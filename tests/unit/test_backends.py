@@ -235,7 +235,11 @@ async def test_local_without_vectors_falls_back_to_sampling(aengine, caplog):
     assert params.steering is None
     assert (params.temperature, params.top_p) == pytest.approx((1.0, 1.0))
     assert "no steering vectors" in caplog.text
-    assert await backend.chat_completion(MESSAGES, max_tokens=3, emotion_coefficients=excited)
+    before = aengine.stats()["generation_tokens"]
+    text = await backend.chat_completion(MESSAGES, max_tokens=3, emotion_coefficients=excited)
+    assert isinstance(text, str)
+    # It ran on the engine: 1 to 3 tokens sampled (an end token as the first one counts too).
+    assert 1 <= aengine.stats()["generation_tokens"] - before <= 3
 
 
 async def test_local_stream_closed_early_frees_the_engine(aengine):
