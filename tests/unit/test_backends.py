@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers.waiting import async_wait_until
 
 from glassbox.backends import (
     BackendUnavailableError,
@@ -248,12 +249,12 @@ async def test_local_stream_closed_early_frees_the_engine(aengine):
     async for _ in stream:
         break
     await stream.aclose()
-    for _ in range(100):
+
+    def freed() -> bool:
         stats = aengine.stats()
-        if stats["running"] == 0 and stats["kv_blocks_used"] == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert stats["running"] == 0 and stats["kv_blocks_used"] == 0
+        return stats["running"] == 0 and stats["kv_blocks_used"] == 0
+
+    assert await async_wait_until(freed)
 
 
 # --- LlamaCppBackend on the bundled GGUF --------------------------------------------------
