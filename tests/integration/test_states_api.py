@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 
 import httpx
 import pytest
 import zstandard
 from helpers.http import TEXT, blocks_used, create_state, pirate_variant
-from helpers.server import LiveServer, running, tiny_settings
+from helpers.server import TINY_NAME, LiveServer, live, running, tiny_settings
+from helpers.waiting import async_wait_until
 
 
 def generate(http: httpx.Client, state_id: str, **kw) -> dict:
@@ -18,6 +20,18 @@ def generate(http: httpx.Client, state_id: str, **kw) -> dict:
     r = http.post("/generate/token", json=body)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def all_state_ids(http: httpx.Client) -> list[str]:
+    """Every state's id, oldest first: GET /states page after page."""
+    ids: list[str] = []
+    params: dict = {"limit": 100}
+    while True:
+        page = http.get("/states", params=params).json()
+        ids += [d["id"] for d in page["data"]]
+        if not page["has_more"]:
+            return ids
+        params["after"] = page["last_id"]
 
 
 def test_create_read_list_delete(tiny_server: LiveServer, http: httpx.Client) -> None:
@@ -173,10 +187,17 @@ def test_diff_and_merge(http: httpx.Client) -> None:
     m = r.json()
     assert m["token_ids"] == sa["token_ids"] + sb["token_ids"][n:]
     assert m["parent_id"] == root["id"] and m["metadata"]["merged_from"] == [a, b]
-    fresh = create_state(http, m["text"])  # the merged state continues like its text read cold
-    if fresh["token_ids"] == m["token_ids"]:
-        g1 = generate(http, m["id"], temperature=0.0)
-        assert g1["text"] == generate(http, fresh["id"], temperature=0.0)["text"]
+    # The merged state continues like its tokens read cold: the same token ids sent as a
+    # completion prompt (re-tokenizing its text need not give back the same ids).
+    g1 = generate(http, m["id"], temperature=0.0)
+    assert g1["usage"]["cached_tokens"] == m["num_tokens"] - 1  # from the merged KV
+    cold = http.post(
+        "/v1/completions",
+        json={"model": TINY_NAME, "prompt": m["token_ids"], "max_tokens": 8, "temperature": 0.0},
+    )
+    assert cold.status_code == 200, cold.text
+    assert cold.json()["usage"]["prompt_tokens"] == m["num_tokens"]
+    assert g1["text"] == cold.json()["choices"][0]["text"]
     assert http.post("/states/merge", json={"state_ids": [a]}).status_code == 400
     assert http.post("/states/merge", json={"state_ids": [a, "nope"]}).status_code == 404
 
@@ -252,13 +273,13 @@ def test_damaged_state_files_are_refused_whole(
 ) -> None:
     s = create_state(http)
     data = http.get(f"/states/{s['id']}/export").content
-    before = len(http.get("/states", params={"limit": 100}).json()["data"])
+    before = all_state_ids(http)
     blocks = blocks_used(tiny_server)
     r = http.post(
         "/states/import", content=damage(data), headers={"content-type": "application/octet-stream"}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_state_file"
-    assert len(http.get("/states", params={"limit": 100}).json()["data"]) == before
+    assert all_state_ids(http) == before  # nothing was imported
     assert blocks_used(tiny_server) == blocks
 
 
@@ -276,9 +297,9 @@ def test_state_files_of_another_model_and_bad_names_are_refused(
     assert r.status_code == 400 and r.json()["error"]["code"] == "model_mismatch"
     for name in ["../escape", "/etc/passwd", ".hidden", "a/b", "..", ""]:
         r = http.post(f"/states/{s['id']}/export", json={"name": name})
-        assert r.status_code == 400, (name, r.text)
-        r = http.post("/states/import", json={"name": name})
-        assert r.status_code in (400, 404), (name, r.text)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "name", (name, r.text)
+        r = http.post("/states/import", json={"name": name})  # refused, never looked up
+        assert r.status_code == 400 and r.json()["error"]["param"] == "name", (name, r.text)
     r = http.post("/states/import", json={"name": "never-exported"})
     assert r.status_code == 404
 
@@ -309,42 +330,76 @@ def test_stop_sequences_and_a_variant(http: httpx.Client) -> None:
 
 async def test_concurrent_use_of_one_state_leaks_no_blocks(tiny_model_dir, tmp_path) -> None:
     """Generations (committed or not, some abandoned), forks, rollbacks and deletes of one
-    state's family at once; once every state is deleted the pool is back where it began."""
+    state's family at once; once every state is deleted the pool is back where it began.
+
+    Every engine step takes 20 ms more, so an abandoned generation (400 greedy tokens, 8 s at
+    least) is still running when its client gives up after 1 s: the client's hang-up is what
+    ends it, and nothing it started may stay behind."""
     settings = tiny_settings(tiny_model_dir, tmp_path)
-    with running(settings) as server:
+    with contextmanager(live)(settings, step_delay=0.02) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
             baseline = blocks_used(server)
-            root = (await http.post("/states", json={"text": TEXT})).json()["id"]
+            r = await http.post("/states", json={"text": TEXT})
+            assert r.status_code == 201, r.text
+            root = r.json()
 
             async def gen(i: int) -> str | None:
-                body = {"state_id": root, "max_tokens": 6 + i % 5, "seed": i, "commit": i % 2 == 0}
+                max_tokens, commit = 6 + i % 5, i % 2 == 0
+                body = {"state_id": root["id"], "max_tokens": max_tokens, "seed": i,
+                        "commit": commit}  # fmt: skip
                 r = await http.post("/generate/token", json=body)
                 assert r.status_code == 200, r.text
-                return r.json()["child_state_id"]
+                out = r.json()
+                n = len(out["tokens"])
+                ended = out["tokens"][-1]["token"] == "<|im_end|>"  # the tiny model's EOS
+                assert out["state_id"] == root["id"]
+                assert out["finish_reason"] == ("stop" if ended else "length")
+                assert n == max_tokens or (ended and n < max_tokens)
+                assert out["usage"] == {
+                    "prompt_tokens": root["num_tokens"],
+                    "completion_tokens": n,
+                    "cached_tokens": root["num_tokens"] - 1,
+                }
+                assert (out["child_state_id"] is not None) == commit
+                if commit:
+                    child = (await http.get(f"/states/{out['child_state_id']}")).json()
+                    generated = [t["token_id"] for t in out["tokens"]]
+                    assert child["token_ids"] == root["token_ids"] + generated
+                    assert child["parent_id"] == root["id"]
+                return out["child_state_id"]
 
             async def fork(i: int) -> str:
-                r = await http.post(f"/states/{root}/fork", json={"token_index": 3 + i})
+                r = await http.post(f"/states/{root['id']}/fork", json={"token_index": 3 + i})
                 assert r.status_code == 201, r.text
+                assert r.json()["token_ids"] == root["token_ids"][: 3 + i]
                 child = r.json()["id"]
                 r = await http.post(f"/states/{child}/rollback", json={"token_index": 2})
                 assert r.status_code == 200, r.text
+                assert r.json()["token_ids"] == root["token_ids"][:2]
                 return child
 
             async def abandoned(i: int) -> None:
-                body = {"state_id": root, "max_tokens": 200, "seed": i, "commit": True}
-                try:
-                    await http.post("/generate/token", json=body, timeout=0.05)
-                except httpx.TimeoutException:
-                    pass
+                body = {"state_id": root["id"], "max_tokens": 400, "temperature": 0.0,
+                        "commit": True}  # fmt: skip
+                with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
+                    await http.post("/generate/token", json=body, timeout=1.0)
 
             results = await asyncio.gather(
                 *(gen(i) for i in range(12)), *(fork(i) for i in range(6)),
                 *(abandoned(i) for i in range(4)),
             )  # fmt: skip
-            ids = [root] + [r for r in results if isinstance(r, str)]
-            await asyncio.sleep(0.5)  # the abandoned requests' aborts reach the engine
-            listed = (await http.get("/states", params={"limit": 100})).json()["data"]
-            assert {s["id"] for s in listed} >= set(ids)
-            for s in listed:
-                assert (await http.delete(f"/states/{s['id']}")).status_code == 200
+            ids = {root["id"]} | {r for r in results if isinstance(r, str)}
+            assert len(ids) == 1 + 6 + 6  # the root, the committed generations, the forks
+
+            # The abandoned generations' aborts reach the engine: nothing runs or waits long
+            # before they could have finished (8 s), and none of them committed a child.
+            def quiet() -> bool:
+                stats = server.engine.stats()
+                return stats["running"] == 0 and stats["waiting"] == 0
+
+            assert await async_wait_until(quiet, timeout=4.0), server.engine.stats()
+            listed = (await http.get("/states", params={"limit": 100})).json()
+            assert {d["id"] for d in listed["data"]} == ids and not listed["has_more"]
+            for state_id in ids:
+                assert (await http.delete(f"/states/{state_id}")).status_code == 200
             assert server.wait_idle(baseline)["kv_blocks_used"] == baseline
