@@ -86,6 +86,9 @@ ROUTES = [
     ("/v1/chat/completions", {"messages": USER, "max_tokens": 4}),
     ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 4}),
     ("/generate/token", {"max_tokens": 4}),
+    ("/v1/chat/completions", {"messages": USER, "max_tokens": 4, "stream": True}),
+    ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 4, "stream": True}),
+    ("/generate/token", {"max_tokens": 4, "stream": True}),
     ("/api/inference/v1/chat/completions", {"messages": USER, "max_completion_tokens": 4}),
     (
         "/api/inference/v1/chat/completions",

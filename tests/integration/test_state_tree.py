@@ -139,7 +139,7 @@ def test_a_spilled_state_whose_file_is_deleted_is_recomputed(tiny_model_dir, tmp
         path.unlink()
 
         s = state(http, gone)
-        assert s["file_bytes"] is None
+        assert s["file_bytes"] is None and s["location"] == "tokens"
         assert generate(http, gone)["tokens"] == expected[gone]  # recomputed: same output
         back = state(http, gone)
         assert back["location"] == "memory" and back["token_ids"] == s["token_ids"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.block_manager import KVHandle
+from glassbox.engine.errors import EngineDeadError
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.engine.sequence import SamplingParams, TokenLogprob
 from glassbox.metrics import Metrics
@@ -58,6 +59,12 @@ class GenerationService:
     @property
     def engine_alive(self) -> bool:
         return self.engine.is_alive
+
+    def ensure_alive(self) -> None:
+        """Refuse now (a 503) what a stopped engine cannot run: a stream would otherwise
+        answer 200 before the engine's refusal arrives."""
+        if not self.engine.is_alive:
+            raise EngineDeadError("the engine has stopped")
 
     @staticmethod
     def for_choice(request: EngineRequest, index: int) -> EngineRequest:

@@ -102,7 +102,8 @@ class StateService:
         """'memory' (KV in the pool), 'disk' (in its file) or 'tokens' (recomputed on use)."""
         if state_id in self.residency:
             return "memory"
-        return "disk" if state_id in self._on_disk else "tokens"
+        on_disk = state_id in self._on_disk and self._file(state_id).is_file()
+        return "disk" if on_disk else "tokens"
 
     def kv_bytes(self, state: State) -> int:
         return max(state.num_tokens - 1, 0) * self.kv_bytes_per_token
@@ -437,6 +438,7 @@ class StateService:
         state's config (its sampling defaults). `max_tokens` is lowered to the room the
         context has left; a state that fills the context is refused."""
         state = self.get(owner, state_id)
+        self.generation.ensure_alive()  # a stream's 200 would otherwise go out first
         config = state.config
 
         def pick(value: Any, key: str, default: Any) -> Any:

@@ -158,6 +158,7 @@ class OpenAIService:
         self, owner: Principal, req: ChatCompletionRequest, model: str
     ) -> AsyncIterator[str]:
         """Validates now (errors become ordinary 4xx responses), then streams chunk JSON."""
+        self.gen.ensure_alive()
         requests = await self._chat_requests(owner, req)
         return self._chat_chunks(req, requests, model)
 
@@ -246,6 +247,7 @@ class OpenAIService:
     async def completion_stream(
         self, owner: Principal, req: CompletionRequest, model: str
     ) -> AsyncIterator[str]:
+        self.gen.ensure_alive()
         requests, texts = await self._completion_requests(owner, req)
         return self._completion_chunks(req, requests, texts, model)
 
