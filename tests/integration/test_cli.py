@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from helpers.server import TINY_NAME
+
 from glassbox.cli import main
 from glassbox.features.concepts import load_concept_data
 
@@ -23,11 +25,31 @@ def test_features_build_writes_the_concept_cache(tiny_model_dir, tmp_path, monke
     assert cached[0].stat().st_mtime_ns > first
 
 
-def test_chat_in_process_streams_an_answer(tiny_model_dir, tmp_path, monkeypatch, capsys):
+SEEDED = {"max_tokens": 8, "temperature": 1, "seed": 7}  # as the flags below ask
+
+
+def served_answer(http, **sampling) -> str:
+    """The answer the live tiny server gives to "Hello" (one chat message)."""
+    body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Hello"}], **sampling}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()["choices"][0]["message"]["content"]
+    assert answer.strip()  # something to compare
+    return answer
+
+
+def test_chat_in_process_streams_an_answer(tiny_model_dir, tmp_path, monkeypatch, capsys, http):
+    """The answer printed is the one the server gives to the same seeded request."""
     monkeypatch.setenv("GLASSBOX_CACHE_DIR", str(tmp_path))
     args = ["chat", "Hello", "--model", str(tiny_model_dir), "--dtype", "float32"]
-    assert main([*args, "--max-tokens", "5", "--temperature", "0"]) == 0
-    assert capsys.readouterr().out.strip()
+    assert main([*args, "--max-tokens", "8", "--temperature", "1", "--seed", "7"]) == 0
+    assert capsys.readouterr().out == served_answer(http, **SEEDED) + "\n"
+
+
+def test_chat_against_a_live_server_prints_its_answer(tiny_server, http, capsys):
+    args = ["chat", "Hello", "--url", tiny_server.base_url, "--model", TINY_NAME]
+    assert main([*args, "--max-tokens", "8", "--temperature", "1", "--seed", "7"]) == 0
+    assert capsys.readouterr().out == served_answer(http, **SEEDED) + "\n"
 
 
 def test_states_commands_against_a_live_server(tiny_server, http, tmp_path, capsys):
