@@ -112,3 +112,26 @@ def test_an_index_past_the_last_feature_is_404(http: httpx.Client) -> None:
     error = r.json()["error"]
     assert error["code"] == "feature_not_found" and error["param"] == "indices"
     assert f"this model's features are 0 to {total - 1}" in error["message"]
+
+
+def test_glassbox_routes_and_stored_variants_use_the_same_indices(http: httpx.Client) -> None:
+    """/features/search, /features/inspect and a variant steered with /features/steer report
+    a feature by the same model-wide index as Ember."""
+    ember = {f["label"]: f["index_in_sae"] for f in search(http, "a feeling", 1000)}
+    hits = http.post(
+        "/features/search", json={"query": "sailing", "session_id": "idx", "top_k": 1000}
+    ).json()
+    assert {h["label"]: h["index_in_sae"] for h in hits} == ember
+    steered = http.post(
+        "/features/steer", json={"session_id": "idx", "label": "sailing", "value": 0.5}
+    )
+    assert steered.status_code == 200, steered.text
+    [edit] = steered.json()["variant"]["edits"]
+    assert (edit["feature_label"], edit["index_in_sae"]) == ("sailing", ember["sailing"])
+    inspected = http.post(
+        "/features/inspect",
+        json={"messages": [{"role": "user", "content": "Hoist the sails"}],
+              "session_id": "idx", "top_k": 50},
+    ).json()  # fmt: skip
+    for f in inspected["features"]:
+        assert f["index_in_sae"] == ember[f["label"]]

@@ -19,6 +19,7 @@ from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.errors import InvalidRequest, NotFound
 from glassbox.features.autosteer import autosteer
+from glassbox.features.catalog import FeatureCatalog
 from glassbox.features.concepts import concept_dictionary
 from glassbox.features.dictionary import Feature, FeatureDictionary
 from glassbox.features.sae import load_sae
@@ -133,6 +134,10 @@ class FeatureService:
                 self._dictionaries[0] = rebuilt
             self._index = None
         return rebuilt
+
+    async def catalog(self) -> FeatureCatalog:
+        """Model-wide indices of the dictionaries' features."""
+        return FeatureCatalog.of(await self.dictionaries())
 
     async def index(self) -> FeatureIndex:
         dictionaries = await self.dictionaries()

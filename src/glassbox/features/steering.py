@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from glassbox.errors import InvalidRequest, ModelNotFound
+from glassbox.features.catalog import FeatureCatalog
 from glassbox.features.dictionary import Feature
 from glassbox.features.ember_json import EmberJSONError, feature_hex, variant_from_ember
 from glassbox.features.service import FeatureService, Inspection
@@ -25,8 +26,8 @@ from glassbox.requests.registry import ModelRegistry
 from glassbox.steering.plan import SteeringPlan
 
 
-def feature_ref(feature: Feature) -> FeatureRef:
-    return FeatureRef(uuid=feature.uuid, label=feature.label, index_in_sae=feature.index)
+def feature_ref(feature: Feature, catalog: FeatureCatalog) -> FeatureRef:
+    return FeatureRef(uuid=feature.uuid, label=feature.label, index_in_sae=catalog.index(feature))
 
 
 class SteeringService:
@@ -110,6 +111,10 @@ class SteeringService:
 
     # --- features under a variant -----------------------------------------------------
 
+    async def catalog(self) -> FeatureCatalog:
+        """Model-wide feature indices (what `index_in_sae` reports on every surface)."""
+        return await self.features.catalog()
+
     async def search(
         self, owner: Principal, query: str, namespace: str, variant_id: str | None, top_k: int
     ) -> list[tuple[Feature, float, float]]:
@@ -151,7 +156,7 @@ class SteeringService:
             owner,
             namespace,
             variant_id or DEFAULT_VARIANT,
-            feature_ref(feature),
+            feature_ref(feature, await self.features.catalog()),
             value,
             mode,
         )

@@ -52,7 +52,8 @@ from glassbox.errors import (
     NotFound,
     Unavailable,
 )
-from glassbox.features.dictionary import Feature, FeatureDictionary
+from glassbox.features.catalog import FeatureCatalog
+from glassbox.features.dictionary import Feature
 from glassbox.features.ember_json import (
     EmberJSONError,
     controller_event_names,
@@ -75,42 +76,11 @@ INSPECT_TOP_PER_TOKEN = 32
 SDK_SAE_SIZE = 65536
 
 
-@dataclass
-class Catalog:
-    """The dictionaries of the model with their model-wide index offsets."""
-
-    dictionaries: list[FeatureDictionary]
-    offsets: dict[str, int]
-
-    @classmethod
-    def of(cls, dictionaries: list[FeatureDictionary]) -> Catalog:
-        offsets, total = {}, 0
-        for d in dictionaries:
-            offsets[d.name] = total
-            total += len(d)
-        if total > SDK_SAE_SIZE:
-            log.warning(
-                "feature indices exceed the goodfire SDK's array size",
-                features=total,
-                sdk_size=SDK_SAE_SIZE,
-            )
-        return cls(dictionaries, offsets)
-
-    def index(self, f: Feature) -> int:
-        return self.offsets[f.dictionary] + f.index
-
-    def by_index(self, index: int) -> Feature | None:
-        for d in self.dictionaries:
-            local = index - self.offsets[d.name]
-            if 0 <= local < len(d):
-                return d.features[local]
-        return None
-
-    def out(self, f: Feature, relevance: float = 1.0) -> EmberFeature:
-        dashed = feature_id(f.uuid)
-        return EmberFeature(
-            id=dashed, uuid=dashed, label=f.label, index_in_sae=self.index(f), relevance=relevance
-        )
+def _out(catalog: FeatureCatalog, f: Feature, relevance: float = 1.0) -> EmberFeature:
+    dashed = feature_id(f.uuid)
+    return EmberFeature(
+        id=dashed, uuid=dashed, label=f.label, index_in_sae=catalog.index(f), relevance=relevance
+    )
 
 
 def _messages(messages: list[EmberMessage]) -> list[dict[str, str]]:
@@ -168,8 +138,15 @@ class EmberService:
         """404 for a model this server does not serve; else the name to report back."""
         return self.registry.resolve(name)
 
-    async def catalog(self) -> Catalog:
-        return Catalog.of(await self.features.dictionaries())
+    async def catalog(self) -> FeatureCatalog:
+        catalog = await self.features.catalog()
+        if catalog.total > SDK_SAE_SIZE:
+            log.warning(
+                "feature indices exceed the goodfire SDK's array size",
+                features=catalog.total,
+                sdk_size=SDK_SAE_SIZE,
+            )
+        return catalog
 
     @staticmethod
     def _hex(value: str, param: str) -> str:
@@ -178,10 +155,10 @@ class EmberService:
         except EmberJSONError as exc:
             raise InvalidRequest(str(exc), param=param) from exc
 
-    async def _by_index(self, catalog: Catalog, index: int, param: str) -> Feature:
+    async def _by_index(self, catalog: FeatureCatalog, index: int, param: str) -> Feature:
         f = catalog.by_index(index)
         if f is None:
-            total = sum(len(d) for d in catalog.dictionaries)
+            total = catalog.total
             raise NotFound(
                 "feature",
                 str(index),
@@ -208,13 +185,13 @@ class EmberService:
             raise InvalidRequest("perPage must be between 1 and 1000", param="perPage")
         hits = await self.features.search(query, top_k)
         catalog = await self.catalog()
-        return [catalog.out(f, score) for f, score in hits]
+        return [_out(catalog, f, score) for f, score in hits]
 
     async def rerank(self, feature_ids: list[str], query: str, top_k: int) -> list[EmberFeature]:
         uuids = [self._hex(u, f"feature_ids[{i}]") for i, u in enumerate(feature_ids)]
         hits = await self.features.rerank(uuids, query, top_k)
         catalog = await self.catalog()
-        return [catalog.out(f, score) for f, score in hits]
+        return [_out(catalog, f, score) for f, score in hits]
 
     async def list(self, ids: list[str]) -> list[EmberFeature]:
         """The features list (inspect fetches every id it saw): every id, in request order."""
@@ -222,7 +199,7 @@ class EmberService:
         out = []
         for i, raw in enumerate(ids):
             _, f = await self.features.feature(self._hex(raw, f"feature_id[{i}]"))
-            out.append(catalog.out(f))
+            out.append(_out(catalog, f))
         return out
 
     async def neighbors(self, indices: list[int], top_k: int) -> list[EmberFeature]:
@@ -238,11 +215,11 @@ class EmberService:
                 if g.uuid not in exclude and (g.uuid not in best or best[g.uuid][1] < sim):
                     best[g.uuid] = (g, sim)
         ranked = sorted(best.values(), key=lambda item: item[1], reverse=True)[:top_k]
-        return [catalog.out(g, sim) for g, sim in ranked]
+        return [_out(catalog, g, sim) for g, sim in ranked]
 
     async def lookup(self, indices: list[int]) -> list[EmberFeature]:
         catalog = await self.catalog()
-        return [catalog.out(await self._by_index(catalog, i, "indices")) for i in indices]
+        return [_out(catalog, await self._by_index(catalog, i, "indices")) for i in indices]
 
     async def auto_edits(self, specification: str) -> list[tuple[EmberFeature, float]]:
         edits = await self.features.autosteer(specification)
@@ -250,7 +227,7 @@ class EmberService:
         out = []
         for edit in edits:
             _, f = await self.features.feature(edit.feature.uuid)
-            out.append((catalog.out(f), edit.value))
+            out.append((_out(catalog, f), edit.value))
         return out
 
     async def contrast(
@@ -269,8 +246,8 @@ class EmberService:
         )
         catalog = await self.catalog()
         return (
-            [catalog.out(f, v) for f, v in toward_1[:k_to_remove]],
-            [catalog.out(f, v) for f, v in toward_2[:k_to_add]],
+            [_out(catalog, f, v) for f, v in toward_1[:k_to_remove]],
+            [_out(catalog, f, v) for f, v in toward_2[:k_to_add]],
         )
 
     async def inspect(

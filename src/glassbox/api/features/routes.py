@@ -30,11 +30,12 @@ async def search_features(
     req: FeatureSearchRequest, steering: SteeringDep, principal: PrincipalDep
 ) -> list[FeatureActivation]:
     hits = await steering.search(principal, req.query, req.session_id, req.variant_id, req.top_k)
+    catalog = await steering.catalog()
     return [
         FeatureActivation(
             uuid=feature_id(f.uuid),
             label=f.label,
-            index_in_sae=f.index,
+            index_in_sae=catalog.index(f),
             score=score,
             activation=value,
         )
@@ -49,6 +50,7 @@ async def inspect_features(
     inspection = await steering.inspect(
         principal, template_messages(req.messages), req.session_id, req.variant_id
     )
+    catalog = await steering.catalog()
     top = inspection.top(req.top_k, req.aggregate_by)
     matrix = None
     if req.include_matrix:
@@ -58,7 +60,10 @@ async def inspect_features(
         token_ids=inspection.token_ids,
         features=[
             InspectedFeature(
-                uuid=feature_id(f.uuid), label=f.label, index_in_sae=f.index, activation=value
+                uuid=feature_id(f.uuid),
+                label=f.label,
+                index_in_sae=catalog.index(f),
+                activation=value,
             )
             for f, value in top
         ],  # fmt: skip
