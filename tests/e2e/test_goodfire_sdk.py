@@ -15,6 +15,7 @@ import goodfire
 import httpx
 import numpy as np
 import pytest
+from goodfire.api.chat.client import DEFAULT_SYSTEM_PROMPT
 from goodfire.api.exceptions import InvalidRequestException, NotFoundException
 from helpers.live_server import serve_in_thread
 from helpers.server import TINY_NAME, LiveServer, live, tiny_settings
@@ -193,7 +194,9 @@ def test_autosteer_edits_set_on_a_variant(gf: goodfire.Client) -> None:
     assert "pirate" in feature.label.lower() and 0 < value <= AUTOSTEER_TOTAL
     variant = goodfire.Variant(ALIAS)
     variant.set(edits)
-    assert chat(gf, variant)
+    steered = chat(gf, variant)
+    assert steered != chat(gf, ALIAS)  # the edits steer: same seed, another answer
+    assert steered == chat(gf, variant, stream=True)
 
 
 # --- chat ------------------------------------------------------------------------------
@@ -210,15 +213,17 @@ def test_chat_with_a_variant_stream_and_not(gf: goodfire.Client, pirate) -> None
 
 
 def test_chat_response_fields(gf: goodfire.Client) -> None:
+    # The SDK seeds every request (seed 42): this one runs its 5 tokens without an EOS.
     r = gf.chat.completions.create(MESSAGES, model=ALIAS, max_completion_tokens=5)
     assert r.model == ALIAS and r.system_fingerprint and r.object == "chat.completion"
-    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.choices[0].finish_reason == "length"
     assert r.gf_event_names is None
     chunks = list(
         gf.chat.completions.create(MESSAGES, model=ALIAS, stream=True, max_completion_tokens=5)
     )
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    assert len({c.choices[0].gf_token_index for c in chunks}) == len(chunks)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert [c.choices[0].gf_token_index for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.choices[0].delta.content for c in chunks) == r.choices[0].message["content"]
 
 
 def test_abort_when_raises_inference_aborted(gf: goodfire.Client, pirate) -> None:
@@ -230,23 +235,30 @@ def test_abort_when_raises_inference_aborted(gf: goodfire.Client, pirate) -> Non
         chat(gf, variant, stream=True)
     never = goodfire.Variant(ALIAS)
     never.abort_when(pirate > 1000.0)
-    assert chat(gf, never)
+    assert chat(gf, never) == chat(gf, ALIAS)  # a condition that never holds changes nothing
 
 
-def test_async_client_chat_and_search(ember_server: LiveServer) -> None:
-    async def run() -> tuple[str, int]:
+def test_async_client_chat_and_search(
+    ember_server: LiveServer, gf: goodfire.Client, http: httpx.Client
+) -> None:
+    messages = [{"role": "system", "content": "Be short."}, *MESSAGES]
+
+    async def run() -> tuple[str, list]:
         client = goodfire.AsyncClient(api_key="x", base_url=ember_server.base_url)
         found = await client.features.search("pirate", model=ALIAS, top_k=2)
-        # the async client adds its system prompt before ours: two system messages
-        r = await client.chat.completions.create(
-            [{"role": "system", "content": "Be short."}, *MESSAGES],
-            model=ALIAS,
-            max_completion_tokens=4,
-        )
-        return r.choices[0].message["content"], len(found)
+        r = await client.chat.completions.create(messages, model=ALIAS, max_completion_tokens=4)
+        return r.choices[0].message["content"], [f.uuid for f in found]
 
-    text, n = run_async(run())
-    assert isinstance(text, str) and n == 2
+    text, found = run_async(run())
+    assert found == [f.uuid for f in gf.features.search("pirate", model=ALIAS, top_k=2)]
+    # What the async client sends: its system prompt before ours (two system messages) and
+    # its default sampling, seed 42 included; the server's answer to that is the client's.
+    body = {"messages": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages],
+            "model": ALIAS, "max_completion_tokens": 4, "top_p": 0.9, "temperature": 0.6,
+            "stop": ["<|eot_id|>", "<|begin_of_text|>"], "seed": 42}  # fmt: skip
+    r = http.post("/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert text == r.json()["choices"][0]["message"]["content"] != ""
 
 
 def test_logits(gf: goodfire.Client, pirate) -> None:
