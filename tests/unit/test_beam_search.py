@@ -275,8 +275,11 @@ def test_searches_count_in_the_engine_stats(engine):
     handle = engine.prefill_kv(PROMPT)
     before = (engine.stats.prompt_tokens, engine.stats.generation_tokens)
     search = BeamSearch(engine, handle, BeamSearchParams(num_beams=3, max_new_tokens=4))
+    steps = 1
     while not search.step():
-        pass
+        steps += 1
     assert engine.stats.prompt_tokens - before[0] == len(PROMPT)
-    # the first step runs the one starting beam, each later one at most every beam
-    assert 1 <= engine.stats.generation_tokens - before[1] <= 1 + 3 * 3
+    # Four steps (no beam of this prompt ends early): the first runs the one starting beam,
+    # each of the three later ones all three beams.
+    assert steps == 4 and all(len(h.token_ids) == 4 for h in search.hypotheses)
+    assert engine.stats.generation_tokens - before[1] == 1 + 3 * 3
