@@ -147,7 +147,7 @@ ENGLISH = (
 # fp32: measured max |diff| ~5e-5 on logits up to ~35 (prefill and decode).
 REAL_FP32_ATOL = 1e-3
 # int8 weight-only: measured top-1 agreement with HF fp32 0.959 (140/146 positions).
-INT8_MIN_TOP1_AGREEMENT = 0.90
+INT8_MIN_TOP1_AGREEMENT = 0.95
 # Perplexity of the quantized formats on ENGLISH relative to fp32 (measured: see the test).
 QUANTIZED_MAX_PPL_RATIO = 1.05
 
