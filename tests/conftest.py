@@ -60,3 +60,22 @@ def postgres_url() -> Iterator[str]:
 
     with running_postgres() as url:
         yield url
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-skips",
+        action="store_true",
+        help="fail the run if any test is skipped (make test: the Makefile installs every "
+        "dependency a test needs, so a skip would hide a test that never ran)",
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not session.config.getoption("--no-skips") or exitstatus != pytest.ExitCode.OK:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        reporter.write_line(f"--no-skips: {len(skipped)} test(s) skipped; a skip is not a pass")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
