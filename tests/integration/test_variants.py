@@ -7,10 +7,8 @@ import uuid
 import httpx
 import pytest
 from helpers.http import new_namespace, nudge_variant
-from helpers.live_server import serve_in_thread
-from helpers.server import TINY_NAME, LiveServer
+from helpers.server import TINY_NAME, LiveServer, running, tiny_settings
 
-from glassbox.app import create_app
 from glassbox.features.variant import FeatureRef, VariantSpec
 from glassbox.features.variants import VariantService
 from glassbox.principal import LOCAL
@@ -141,17 +139,30 @@ def test_variant_errors(http, feature) -> None:
     assert [v["variant_id"] for v in listed] == ["default", "v"]
 
 
-def test_variants_survive_a_restart(tiny_server: LiveServer, http, feature) -> None:
-    """A second app over the same database (same cache_dir) sees what the first stored."""
+def test_variants_survive_a_restart(tiny_model_dir, tmp_path) -> None:
+    """A server stopped (engine and app shut down) and started again on the same cache
+    directory and database serves the variants the first one stored."""
+    settings = tiny_settings(tiny_model_dir, tmp_path)
     s = new_namespace()
-    body = {"session_id": s, "variant_id": "kept", "variant": nudge_variant(feature, 0.4)}
-    assert http.post("/variants", json=body).status_code == 201
-    second = create_app(tiny_server.settings, tiny_server.engine)
-    with serve_in_thread(second) as url, httpx.Client(base_url=url, timeout=30) as other:
-        assert second.state.variants is not tiny_server.app.state.variants
-        r = other.get(f"/variants/{s}/kept")
+    with running(settings) as first, httpx.Client(base_url=first.base_url, timeout=120) as http:
+        r = http.post("/features/search", json={"query": "pirate", "session_id": s})
         assert r.status_code == 200, r.text
-        assert edit_values(r.json()) == {feature["uuid"]: 0.4}
+        feature = r.json()[0]
+        body = {"session_id": s, "variant_id": "kept", "variant": nudge_variant(feature, 0.4)}
+        assert http.post("/variants", json=body).status_code == 201
+        r = http.put(f"/variants/{s}/default", json={"variant": nudge_variant(feature, -0.2)})
+        assert r.status_code == 200, r.text
+        stored = {v: http.get(f"/variants/{s}/{v}").json() for v in ("default", "kept")}
+    assert not first.engine.is_alive  # the first server is gone
+    with running(settings) as second, httpx.Client(base_url=second.base_url, timeout=30) as http:
+        listed = http.get("/variants", params={"session_id": s}).json()["data"]
+        assert [v["variant_id"] for v in listed] == ["default", "kept"]
+        for variant_id, before in stored.items():
+            r = http.get(f"/variants/{s}/{variant_id}")
+            assert r.status_code == 200, r.text
+            assert r.json()["variant"] == before["variant"]
+        assert edit_values(http.get(f"/variants/{s}/kept").json()) == {feature["uuid"]: 0.4}
+        assert edit_values(http.get(f"/variants/{s}/default").json()) == {feature["uuid"]: -0.2}
 
 
 def test_variant_service_persists_in_sqlite(tmp_path) -> None:
