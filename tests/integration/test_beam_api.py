@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers.http import blocks_used, create_state, pirate_variant
 from helpers.server import LiveServer
+from helpers.waiting import async_wait_until
 
 TEXT = "the quick brown fox jumps over the lazy dog"
 
@@ -106,7 +107,9 @@ async def test_other_requests_run_between_search_steps(tiny_server: LiveServer) 
             "state_id": state_id, "num_beams": 8, "max_length": 480,
             "early_stopping": "never", "length_penalty": 1.0,
         }))  # fmt: skip
-        await asyncio.sleep(0.2)  # the search is under way
+        # The search is under way once its beams hold blocks beyond the state's.
+        held = blocks_used(tiny_server)
+        assert await async_wait_until(lambda: blocks_used(tiny_server) > held)
         await timed("token", "/generate/token", {"state_id": state_id, "max_tokens": 4})
         await search
         assert finished["token"] < finished["beam"]
