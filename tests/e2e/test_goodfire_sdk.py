@@ -20,6 +20,7 @@ from goodfire.api.exceptions import InvalidRequestException, NotFoundException
 from helpers.live_server import serve_in_thread
 from helpers.server import TINY_NAME, LiveServer, live, tiny_settings
 
+import glassbox
 from glassbox.api.ember.adapter import sse_event
 from glassbox.app import create_app
 from glassbox.config import Settings
@@ -215,7 +216,8 @@ def test_chat_with_a_variant_stream_and_not(gf: goodfire.Client, pirate) -> None
 def test_chat_response_fields(gf: goodfire.Client) -> None:
     # The SDK seeds every request (seed 42): this one runs its 5 tokens without an EOS.
     r = gf.chat.completions.create(MESSAGES, model=ALIAS, max_completion_tokens=5)
-    assert r.model == ALIAS and r.system_fingerprint and r.object == "chat.completion"
+    assert r.model == ALIAS and r.object == "chat.completion"
+    assert r.system_fingerprint.startswith(f"glassbox-{glassbox.__version__}-")
     assert r.choices[0].finish_reason == "length"
     assert r.gf_event_names is None
     chunks = list(
@@ -318,9 +320,17 @@ def test_sse_event_escapes_data_prefix() -> None:
     assert json.loads(event[6:]) == payload
 
 
-def test_tokenize(http: httpx.Client) -> None:
+def test_tokenize(http: httpx.Client, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
     r = http.post("/chat/tokenize", json={"messages": MESSAGES, "model": ALIAS})
-    assert r.status_code == 200 and len(r.json()["tokens"]) > 3
+    assert r.status_code == 200
+    tokens = [t["value"] for t in r.json()["tokens"]]
+    # The tiny model's chat template, without a generation prompt, token by token.
+    text = "<|im_start|>user\nTell me about your day.<|im_end|>\n"
+    assert "".join(tokens) == text
+    hf = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    assert len(tokens) == len(hf(text, add_special_tokens=False)["input_ids"])
 
 
 # --- the whole flow on the bundled model ---------------------------------------------------
