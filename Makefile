@@ -44,6 +44,8 @@ bench: $(STAMP)
 
 # Mutation testing of the core paths ([tool.mutmut] in pyproject.toml); not part of `make test`.
 # Results accumulate in mutants/ (a rerun only tests what changed); `mutmut browse` shows them.
+# One OpenMP thread: mutmut forks a child per mutant, and a forked torch with a live OpenMP
+# team hangs (every mutant would time out).
 mutation: $(STAMP)
-	$(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
