@@ -378,7 +378,7 @@ async def test_concurrent_use_of_one_state_leaks_no_blocks(tiny_model_dir, tmp_p
                 assert r.json()["token_ids"] == root["token_ids"][:2]
                 return child
 
-            async def abandoned(i: int) -> None:
+            async def abandoned() -> None:
                 body = {"state_id": root["id"], "max_tokens": 400, "temperature": 0.0,
                         "commit": True}  # fmt: skip
                 with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
@@ -386,7 +386,7 @@ async def test_concurrent_use_of_one_state_leaks_no_blocks(tiny_model_dir, tmp_p
 
             results = await asyncio.gather(
                 *(gen(i) for i in range(12)), *(fork(i) for i in range(6)),
-                *(abandoned(i) for i in range(4)),
+                *(abandoned() for _ in range(4)),
             )  # fmt: skip
             ids = {root["id"]} | {r for r in results if isinstance(r, str)}
             assert len(ids) == 1 + 6 + 6  # the root, the committed generations, the forks
