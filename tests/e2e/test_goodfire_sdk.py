@@ -375,7 +375,8 @@ def test_issue_flow_on_the_bundled_model(tmp_path_factory: pytest.TempPathFactor
         assert len(edits) >= 1
         variant.reset()
         variant.set(edits)
-        assert client.chat.completions.create(question, model=variant, **kw).choices
+        autosteered = client.chat.completions.create(question, model=variant, **kw)
+        assert autosteered.choices[0].message["content"] != plain.choices[0].message["content"]
 
         logits = client.chat.logits(question, model=variant, top_k=7)
         assert len(logits.logits) == 7
