@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import ContextLengthExceeded, InvalidRequest
 from glassbox.requests.builder import EngineRequest, RequestBuilder, about
 from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
@@ -104,3 +106,99 @@ def test_engine_refusals_are_about_the_field_the_prompt_came_from():
         with about("text"):
             raise InvalidRequest("the prompt is empty", param="prompt")
     assert info.value.param == "text"
+
+
+class RecordingTokenizer:
+    """Records what the builder asks of the tokenizer (beside the tests above, which use the
+    real one): the arguments must reach it as given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.calls.append(("encode", text, add_special_tokens))
+        return [len(text)]
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        self.calls.append(("decode", list(token_ids), skip_special_tokens))
+        return "text"
+
+
+def test_text_and_decode_pass_their_arguments_to_the_tokenizer():
+    tok = RecordingTokenizer()
+    build = RequestBuilder(tok, vocab_size=10, max_model_len=LIMIT)
+    assert build.text("abc") == [3]
+    assert build.text("abcd", add_special_tokens=False) == [4]
+    assert build.decode([1, 2]) == "text"
+    assert build.decode([3], skip_special_tokens=False) == "text"
+    assert tok.calls == [
+        ("encode", "abc", True),
+        ("encode", "abcd", False),
+        ("decode", [1, 2], True),
+        ("decode", [3], False),
+    ]
+    with pytest.raises(InvalidRequest) as bad:
+        build.decode([1, 10])
+    assert bad.value.param == "tokens" and tok.calls[-1] == ("decode", [3], False)
+
+
+def test_decode_keeps_or_drops_special_tokens(build, tiny_tokenizer):
+    end = tiny_tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
+    ids = build.text("Hello") + [end]
+    assert build.decode(ids) == tiny_tokenizer.decode(ids, skip_special_tokens=True)
+    assert build.decode(ids, skip_special_tokens=False).endswith("<|im_end|>")
+    assert "<|im_end|>" not in build.decode(ids)
+
+
+def test_for_engine_takes_the_engines_tokenizer_and_sizes():
+    engine = SimpleNamespace(tokenizer=RecordingTokenizer(), vocab_size=77, max_model_len=99)
+    build = RequestBuilder.for_engine(engine)
+    assert (build.tokenizer, build.vocab_size, build.max_model_len) == (
+        engine.tokenizer, 77, 99,
+    )  # fmt: skip
+
+
+def test_a_template_error_names_messages_by_default(build, monkeypatch):
+    monkeypatch.setattr(build.tokenizer.hf, "chat_template", None)
+    with pytest.raises(InvalidRequest) as info:
+        build.chat(MESSAGES)
+    assert info.value.param == "messages"
+
+
+def test_a_one_token_prompt_is_a_prompt(build):
+    assert build.max_tokens(1, None, prompt_param="prompt") == LIMIT - 1
+    with pytest.raises(InvalidRequest) as empty:
+        build.max_tokens(0, None, prompt_param="prompt")
+    assert str(empty.value) == "the prompt is empty; send at least one token"
+    with pytest.raises(InvalidRequest) as stop:
+        build.params(max_tokens=1, stop=[""])
+    assert str(stop.value) == "stop strings must not be empty"
+
+
+def test_params_defaults_are_the_engines_and_every_field_gets_through(build):
+    assert build.params(max_tokens=5) == SamplingParams(max_tokens=5)
+    w = torch.ones(8)
+    plan = SteeringPlan([ResolvedEdit(Direction("d", 0, w, 0.0, w), "nudge", 1.0)], [])
+    given = {
+        "temperature": 0.3, "top_p": 0.7, "top_k": 4, "min_p": 0.2, "presence_penalty": 0.5,
+        "frequency_penalty": -0.5, "repetition_penalty": 1.3, "logit_bias": {2: -1.5},
+        "stop": ["x", "yz"], "stop_token_ids": [3, 4], "ignore_eos": True, "seed": 11,
+        "logprobs": 2, "skip_special_tokens": False, "steering": plan, "keep_kv": True,
+    }  # fmt: skip
+    assert build.params(max_tokens=6, **given) == SamplingParams(max_tokens=6, **given)
+
+
+def test_request_checks_the_context_then_builds_the_params(build):
+    prompt = [5] * 10
+    request = build.request(prompt, prompt_param="messages", max_tokens=4, seed=9, top_k=2)
+    assert request.prompt_ids == prompt and request.prompt_ids is not prompt
+    assert request.params == SamplingParams(max_tokens=4, seed=9, top_k=2)
+    assert build.request(prompt, prompt_param="messages").params.max_tokens == LIMIT - 10
+    with pytest.raises(ContextLengthExceeded) as over:  # not capped unless asked
+        build.request(prompt, prompt_param="messages", max_tokens=LIMIT)
+    assert over.value.param == "max_tokens"
+    capped = build.request(prompt, prompt_param="messages", max_tokens=LIMIT, cap=True)
+    assert capped.params.max_tokens == LIMIT - 10
+    with pytest.raises(ContextLengthExceeded) as full:
+        build.request([5] * LIMIT, prompt_param="text")
+    assert full.value.param == "text"
