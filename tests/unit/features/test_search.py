@@ -13,7 +13,7 @@ from glassbox.features.dictionary import FeatureDictionary
 from glassbox.features.label_encoder import LabelEncoder
 from glassbox.features.search import MAX_TOP_K, FeatureIndex, feature_text
 
-CONCEPTS = Path(__file__).resolve().parents[2] / "src/glassbox/features/data/concepts.json"
+CONCEPTS = Path(__file__).resolve().parents[3] / "src/glassbox/features/data/concepts.json"
 
 LABELS = {
     "Formal writing style": "Polite, formal register of business letters and official documents",

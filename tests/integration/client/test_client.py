@@ -14,7 +14,7 @@ from helpers.server import LiveServer
 from glassbox.client import Client, GlassboxError, NotFoundError
 
 TEXT = "the quick brown fox jumps over the lazy dog and then the dog runs after the fox"
-DEMO = Path(__file__).parents[2] / "examples" / "states_demo.py"
+DEMO = Path(__file__).parents[3] / "examples" / "states_demo.py"
 
 
 @pytest.fixture

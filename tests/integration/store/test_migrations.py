@@ -32,7 +32,7 @@ from glassbox.store import Base, Database, StateRow, VariantRow, migrate
 # The parent state's tokens in tests/data/pre_alembic_main.sql (int32, little-endian).
 PARENT_TOKENS_HEX = "01000000DA2500001C00000000000000FFBF0000"
 
-PRE_ALEMBIC_SQL = Path(__file__).parents[1] / "data" / "pre_alembic_main.sql"
+PRE_ALEMBIC_SQL = Path(__file__).parents[2] / "data" / "pre_alembic_main.sql"
 
 # What tests/data/make_pre_alembic_main.py stored.
 PRE_ALEMBIC_VARIANTS = {
