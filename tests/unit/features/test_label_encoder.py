@@ -10,11 +10,6 @@ import torch
 from glassbox.features.label_encoder import LabelEncoder, default_model_path
 
 
-@pytest.fixture(scope="session")
-def embedder() -> LabelEncoder:
-    return LabelEncoder.default()
-
-
 @pytest.fixture(scope="module")
 def small(embedder) -> LabelEncoder:
     """A second embedder with small batches and a two-entry cache."""

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from glassbox.features.dictionary import FeatureDictionary
-from glassbox.features.label_encoder import LabelEncoder
 from glassbox.features.search import MAX_TOP_K, FeatureIndex, feature_text
 
 CONCEPTS = Path(__file__).resolve().parents[3] / "src/glassbox/features/data/concepts.json"
@@ -42,11 +41,6 @@ PARAPHRASES = {
     "I have a headache and a high temperature": "Medical symptoms",
     "the team won the championship game": "Sports",
 }
-
-
-@pytest.fixture(scope="session")
-def embedder() -> LabelEncoder:
-    return LabelEncoder.default()
 
 
 def make_dictionary(
