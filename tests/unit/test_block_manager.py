@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from glassbox.engine.block_manager import BlockManager
+from glassbox.engine.errors import OutOfBlocks
 from glassbox.engine.sequence import SamplingParams, Sequence
 from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
 
@@ -168,3 +169,163 @@ def test_steered_kv_never_enters_or_comes_from_the_prefix_cache(engine):
     engine.generate([prompt], steered)
     assert fresh.hash_to_block == {}
     assert engine.generate([prompt], GREEDY)[0]["token_ids"] == cold
+
+
+def test_a_new_pool_is_all_free_and_unreferenced_and_counts_no_hits():
+    bm = BlockManager(4, BS)
+    assert bm.num_free == 4 and bm.num_used == 0
+    assert [b.ref_count for b in bm.blocks] == [0, 0, 0, 0]
+    assert bm.prefix_hits == 0
+
+
+def test_blocks_filled_while_decoding_are_registered_from_the_first_one():
+    """may_append registers each block as the token completing it is appended, chained
+    from the start of the sequence: a later prompt with those tokens reuses them."""
+    bm = BlockManager(4, BS)
+    a = _seq([1, 2, 3])  # one partial block: nothing registered yet
+    bm.allocate(a)
+    assert bm.hash_to_block == {}
+    for t in [4, 5, 6, 7, 8]:
+        a.append(t)
+        bm.may_append(a)
+    assert len(a.block_table) == 2 and bm.num_used == 2
+    b = _seq([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    bm.allocate(b)
+    assert b.num_cached_tokens == 8
+    assert b.block_table[:2] == a.block_table
+    assert bm.prefix_hits == 2
+
+
+def test_the_least_recently_freed_cached_block_is_evicted_first():
+    bm = BlockManager(4, BS)
+    a = _seq([1, 2, 3, 4, 5])
+    b = _seq([11, 12, 13, 14, 15])
+    bm.allocate(a)
+    bm.allocate(b)
+    bm.free_sequence(a)  # freed first: its cached block goes first
+    bm.free_sequence(b)
+    bm.allocate(_seq([21, 22, 23, 24, 25]))  # takes two of the four free blocks
+    b_again = _seq([11, 12, 13, 14, 16])
+    bm.allocate(b_again)
+    assert b_again.num_cached_tokens == 4  # b's prefix survived
+    bm.free_sequence(b_again)
+    a_again = _seq([1, 2, 3, 4, 6])
+    bm.allocate(a_again)
+    assert a_again.num_cached_tokens == 0  # a's was handed out
+
+
+def test_an_evicted_block_leaves_the_cache_even_if_the_same_tokens_refill_it():
+    """A block handed out again must no longer answer for its old prefix, even when its
+    new owner writes the same tokens there after a different prefix (other KV)."""
+    bm = BlockManager(2, BS)
+    t, p = [1, 2, 3, 4], [9, 8, 7, 6]
+    a = _seq(t + [5])
+    bm.allocate(a)
+    bm.free_sequence(a)
+    b = _seq(p + t)  # takes both blocks: t's block now holds t after p
+    bm.allocate(b)
+    assert b.num_cached_tokens == 0
+    bm.free_sequence(b)
+    c = _seq(t + [6])
+    bm.allocate(c)
+    assert c.num_cached_tokens == 0
+    assert bm.prefix_hits == 0
+
+
+def test_a_prefix_registered_twice_stays_cached_when_the_older_copy_is_evicted():
+    bm = BlockManager(4, BS)
+    t = [1, 2, 3, 4]
+    a = _seq(t + [5])
+    bm.allocate(a)
+    b = _seq(t + [5])
+    bm.allocate(b, use_cache=False)  # computed again (a capture): registered again
+    assert b.num_cached_tokens == 0 and b.block_table[0] != a.block_table[0]
+    copy = b.block_table[0]
+    bm.free_sequence(a)
+    bm.free_sequence(b)
+    bm.allocate(_seq([21, 22, 23, 24, 25]))  # evicts a's two blocks, the oldest freed
+    d = _seq(t + [6])
+    bm.allocate(d)
+    assert d.num_cached_tokens == 4 and d.block_table[0] == copy
+
+
+def test_after_a_cache_miss_no_later_block_is_taken_from_the_cache():
+    """A cached block is only valid after the KV of every block before it: once one
+    misses, the rest are computed even if the later blocks are still cached."""
+    bm = BlockManager(8, BS)
+    t1, t2 = [1, 2, 3, 4], [5, 6, 7, 8]
+    a = _seq(t1 + t2 + [9])
+    bm.allocate(a)
+    # A capture recomputes t1 and registers it anew; that copy is then evicted, so t1 is
+    # no longer cached while a's block for t2 (after t1) still is.
+    c = _seq(t1 + [10])
+    bm.allocate(c, use_cache=False)
+    bm.free_sequence(c)
+    bm.allocate(_seq(list(range(100, 120))))  # the five free blocks, c's among them
+    bm.free_sequence(a)
+    hits = bm.prefix_hits
+    e = _seq(t1 + t2 + [11])
+    bm.allocate(e)
+    assert e.num_cached_tokens == 0 and e.num_computed_tokens == 0
+    assert a.block_table == [] and bm.prefix_hits == hits
+    assert bm.blocks[e.block_table[1]].token_ids == tuple(t2)
+
+
+def test_can_allocate_counts_exactly_the_blocks_needed():
+    bm = BlockManager(3, BS)
+    assert bm.can_allocate(_seq(list(range(12))))  # three blocks: the whole pool
+    assert not bm.can_allocate(_seq(list(range(13))))
+
+
+def test_continuing_from_a_handle_needs_and_takes_only_the_blocks_after_it():
+    bm = BlockManager(3, BS)
+    prompt = list(range(9))
+    a = _seq(prompt)
+    bm.allocate(a)
+    handle = bm.hold(prompt, a.block_table)  # KV of 8 tokens: two full blocks
+    bm.free_sequence(a)
+    assert bm.num_free == 1
+    seq = Sequence(prompt + [20, 21, 22], SamplingParams(), BS, prefix=handle)  # 3 blocks
+    assert bm.can_allocate(seq)  # the two shared blocks cost nothing
+    bm.allocate(seq)
+    assert seq.block_table[:2] == list(handle.block_ids) and len(seq.block_table) == 3
+    assert [bm.blocks[b].ref_count for b in seq.block_table] == [2, 2, 1]
+    assert seq.num_computed_tokens == 8 and bm.num_free == 0
+    bm.free_sequence(seq)
+    bm.release(handle)
+    assert bm.num_free == 3 and all(b.ref_count == 0 for b in bm.blocks)
+
+
+def test_a_released_handle_cannot_be_shared_again():
+    bm = BlockManager(4, BS)
+    a = _seq(list(range(6)))
+    bm.allocate(a)
+    handle = bm.hold(a.token_ids, a.block_table)
+    bm.free_sequence(a)
+    bm.release(handle)
+    with pytest.raises(AssertionError):
+        bm.share(handle)
+
+
+def test_take_blocks_takes_the_whole_pool_and_no_more():
+    bm = BlockManager(3, BS)
+    assert len(bm.take_blocks(3)) == 3 and bm.num_free == 0
+    with pytest.raises(OutOfBlocks, match="0 free blocks, 1 needed"):
+        bm.take_blocks(1)
+
+
+def test_can_append_needs_a_free_block_only_when_the_token_starts_one():
+    bm = BlockManager(3, BS)
+    a, b = _seq([1, 2, 3, 4]), _seq([5, 6, 7, 8])
+    bm.allocate(a)
+    bm.allocate(b)
+    a.append(9)  # starts a second block: the last free one is enough
+    assert bm.num_free == 1 and bm.can_append(a)
+    bm.may_append(a)
+    assert len(a.block_table) == 2 and bm.num_free == 0
+    b.append(9)  # needs a block, none left
+    assert not bm.can_append(b)
+    a.append(10)  # fits in a's second block
+    assert bm.can_append(a)
+    bm.may_append(a)
+    assert len(a.block_table) == 2
