@@ -179,3 +179,37 @@ def test_logprobs_are_the_raw_model_log_softmax():
     assert tok == 1  # the penalty moved the choice away from token 2 ...
     assert info.logprob == pytest.approx(float(raw[1]))  # ... but logprobs are unpenalized
     assert [t for t, _ in info.top] == [2, 1]
+
+
+def test_repetition_penalty_divides_small_positive_logits_too():
+    logits = torch.tensor([0.5, -0.5, 1.0, 3.0])
+    seq = _seq(prompt=[0, 1, 2], repetition_penalty=2.0)
+    out = apply_penalties(logits.clone(), seq)
+    assert torch.equal(out, torch.tensor([0.25, -1.0, 0.5, 3.0]))
+
+
+def test_logit_bias_is_added_to_the_logit():
+    logits = torch.tensor([[3.0, 2.5, 0.0]])
+    (tok,), _ = Sampler()(logits.clone(), [_seq(temperature=0.0, logit_bias={1: 1.0})])
+    assert tok == 1  # 2.5 + 1.0 beats 3.0
+    (tok,), _ = Sampler()(logits.clone(), [_seq(temperature=0.0, logit_bias={2: 2.9})])
+    assert tok == 0  # 0.0 + 2.9 does not
+
+
+def test_min_p_one_keeps_every_token_tied_for_the_top():
+    logits = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    assert set(_draw(logits, 200, temperature=1.0, min_p=1.0)) == {0, 1}
+
+
+def test_top_p_stops_at_the_token_whose_mass_reaches_it_exactly():
+    # four equally likely tokens (1/4 each, exact): two of them reach 0.5
+    counts = _draw(torch.zeros(4), 400, temperature=1.0, top_p=0.5)
+    assert len(counts) == 2
+
+
+def test_a_temperature_that_overflows_the_logits_still_yields_a_token_in_the_vocabulary():
+    """1e-39 passes validation (> 0) but logits / 1e-39 overflow to inf, the probabilities
+    are NaN; the token must stay a valid id."""
+    logits = torch.tensor([[3.0, 1.0, -2.0, 0.5]])
+    (tok,), _ = Sampler()(logits.clone(), [_seq(temperature=1e-39, seed=1)])
+    assert 0 <= tok < 4
