@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from glassbox.engine.block_manager import BlockManager
 from glassbox.engine.errors import PromptTooLong, RequestRejected
-from glassbox.engine.sequence import SamplingParams
+from glassbox.engine.scheduler import Scheduler
+from glassbox.engine.sequence import SamplingParams, Sequence, SequenceStatus
 
 
 def _params(n: int) -> SamplingParams:
@@ -117,3 +119,82 @@ def test_context_larger_than_the_pool_cannot_livelock(make_engine):
     seq = engine.add_request(list(range(1, 10)), _params(100))
     _run_bounded(engine)
     assert seq.finish_reason == "length"
+
+
+BS = 4
+
+
+def _seq(ids, prefix=None) -> Sequence:
+    return Sequence(list(ids), SamplingParams(), BS, prefix)
+
+
+def test_prefill_admits_prompts_up_to_exactly_the_token_budget():
+    sched = Scheduler(BlockManager(32, BS), max_num_seqs=8, max_num_batched_tokens=12)
+    seqs = [_seq(range(10 * i, 10 * i + 6)) for i in range(3)]  # 6 tokens each
+    for s in seqs:
+        sched.add(s)
+    batch, is_prefill = sched.schedule()
+    assert is_prefill and batch == seqs[:2]  # 6 + 6 = 12 fits; a third would not
+    assert [s.status for s in seqs] == [SequenceStatus.RUNNING] * 2 + [SequenceStatus.WAITING]
+    assert list(sched.waiting) == seqs[2:]
+
+
+def test_cached_prompt_tokens_do_not_count_against_the_budget():
+    sched = Scheduler(BlockManager(32, BS), max_num_seqs=8, max_num_batched_tokens=20)
+    first = _seq(range(16))
+    sched.add(first)
+    assert sched.schedule() == ([first], True)
+    again, other = _seq(range(16)), _seq(range(100, 108))
+    sched.add(again)
+    sched.add(other)
+    batch, is_prefill = sched.schedule()
+    assert again.num_cached_tokens == 12  # 4 to compute, + 8: within 20
+    assert is_prefill and batch == [again, other]
+
+
+def test_a_continued_state_joins_the_decode_batch_without_an_extra_block():
+    bm = BlockManager(4, BS)
+    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=64)
+    first = _seq([1, 2, 3, 4])
+    bm.allocate(first)
+    handle = bm.hold([1, 2, 3, 4, 5], first.block_table)  # KV of 4 tokens
+    bm.free_sequence(first)
+    seq = _seq([1, 2, 3, 4, 5], prefix=handle)  # only its last token to compute
+    sched.add(seq)
+    assert sched.schedule() == ([seq], False)
+    assert len(seq.block_table) == 2 and bm.num_used == 2
+    assert seq.status == SequenceStatus.RUNNING
+
+
+def test_out_of_blocks_the_last_running_sequence_is_preempted_and_the_others_decode():
+    bm = BlockManager(3, BS)
+    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=64)
+    a, b = _seq([1, 2, 3, 4, 5]), _seq([6, 7, 8, 9])  # 2 + 1 blocks: the whole pool
+    sched.add(a)
+    sched.add(b)
+    assert sched.schedule() == ([a, b], True)
+    a.append(10)  # fits in a's second block
+    b.append(10)  # needs a block: none free, and nobody after b to preempt
+    batch, is_prefill = sched.schedule()
+    assert (batch, is_prefill) == ([a], False)
+    assert list(sched.running) == [a] and list(sched.waiting) == [b]
+    assert b.status == SequenceStatus.WAITING and b.block_table == []
+    assert bm.num_free == 1
+
+
+def test_finishing_a_waiting_sequence_removes_it_and_releases_its_prefix():
+    bm = BlockManager(4, BS)
+    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=64)
+    first = _seq(range(8))
+    bm.allocate(first)
+    handle = bm.hold(list(range(9)), first.block_table)
+    bm.free_sequence(first)
+    waiting = _seq(list(range(9)) + [50], prefix=handle)
+    other = _seq([60, 61])
+    sched.add(waiting)
+    sched.add(other)
+    sched.finish(waiting, "abort")  # aborted before it ever ran
+    assert list(sched.waiting) == [other]
+    assert waiting.is_finished and waiting.finish_reason == "abort"
+    assert waiting.prefix is None and bm.num_free == 4
+    assert sched.schedule() == ([other], True)
