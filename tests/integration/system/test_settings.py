@@ -144,12 +144,14 @@ def test_a_server_configured_from_the_environment(
         shape = engine.model_config  # the model GLASSBOX_MODEL names: the tiny Llama
         vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
         assert (shape.hidden_size, shape.num_layers, shape.vocab_size) == (HIDDEN, 2, vocab)
-        config = engine._engine.config
+        # the engine's own view, through its one public door (the engine thread)
+        config = asyncio.run(engine.call(lambda e: e.config))
         assert (config.block_size, config.max_model_len) == (block_size, 200)
         assert (config.max_num_seqs, config.max_num_batched_tokens) == (3, 300)
         assert config.num_blocks == kv_bytes // block_bytes
         assert http.get("/health").json()["kv_blocks_total"] == kv_bytes // block_bytes
-        assert {lin.fmt for lin in linears(engine._engine.model)} == {"float32"}
+        formats = asyncio.run(engine.call(lambda e: {lin.fmt for lin in linears(e.model)}))
+        assert formats == {"float32"}
         # the engine thread, which runs every forward pass, uses the configured thread count
         assert asyncio.run(engine.call(lambda _: torch.get_num_threads())) == 1
         tokens = http.post("/tokenize", json={"prompt": "word " * 300}).json()
