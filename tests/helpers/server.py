@@ -76,3 +76,16 @@ def live(settings: Settings, step_delay: float = 0.0) -> Iterator[LiveServer]:
 def running(settings: Settings) -> Iterator[LiveServer]:
     """A live server of its own (own engine, cache and database) for the block's length."""
     yield from live(settings)
+
+
+def fail_after_first(monkeypatch, owner: object, name: str, error: Exception) -> None:
+    """Make the live app's `owner.name` (an async generator method of a service) yield its
+    first item, then raise `error`: an error raised by the live server mid-stream."""
+    real = getattr(owner, name)
+
+    async def failing(*args, **kwargs):
+        async for item in real(*args, **kwargs):
+            yield item
+            raise error
+
+    monkeypatch.setattr(owner, name, failing)

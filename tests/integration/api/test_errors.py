@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from helpers.server import TINY_MAX_LEN, TINY_NAME
+from helpers.server import TINY_MAX_LEN, TINY_NAME, fail_after_first
 
 USER = [{"role": "user", "content": "Hi"}]
 
@@ -122,15 +122,11 @@ def test_unexpected_exception_is_a_500_in_the_same_shape(http, tiny_server, monk
 def test_error_after_the_stream_started_is_reported_in_the_stream(http, tiny_server, monkeypatch):
     from glassbox.engine.errors import EngineDeadError
 
-    service = tiny_server.app.state.openai
-    real = service._chat_chunks
-
-    async def failing(*args, **kwargs):
-        async for chunk in real(*args, **kwargs):
-            yield chunk
-            raise EngineDeadError("the engine has stopped")
-
-    monkeypatch.setattr(service, "_chat_chunks", failing)
+    openai_service = tiny_server.app.state.openai
+    fail_after_first(
+        monkeypatch, openai_service, "_chat_chunks",
+        EngineDeadError("the engine has stopped"),
+    )  # fmt: skip
     body = {"messages": USER, "max_tokens": 3, "stream": True}
     with http.stream("POST", "/v1/chat/completions", json=body) as r:
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]

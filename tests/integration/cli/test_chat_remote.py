@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import TINY_ALIAS, LiveServer
+from helpers.server import TINY_ALIAS, LiveServer, fail_after_first
 
 from glassbox.cli import main
 
@@ -76,15 +76,11 @@ def test_an_error_in_the_stream_is_printed_with_a_non_zero_exit(
 ) -> None:
     from glassbox.engine.errors import EngineDeadError
 
-    service = tiny_server.app.state.openai
-    real = service._chat_chunks
-
-    async def failing(*args, **kwargs):
-        async for chunk in real(*args, **kwargs):
-            yield chunk
-            raise EngineDeadError("the engine has stopped")
-
-    monkeypatch.setattr(service, "_chat_chunks", failing)
+    openai_service = tiny_server.app.state.openai
+    fail_after_first(
+        monkeypatch, openai_service, "_chat_chunks",
+        EngineDeadError("the engine has stopped"),
+    )  # fmt: skip
     assert chat(tiny_server, "Hi") == 1
     assert capsys.readouterr().err == "\nerror: the engine has stopped\n"
 

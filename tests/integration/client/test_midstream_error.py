@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from helpers.http import TEXT
-from helpers.server import LiveServer
+from helpers.server import LiveServer, fail_after_first
 
 from glassbox.client import Client, GlassboxError, NotFoundError
 from glassbox.engine.errors import EngineDeadError
@@ -26,15 +26,7 @@ def fail_after_first_token(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch, error: DomainError
 ) -> None:
     """The live app's state service yields one generation step, then raises `error`."""
-    service = server.app.state.states
-    real = service.generate
-
-    async def failing(*args, **kwargs):
-        async for item in real(*args, **kwargs):
-            yield item
-            raise error
-
-    monkeypatch.setattr(service, "generate", failing)
+    fail_after_first(monkeypatch, server.app.state.states, "generate", error)
 
 
 async def tokens_then_error(c: Client, state_id: str) -> tuple[list[dict], GlassboxError]:
