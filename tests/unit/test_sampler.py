@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glassbox.engine.sampler import Sampler, apply_penalties
-from glassbox.engine.sequence import SamplingParams, Sequence
+from glassbox.engine.sequence import GREEDY_BELOW, SamplingParams, Sequence
 
 # probabilities 0.5, 0.3, 0.15, 0.05 over a 4-token vocabulary
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
@@ -207,9 +207,13 @@ def test_top_p_stops_at_the_token_whose_mass_reaches_it_exactly():
     assert len(counts) == 2
 
 
-def test_a_temperature_that_overflows_the_logits_still_yields_a_token_in_the_vocabulary():
-    """1e-39 passes validation (> 0) but logits / 1e-39 overflow to inf, the probabilities
-    are NaN; the token must stay a valid id."""
+def test_a_temperature_too_small_to_divide_by_samples_greedily():
+    """logits / 1e-39 would overflow to inf and the probabilities to NaN: temperatures below
+    GREEDY_BELOW take the argmax."""
     logits = torch.tensor([[3.0, 1.0, -2.0, 0.5]])
-    (tok,), _ = Sampler()(logits.clone(), [_seq(temperature=1e-39, seed=1)])
-    assert 0 <= tok < 4
+    for temperature in (1e-39, 1e-6):
+        (tok,), _ = Sampler()(logits.clone(), [_seq(temperature=temperature, seed=1)])
+        assert tok == 0
+    # Just above it, the row still samples (seeded; token 1 has probability e^-2e5 ~ 0).
+    (tok,), _ = Sampler()(logits.clone(), [_seq(temperature=GREEDY_BELOW * 2, seed=1)])
+    assert tok == 0 and SamplingParams(temperature=GREEDY_BELOW * 2).greedy is False

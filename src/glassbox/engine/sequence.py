@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 # finish_reason of a sequence stopped by a variant's abort_when scope.
 STEERING_ABORT = "steering_abort"
+# The smallest temperature that samples (vLLM's _SAMPLING_EPS); below it, the argmax.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperatures below GREEDY_BELOW sample greedily: dividing logits by them would
+        overflow to inf and the probabilities to NaN."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def needs_penalties(self) -> bool:
