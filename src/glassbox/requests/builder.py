@@ -151,7 +151,7 @@ class RequestBuilder:
         `stop_token_ids`); `top_k` of 0 or below turns top-k off."""
         bias = {int(k): float(v) for k, v in (logit_bias or {}).items()}
         self.token_ids(bias, "logit_bias")
-        stops = [s for s in stop]
+        stops = list(stop)
         if any(not s for s in stops):
             raise InvalidRequest("stop strings must not be empty", param="stop")
         return SamplingParams(

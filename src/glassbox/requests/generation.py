@@ -56,10 +56,6 @@ class GenerationService:
         self.max_model_len = engine.max_model_len
         self.requests = RequestBuilder.for_engine(engine)
 
-    @property
-    def engine_alive(self) -> bool:
-        return self.engine.is_alive
-
     def ensure_alive(self) -> None:
         """Refuse now (a 503) what a stopped engine cannot run: a stream would otherwise
         answer 200 before the engine's refusal arrives."""

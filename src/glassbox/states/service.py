@@ -71,8 +71,7 @@ class StateService:
         self.exports = self.directory / "exports"
         self.fingerprint = fingerprint
         self.requests = generation.requests
-        self.model_config = self.engine.model_config
-        self.kv_bytes_per_token = self.model_config.kv_bytes_per_token()
+        self.kv_bytes_per_token = self.engine.model_config.kv_bytes_per_token()
         block_bytes = self.kv_bytes_per_token * self.engine.block_size
         self.residency = Residency(budget_bytes, block_bytes)
         # The largest state file this model can have: KV and ids of a full context, a header.

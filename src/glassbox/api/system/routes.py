@@ -7,7 +7,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from glassbox.api.deps import GenerationDep, MetricsDep, RegistryDep
 from glassbox.api.system.schemas import Health
-from glassbox.engine.errors import EngineDeadError
 
 router = APIRouter(tags=["system"])
 
@@ -18,8 +17,7 @@ async def health(
     models: RegistryDep,
 ) -> Health:
     """200 while the engine thread serves; 503 once it has died, so a supervisor restarts us."""
-    if not gen.engine_alive:
-        raise EngineDeadError("the engine has stopped")
+    gen.ensure_alive()
     return Health(model=models.served_name, **gen.stats())
 
 
