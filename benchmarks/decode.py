@@ -142,7 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated list")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"])
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8", "int4", "q4"]
+    )
     parser.add_argument("--sample", action="store_true", help="temperature 0.7, top_p 0.9")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best counts")
@@ -153,15 +155,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from glassbox.config import Settings
-    from glassbox.models.loader import choose_format
+    from glassbox.models.kernels import describe_cpu
     from glassbox.runtime import load_engine
 
     settings = Settings(dtype=args.dtype, max_num_seqs=max(32, *concurrencies))
     t0 = time.perf_counter()
     engine, resolved = load_engine(settings)
+    fmt = f"{engine.model.fmt}, prefill {engine.model.prefill}"
+    print(describe_cpu())
     print(f"model: {resolved.name} from {resolved.directory}")
     print(
-        f"glassbox weights: {choose_format(args.dtype)} (--dtype {args.dtype}); "
+        f"glassbox weights: {fmt} (--dtype {args.dtype}); "
         f"loaded in {time.perf_counter() - t0:.1f} s; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {args.new_tokens} new tokens per request; "
         f"{'sampling' if args.sample else 'greedy'}"
@@ -178,7 +182,7 @@ def main() -> None:
     glassbox: dict[int, float] = {}
     for c in concurrencies:
         glassbox[c] = bench_glassbox(engine, c, args.new_tokens, args.sample, args.repeats)
-        rows.append((f"glassbox {choose_format(args.dtype)}, concurrency {c}", glassbox[c]))
+        rows.append((f"glassbox {engine.model.fmt}, concurrency {c}", glassbox[c]))
         print(f"  glassbox c={c}: {glassbox[c]:.1f} tok/s", flush=True)
 
     if args.skip_llama_cpp:

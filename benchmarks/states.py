@@ -84,7 +84,7 @@ def main() -> None:
         copy_block(src, dst)
 
     llm.block_manager.copy_block = counting_copy
-    engine = AsyncLLMEngine(llm)
+    engine = AsyncLLMEngine(lambda: llm)
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{Path(tmp) / 'states.db'}")
         generation = GenerationService(engine, Metrics())

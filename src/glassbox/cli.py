@@ -40,7 +40,7 @@ _SERVE_FLAGS = [
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="'bundled', an HF model directory or a .gguf file")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "int8", "int4"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "int8", "int4", "q4"])
     p.add_argument("--max-model-len", type=int, help="context length")
     p.add_argument("--kv-cache-bytes", type=int, help="memory for the paged KV pool")
     p.add_argument("--num-threads", type=int, help="torch intra-op threads")
@@ -92,11 +92,40 @@ def _parser() -> argparse.ArgumentParser:
     load = states_sub.add_parser("import", help="upload a local state file as a new state")
     load.add_argument("file", type=Path)
 
+    bench = sub.add_parser("bench", help="measurements on this machine")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    kernels = bench_sub.add_parser(
+        "kernels",
+        help="time every weight format for the model's shapes, check its quality, print the "
+        "table and cache the choice 'auto' uses on this CPU",
+    )
+    kernels.add_argument("--max-num-seqs", type=int, help="the full batch to time")
+    _add_model_flags(kernels)
+
     db = sub.add_parser("db", help="the database's schema (GLASSBOX_DATABASE_URL)")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="migrate it to the newest revision")
     db_sub.add_parser("current", help="print its revision")
     return parser
+
+
+def bench_kernels(args: argparse.Namespace) -> int:
+    import torch
+
+    from glassbox.models import kernels
+    from glassbox.runtime import resolve
+
+    settings = _settings(args, [*_MODEL_FLAGS, "max_num_seqs"])
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    model = resolve(settings)
+    choice = kernels.choose(
+        model.directory, model.fingerprint, settings.cache_dir, settings.max_num_seqs,
+        measure_again=True,
+    )  # fmt: skip
+    print(choice.table())
+    print(f"cached in {kernels.cache_file(settings.cache_dir, model.fingerprint, choice.batch)}")
+    return 0
 
 
 def states_command(args: argparse.Namespace) -> int:
@@ -228,14 +257,12 @@ def _error_message(text: str) -> str:
 
 
 def _chat_local(args: argparse.Namespace) -> int:
-    from glassbox.engine.async_engine import AsyncLLMEngine
     from glassbox.errors import GlassboxError
     from glassbox.requests.builder import RequestBuilder
-    from glassbox.runtime import load_engine
+    from glassbox.runtime import start_engine
 
     settings = _settings(args, _MODEL_FLAGS)
-    engine, _ = load_engine(settings)
-    aengine = AsyncLLMEngine(engine)
+    aengine, _ = start_engine(settings)
     build = RequestBuilder.for_engine(aengine)
     try:
         request = build.request(
@@ -274,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         return states_command(args)
     if args.command == "db":
         return db_command(args)
+    if args.command == "bench":
+        return bench_kernels(args)
     if args.url:
         return _chat_remote(args)
     return _chat_local(args)

@@ -36,12 +36,17 @@ class Settings(BaseSettings):
         description="Converted models live here (GGUF -> safetensors, once)",
     )
 
-    dtype: Literal["auto", "float32", "bfloat16", "int8", "int4"] = Field(
+    dtype: Literal["auto", "float32", "bfloat16", "int8", "int4", "q4"] = Field(
         "auto",
         description="Weights: 'int4' (per group of 32) or 'int8' (per channel) weight-only with "
-        "bf16 activations, 'bfloat16', 'float32' (exact). 'auto': where the CPU has native "
-        "bf16, weights that are 4-bit already (a Q4 GGUF) stay int4 and the rest become int8; "
-        "elsewhere float32.",
+        "bf16 activations, 'q4' (int4 where the weights are 4-bit already, as in a Q4 GGUF, "
+        "int8 for the rest), 'bfloat16', 'float32' (exact). 'auto': the fastest that keeps "
+        "the quality, measured once per CPU and model (`glassbox bench kernels`).",
+    )
+    prefill_weights: Literal["auto", "kernel", "bfloat16"] = Field(
+        "auto",
+        description="Weights prefill uses with a quantized format: the quantized kernel itself "
+        "('kernel', no second copy) or a dense bf16 copy of them. 'auto': measured.",
     )
     num_threads: int | None = Field(None, description="torch intra-op threads (default: all)")
 
@@ -80,7 +85,12 @@ class Settings(BaseSettings):
         "start-up (building the concept vectors once per model), instead of on first use",
     )
 
-    warm_features_after: float = Field(10.0, ge=0, description="Seconds after start-up")
+    warm_features_after: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds after start-up (the warm-up runs on the engine thread in short "
+        "calls between generation steps; a features request starts it at once)",
+    )
 
     log_level: str = "INFO"
     log_json: bool = True

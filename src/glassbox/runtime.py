@@ -3,9 +3,14 @@ engine, which take plain parameters (they never import glassbox.config)."""
 
 from __future__ import annotations
 
+import torch
+
 from glassbox.config import Settings
+from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
-from glassbox.models.loader import ResolvedModel, choose_format, resolve_model
+from glassbox.models import kernels
+from glassbox.models.layers import PrefillWeights, WeightFormat
+from glassbox.models.loader import ResolvedModel, resolve_model
 
 
 def resolve(settings: Settings) -> ResolvedModel:
@@ -13,17 +18,49 @@ def resolve(settings: Settings) -> ResolvedModel:
     return resolve_model(settings.model, settings.cache_dir, settings.served_model_name)
 
 
+def weight_formats(settings: Settings, model: ResolvedModel) -> tuple[WeightFormat, PrefillWeights]:
+    """The weight format and prefill weights: as set, or measured (once per CPU and model,
+    models/kernels.py) for what is 'auto'. A dense format has no prefill copy to choose."""
+    fmt, prefill = settings.dtype, settings.prefill_weights
+    if fmt == "auto" or (prefill == "auto" and fmt not in ("float32", "bfloat16")):
+        choice = kernels.choose(
+            model.directory, model.fingerprint, settings.cache_dir, settings.max_num_seqs
+        )
+        if fmt == "auto":
+            fmt = choice.fmt
+        if prefill == "auto":
+            prefill = choice.result(fmt).prefill_choice()
+    return fmt, "kernel" if prefill == "auto" else prefill
+
+
 def load_engine(settings: Settings) -> tuple[LLMEngine, ResolvedModel]:
     """Resolve, convert (once) and load the configured model; size the KV pool."""
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
     resolved = resolve(settings)
+    fmt, prefill = weight_formats(settings, resolved)
     engine = LLMEngine.load(
         resolved.directory,
-        choose_format(settings.dtype),
+        fmt,
+        prefill_weights=prefill,
         block_size=settings.block_size,
         kv_cache_bytes=settings.kv_cache_bytes,
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         max_model_len=settings.max_model_len,
-        num_threads=settings.num_threads,
     )
     return engine, resolved
+
+
+def start_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
+    """The server's engine: resolved, converted, loaded and warmed up on the engine thread
+    (async_engine.py says why the thread matters)."""
+    resolved: list[ResolvedModel] = []
+
+    def load() -> LLMEngine:
+        engine, model = load_engine(settings)
+        engine.warm_up()
+        resolved.append(model)
+        return engine
+
+    return AsyncLLMEngine(load), resolved[0]

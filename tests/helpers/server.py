@@ -11,6 +11,7 @@ from pathlib import Path
 from glassbox.app import create_app
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.llm_engine import LLMEngine
 from glassbox.runtime import load_engine
 from helpers.live_server import serve_in_thread
 from helpers.waiting import wait_until
@@ -54,16 +55,19 @@ def tiny_settings(model_dir: Path, cache_dir: Path) -> Settings:
 
 
 def live(settings: Settings, step_delay: float = 0.0) -> Iterator[LiveServer]:
-    engine, _ = load_engine(settings)
-    if step_delay:
-        step = engine.step
+    def load() -> LLMEngine:
+        engine, _ = load_engine(settings)
+        if step_delay:
+            step = engine.step
 
-        def slow_step():
-            time.sleep(step_delay)
-            return step()
+            def slow_step():
+                time.sleep(step_delay)
+                return step()
 
-        engine.step = slow_step
-    aengine = AsyncLLMEngine(engine)
+            engine.step = slow_step
+        return engine
+
+    aengine = AsyncLLMEngine(load)
     app = create_app(settings, aengine)
     try:
         with serve_in_thread(app) as url:

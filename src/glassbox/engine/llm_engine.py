@@ -19,7 +19,7 @@ from glassbox.engine.model_runner import ModelRunner
 from glassbox.engine.sampler import Sampler
 from glassbox.engine.scheduler import Scheduler
 from glassbox.engine.sequence import STEERING_ABORT, SamplingParams, Sequence, TokenLogprob
-from glassbox.models.layers import WeightFormat
+from glassbox.models.layers import PrefillWeights, WeightFormat
 from glassbox.models.llama import LlamaModel
 from glassbox.models.tokenizer import Tokenizer
 from glassbox.steering.plan import SteeringPlan
@@ -93,18 +93,16 @@ class LLMEngine:
         directory: Path,
         weight_format: WeightFormat,
         *,
+        prefill_weights: PrefillWeights = "bfloat16",
         block_size: int = 16,
         kv_cache_bytes: int = 512 * 1024 * 1024,
         max_num_seqs: int = 32,
         max_num_batched_tokens: int = 4096,
         max_model_len: int | None = None,
-        num_threads: int | None = None,
     ) -> LLMEngine:
         """Load the model in `directory` (an HF-layout directory) and size the KV pool to
         `kv_cache_bytes`; `max_model_len` defaults to the model's own context."""
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        model = LlamaModel.load(directory, weight_format)
+        model = LlamaModel.load(directory, weight_format, prefill_weights)
         tokenizer = Tokenizer(directory)
         block_bytes = ModelRunner.kv_bytes_per_block(model, block_size)
         config = EngineConfig(
@@ -115,6 +113,12 @@ class LLMEngine:
             max_model_len=max_model_len or model.config.max_position_embeddings,
         )
         return cls(model, tokenizer, config)
+
+    def warm_up(self) -> None:
+        """One short generation, so that the first request does not pay for the kernels'
+        first-call set-up."""
+        ids = list(range(min(8, self.model.config.vocab_size)))
+        self.generate([ids], SamplingParams(max_tokens=2, ignore_eos=True))
 
     def add_request(
         self,

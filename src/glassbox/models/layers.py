@@ -10,9 +10,19 @@ how many weight bytes each step reads. Formats:
 - 'int4': 4-bit weight-only, asymmetric per group of 32 inputs, bf16 activations
   (`_weight_int4pack_mm_for_cpu`). A GGUF Q4_0/Q4_1 weight *is* 4-bit per group of 32, so
   this reproduces it instead of re-quantizing it (and reads half the bytes of int8).
-- 'auto': int4 for every linear whose weights are exactly 4-bit per group (within float
+- 'q4': int4 for every linear whose weights are exactly 4-bit per group (within float
   rounding), int8 for the rest. Both kernels compute each row of a batch independently, so
   a sequence's logits do not depend on what else is in the batch (seeds reproduce).
+
+Which one is fastest depends on the CPU (bf16 matmuls are fast with AVX512-BF16 and slow
+with AVX2 alone): models/kernels.py measures them.
+
+Prefill (many rows at once) may use other weights than decode (`PrefillWeights`): the
+quantized kernels read few bytes, which wins at decode batch sizes, but some CPUs run a
+bf16 matmul over many rows several times faster (and with AVX2 alone, not). 'kernel'
+keeps no second copy. (A float32 copy is no option: float32 matmuls give a row different
+low bits depending on how many rows are multiplied with it, so a prompt's logits would
+depend on what else is prefilled with it.)
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-WeightFormat = Literal["float32", "bfloat16", "int8", "int4", "auto"]
+WeightFormat = Literal["float32", "bfloat16", "int8", "int4", "q4"]
+PrefillWeights = Literal["kernel", "bfloat16"]
 
 INT4_GROUP = 32
 # A weight counts as 4-bit when re-quantizing it moves no value by more than this fraction
@@ -37,20 +48,28 @@ class Linear:
     bfloat16 for the others.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightFormat):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        fmt: WeightFormat,
+        prefill: PrefillWeights = "bfloat16",
+    ):
         self.out_features, self.in_features = weight.shape
         self.weight: torch.Tensor
         self.scales: torch.Tensor | None = None
-        # For quantized formats, a bf16 copy of the *dequantized* weights: the int4/int8
-        # kernels read few bytes (fast at decode batch sizes) but scale badly with many rows,
-        # where a dense bf16 matmul is ~5x faster. Prefill uses it (`dense=True`).
+        # For quantized formats, a bf16 copy of the *dequantized* weights for prefill
+        # (`dense=True`); None with 'kernel' and for dense formats.
         self.dense: torch.Tensor | None = None
-        if fmt in ("int4", "auto") and self.in_features % INT4_GROUP == 0:
-            packed = _int4_pack(weight, require_lossless=fmt == "auto")
+        dequantized: torch.Tensor | None = None
+        # the CPU int4 kernel packs outputs by 16 and inputs by groups
+        packable = self.out_features % 16 == 0 and self.in_features % INT4_GROUP == 0
+        if fmt in ("int4", "q4") and packable:
+            packed = _int4_pack(weight, require_lossless=fmt == "q4")
             if packed is not None:
                 fmt = "int4"
-                self.weight, self.scales, self.dense = packed
-        if fmt == "auto" or (fmt == "int4" and self.scales is None):
+                self.weight, self.scales, dequantized = packed
+        if fmt == "q4" or (fmt == "int4" and self.scales is None):
             fmt = "int8"
         if fmt == "int8":
             # Symmetric per-output-channel scales: the layout _weight_int8pack_mm expects.
@@ -59,14 +78,17 @@ class Linear:
             scales = w.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
             self.weight = w.div_(scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
             self.scales = scales.to(torch.bfloat16)
-            self.dense = (self.weight.float() * self.scales.float()[:, None]).to(torch.bfloat16)
+            if prefill != "kernel":
+                dequantized = self.weight.float() * self.scales.float()[:, None]
         elif fmt in ("float32", "bfloat16"):
             self.weight = weight.to(activation_dtype(fmt))
+        if dequantized is not None and prefill != "kernel":
+            self.dense = dequantized.to(torch.bfloat16)
         self.fmt: WeightFormat = fmt
         self.bias = None if bias is None else bias.to(activation_dtype(fmt))
 
     def __call__(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
-        """`dense`: use the dequantized bf16 weights (many rows: prefill)."""
+        """`dense`: use the dense prefill weights when there are (many rows: prefill)."""
         if dense and self.dense is not None:
             return F.linear(x, self.dense, self.bias)
         if self.fmt == "int4":
@@ -77,13 +99,18 @@ class Linear:
             return F.linear(x, self.weight, self.bias)
         return y if self.bias is None else y + self.bias
 
+    def weight_bytes(self) -> int:
+        """Bytes held for this layer's weights (codes, scales and any prefill copy)."""
+        held = [self.weight, self.scales, self.dense, self.bias]
+        return sum(t.numel() * t.element_size() for t in held if t is not None)
+
 
 def _int4_pack(
     weight: torch.Tensor, require_lossless: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Asymmetric 4-bit codes per group of 32 inputs, packed for the CPU int4 kernel.
 
-    Returns (packed codes, scales and zeros, dense bf16 dequantized weights), or None when
+    Returns (packed codes, scales and zeros, dequantized float32 weights), or None when
     `require_lossless` and the weight is not 4-bit to begin with.
     The kernel computes w = (q - 8) * scale + zero, so zero = group minimum + 8 * scale.
     """
@@ -101,8 +128,8 @@ def _int4_pack(
     zero_b = (lo + 8 * scale).to(torch.bfloat16)
     scales_zeros = torch.stack([scale_b.view(n, -1).t(), zero_b.view(n, -1).t()], dim=-1)
     # exactly what the kernel computes from the codes: (q - 8) * scale + zero
-    dense = ((codes - 8) * scale_b.float() + zero_b.float()).view(n, k).to(torch.bfloat16)
-    return packed, scales_zeros.contiguous(), dense
+    dequantized = ((codes - 8) * scale_b.float() + zero_b.float()).view(n, k)
+    return packed, scales_zeros.contiguous(), dequantized
 
 
 def activation_dtype(fmt: WeightFormat) -> torch.dtype:

@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from glassbox.models.layers import Linear, WeightFormat, activation_dtype
+from glassbox.models.layers import Linear, PrefillWeights, WeightFormat, activation_dtype
 
 SUPPORTED_ARCHITECTURES = {"llama", "mistral", "qwen2"}
+# Logits recomputed in float32 per row when the LM head's kernel returns bf16 (see `logits`).
+REFINED_LOGITS = 16
 
 
 class LayerHook(Protocol):
@@ -112,9 +114,16 @@ class DecoderLayer:
 
 
 class LlamaModel:
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], fmt: WeightFormat):
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        fmt: WeightFormat,
+        prefill: PrefillWeights = "bfloat16",
+    ):
         self.config = config
         self.fmt = fmt
+        self.prefill = prefill
         self.dtype = activation_dtype(fmt)
         c = config
         if c.tie_word_embeddings:
@@ -135,20 +144,30 @@ class LlamaModel:
             self.layers.append(
                 DecoderLayer(
                     input_norm=weights[p + "input_layernorm.weight"].float(),
-                    qkv=Linear(qkv_w, qkv_b, fmt),
-                    o=Linear(weights[p + "self_attn.o_proj.weight"], None, fmt),
+                    qkv=Linear(qkv_w, qkv_b, fmt, prefill),
+                    o=Linear(weights[p + "self_attn.o_proj.weight"], None, fmt, prefill),
                     post_norm=weights[p + "post_attention_layernorm.weight"].float(),
-                    gate_up=Linear(gate_up, None, fmt),
-                    down=Linear(weights[p + "mlp.down_proj.weight"], None, fmt),
+                    gate_up=Linear(gate_up, None, fmt, prefill),
+                    down=Linear(weights[p + "mlp.down_proj.weight"], None, fmt, prefill),
                 )
             )
         self.norm = weights["model.norm.weight"].float()
-        self.lm_head = Linear(weights["lm_head.weight"], None, fmt)
+        self.lm_head = Linear(weights["lm_head.weight"], None, fmt, prefill)
+        # float32 rows of the LM head for `logits`' refinement (the embedding table itself
+        # when the two are tied: no second copy)
+        self.head_rows = self.embed if c.tie_word_embeddings else weights["lm_head.weight"].float()
         self.inv_freq, self.rope_scale = _rope_parameters(config)
         self._rope_cache = torch.empty(0)
 
     @classmethod
-    def load(cls, model_dir: Path, fmt: WeightFormat) -> LlamaModel:
+    def load(
+        cls, model_dir: Path, fmt: WeightFormat, prefill: PrefillWeights = "bfloat16"
+    ) -> LlamaModel:
+        return cls(*cls.read(model_dir), fmt, prefill)
+
+    @staticmethod
+    def read(model_dir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+        """The config and the weights as stored (before any format conversion)."""
         config = ModelConfig.from_dir(model_dir)
         files = sorted(Path(model_dir).glob("*.safetensors"))
         if not files:
@@ -158,7 +177,7 @@ class LlamaModel:
             with safe_open(str(f), framework="pt") as fh:
                 for name in fh.keys():
                     weights[name] = fh.get_tensor(name)
-        return cls(config, weights, fmt)
+        return config, weights
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for every head of the fused qkv output, [T, heads, D].
@@ -241,8 +260,23 @@ class LlamaModel:
         return qkv[:, : c.num_heads], qkv[:, c.num_heads : c.num_heads + c.num_kv_heads]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from the output of `forward` (the final norm already applied)."""
-        return self.lm_head(hidden.to(self.dtype)).float()
+        """Logits [T, vocab] in float32 from the output of `forward` (the final norm already
+        applied).
+
+        With bf16 activations the LM head's kernel returns bf16 logits, whose step near a
+        logit of 20 is 0.125: enough to swap near-tied tokens (on the held text of
+        models/kernels.py the top-1 token agreed with float32's on 96.0% of positions). The
+        REFINED_LOGITS largest are therefore recomputed in float32 from float32 head rows
+        (98.8%); the rest of the vocabulary keeps the kernel's values. Per row, so a row's
+        logits do not depend on its batch."""
+        out = self.lm_head(hidden.to(self.dtype)).float()
+        if self.dtype == torch.float32:
+            return out
+        top = out.topk(min(REFINED_LOGITS, out.shape[-1]), dim=-1).indices  # [T, k]
+        # a product and a sum over the hidden size, not bmm: bmm's summation order depends
+        # on how many rows it is given, and a row's logits must not
+        exact = (self.head_rows[top] * hidden.float().unsqueeze(1)).sum(-1)
+        return out.scatter_(1, top, exact)
 
     def logits_from_residual(self, h_last_layer: torch.Tensor) -> torch.Tensor:
         """Logits from the residual stream after the last decoder layer (as the hook sees

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from glassbox.models import BUNDLED_MODEL
-from glassbox.models.layers import WeightFormat
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +116,3 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def choose_format(dtype: str) -> WeightFormat:
-    """The weight format for the `dtype` setting. 'auto' keeps 4-bit weights 4-bit and makes
-    the rest int8 (models/layers.py) where the CPU has native bf16, else stays float32."""
-    if dtype != "auto":
-        return dtype  # type: ignore[return-value]
-    return "auto" if cpu_has_bf16() else "float32"
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -15,7 +15,7 @@ def test_features_are_warmed_up_without_a_request(tiny_model_dir, tmp_path) -> N
     settings = tiny_settings(tiny_model_dir, tmp_path).model_copy(
         update={"warm_features": True, "warm_features_after": 0.0}
     )
-    engine = AsyncLLMEngine(load_engine(settings)[0])
+    engine = AsyncLLMEngine(lambda: load_engine(settings)[0])
     try:
         with TestClient(create_app(settings, engine=engine)) as tc:
             features = tc.app.state.features

@@ -34,7 +34,7 @@ def test_a_thousand_states_fit_the_budget_and_all_stay_usable(tiny_model_dir, tm
     settings = tiny_settings(tiny_model_dir, tmp_path)
     settings.max_model_len = 1024
     llm, resolved = load_engine(settings)
-    engine = AsyncLLMEngine(llm)
+    engine = AsyncLLMEngine(lambda: llm)
     block_bytes = llm.model.config.kv_bytes_per_token() * llm.config.block_size
     budget = 64 * (TOKENS // llm.config.block_size + 1) * block_bytes  # ~64 states resident
     db = Database(f"sqlite:///{tmp_path / 'states.db'}")

@@ -84,7 +84,7 @@ def test_health(http, tiny_server) -> None:
 
 
 def test_health_is_503_once_the_engine_has_died(tiny_model_dir, tmp_path) -> None:
-    engine = AsyncLLMEngine(load_engine(tiny_settings(tiny_model_dir, tmp_path))[0])
+    engine = AsyncLLMEngine(lambda: load_engine(tiny_settings(tiny_model_dir, tmp_path))[0])
     app = create_app(tiny_settings(tiny_model_dir, tmp_path), engine=engine)
     with TestClient(app) as tc:
         assert tc.get("/health").status_code == 200

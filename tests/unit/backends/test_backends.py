@@ -178,7 +178,7 @@ def test_backend_capabilities():
 
 @pytest.fixture
 def aengine(make_engine):
-    engine = AsyncLLMEngine(make_engine())
+    engine = AsyncLLMEngine(make_engine)
     yield engine
     engine.shutdown()
 

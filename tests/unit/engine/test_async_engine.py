@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from helpers.waiting import async_wait_until
@@ -14,7 +15,7 @@ from glassbox.engine.sequence import SamplingParams
 
 @pytest.fixture
 def async_engine(make_engine):
-    eng = AsyncLLMEngine(make_engine(num_blocks=1024, max_model_len=4096))
+    eng = AsyncLLMEngine(lambda: make_engine(num_blocks=1024, max_model_len=4096))
     yield eng
     eng.shutdown()
 
@@ -103,3 +104,24 @@ async def test_call_runs_on_the_engine_thread_between_steps(async_engine):
     # the engine still serves after a failed call
     outs = [o async for o in async_engine.submit([1, 2, 3], SamplingParams(max_tokens=3))]
     assert outs[-1].finish_reason is not None
+
+
+def test_the_engine_is_built_on_the_engine_thread(make_engine):
+    """Loading on the thread that steps keeps torch on one OpenMP team (async_engine.py)."""
+    built_on: list[str] = []
+
+    def load():
+        built_on.append(threading.current_thread().name)
+        return make_engine()
+
+    eng = AsyncLLMEngine(load)
+    eng.shutdown()
+    assert built_on == ["glassbox-engine"]
+
+
+def test_a_load_error_reaches_the_caller(make_engine):
+    def load():
+        raise FileNotFoundError("no weights here")
+
+    with pytest.raises(FileNotFoundError, match="no weights here"):
+        AsyncLLMEngine(load)

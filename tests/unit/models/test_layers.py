@@ -1,4 +1,4 @@
-"""Weight formats: 'auto' keeps 4-bit weights 4-bit, and every quantized kernel computes the
+"""Weight formats: 'q4' keeps 4-bit weights 4-bit, and every quantized kernel computes the
 rows of a batch independently (so a seeded request does not depend on its batch)."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ def _q4_weight(out_features: int, in_features: int, seed: int = 0) -> torch.Tens
     return (codes * scale + low).view(out_features, in_features)
 
 
-def test_auto_keeps_a_4_bit_weight_4_bit_and_reproduces_it():
+def test_q4_keeps_a_4_bit_weight_4_bit_and_reproduces_it():
     w = _q4_weight(96, 128)
-    lin = Linear(w, None, "auto")
+    lin = Linear(w, None, "q4")
     assert lin.fmt == "int4"
     x = torch.randn(3, 128)
     exact = x @ w.T
@@ -30,9 +30,9 @@ def test_auto_keeps_a_4_bit_weight_4_bit_and_reproduces_it():
     assert err < 0.01  # bf16 activations and scales; the codes themselves are exact
 
 
-def test_auto_makes_other_weights_int8():
+def test_q4_makes_other_weights_int8():
     w = torch.randn(96, 128, generator=torch.Generator().manual_seed(1))
-    lin = Linear(w, None, "auto")
+    lin = Linear(w, None, "q4")
     assert lin.fmt == "int8"
     x = torch.randn(3, 128)
     exact = x @ w.T
@@ -56,11 +56,22 @@ def test_quantized_rows_do_not_depend_on_the_batch(fmt):
 
 @pytest.mark.parametrize("fmt", ["int4", "int8"])
 def test_dense_prefill_weights_are_the_dequantized_codes(fmt):
-    """Prefill multiplies by a bf16 copy of the quantized weights: the same weights as the
+    """Prefill may multiply by a bf16 copy of the quantized weights: the same weights as the
     decode kernel, so prefill and decode agree to bf16 rounding."""
-    lin = Linear(_q4_weight(96, 128, seed=5), None, fmt)
+    lin = Linear(_q4_weight(96, 128, seed=5), None, fmt, "bfloat16")
     x = torch.randn(40, 128, generator=torch.Generator().manual_seed(6)).bfloat16()
     quantized, dense = lin(x).float(), lin(x, dense=True).float()
     assert (quantized - dense).abs().max() / quantized.abs().max() < 0.01
     one_by_one = torch.cat([lin(x[i : i + 1], dense=True) for i in range(40)])
     assert torch.equal(lin(x, dense=True), one_by_one)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_kernel_prefill_keeps_no_second_copy(fmt):
+    w = _q4_weight(96, 128, seed=7)
+    lin = Linear(w, None, fmt, "kernel")
+    assert lin.dense is None
+    x = torch.randn(40, 128, generator=torch.Generator().manual_seed(8)).bfloat16()
+    assert torch.equal(lin(x, dense=True), lin(x))  # prefill runs the quantized kernel
+    with_copy = Linear(w, None, fmt, "bfloat16")
+    assert lin.weight_bytes() < with_copy.weight_bytes() / 2

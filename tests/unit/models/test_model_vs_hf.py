@@ -211,7 +211,7 @@ def test_real_model_int8_top1_agrees_with_hf(real):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["int8", "auto"])
+@pytest.mark.parametrize("fmt", ["int8", "q4"])
 def test_real_model_quantized_perplexity_stays_close_to_fp32(real, fmt):
     from glassbox.models.llama import LlamaModel
 
@@ -229,12 +229,12 @@ def test_real_model_quantized_perplexity_stays_close_to_fp32(real, fmt):
 
 
 @pytest.mark.slow
-def test_auto_keeps_the_q4_gguf_weights_4_bit(real):
-    """The bundled GGUF is Q4_1: 'auto' must recognise every decoder weight as 4-bit per
+def test_q4_keeps_the_q4_gguf_weights_4_bit(real):
+    """The bundled GGUF is Q4_1: 'q4' must recognise every decoder weight as 4-bit per
     group and keep it so (no re-quantization); the Q8_0 embedding/LM head becomes int8."""
     from glassbox.models.llama import LlamaModel
 
-    model = LlamaModel.load(real[0], "auto")
+    model = LlamaModel.load(real[0], "q4")
     formats = {
         lin.fmt for layer in model.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)
     }
