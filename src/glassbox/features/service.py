@@ -1,17 +1,25 @@
 """Features: the dictionaries of the served model, search, inspection, contrast, AutoSteer,
 logits under a variant, and the resolution of variants into steering plans.
 
-Dictionaries are loaded on first use (the concept vectors are built once, on the engine
-thread, and cached on disk). Everything that runs the model goes through the engine:
-`AsyncLLMEngine.call` for captures, `submit` for generation.
+Every tensor computation runs on the engine thread (DESIGN.md: one thread runs torch):
+`AsyncLLMEngine.call` for captures, dictionary builds, loading the label encoder, embedding
+labels and queries, search; `submit` for generation. Long builds (the concept vectors, once
+per model; the search index's label embeddings) run one step per call (steps.py), so running
+generations are stepped in between.
+
+The dictionaries and the search index are built once: in the background at start-up
+(`index()` from app.py's warm-up) or by the first request that needs them; a request that
+arrives during the build awaits the same build. `stage` says how far it is (/health).
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import torch
 
@@ -20,12 +28,14 @@ from glassbox.engine.llm_engine import LLMEngine
 from glassbox.errors import InvalidRequest, NotFound
 from glassbox.features.autosteer import autosteer
 from glassbox.features.catalog import FeatureCatalog
-from glassbox.features.concepts import concept_dictionary
+from glassbox.features.concepts import concept_dictionary_steps
 from glassbox.features.dictionary import Feature, FeatureDictionary
 from glassbox.features.sae import load_sae
-from glassbox.features.search import FeatureIndex
+from glassbox.features.search import FeatureIndex, TextEncoder
+from glassbox.features.steps import Steps, step
 from glassbox.features.variant import Condition, ConditionGroup, Edit, FeatureRef, VariantSpec
 from glassbox.features.vector_files import load_vector_folder
+from glassbox.logs import get_logger
 from glassbox.requests.builder import RequestBuilder, about
 from glassbox.steering.plan import (
     Direction,
@@ -36,7 +46,13 @@ from glassbox.steering.plan import (
     SteeringPlan,
 )
 
+log = get_logger(__name__)
+T = TypeVar("T")
+
 AGGREGATIONS = ("frequency", "mean", "max", "sum")
+
+# How far the dictionaries and the search index are: "pending" until their build starts.
+Stage = Literal["pending", "dictionaries", "encoder", "index", "ready", "failed"]
 
 
 @dataclass
@@ -82,7 +98,7 @@ class FeatureService:
         sae_paths: list[Path] | None = None,
         vector_dirs: list[Path] | None = None,
         layer: int | None = None,
-        encoder=None,
+        encoder: TextEncoder | None = None,
     ):
         self.engine = engine
         self.requests = RequestBuilder.for_engine(engine)
@@ -96,23 +112,58 @@ class FeatureService:
         self._lock = asyncio.Lock()
         self._dictionaries: list[FeatureDictionary] | None = None
         self._index: FeatureIndex | None = None
+        self._build: asyncio.Task[FeatureIndex] | None = None
+        self.stage: Stage = "pending"
 
     @property
     def is_ready(self) -> bool:
         """Dictionaries and search index loaded (features requests answer without delay)."""
         return self._index is not None
 
+    def close(self) -> None:
+        """Stop a build under way (at shutdown)."""
+        if self._build is not None:
+            self._build.cancel()
+
+    async def _run_steps(self, steps: Steps[T]) -> tuple[T, int]:
+        """A stepped build run one step per engine call; its result and how many steps ran."""
+        count = 0
+        while True:
+            done, result = await self.engine.call(lambda _: step(steps))
+            if done:
+                return result, count
+            count += 1
+
     # --- dictionaries -------------------------------------------------------------------
 
     async def dictionaries(self) -> list[FeatureDictionary]:
         async with self._lock:
             if self._dictionaries is None:
-                self._dictionaries = await self.engine.call(self._load)
+                t0 = time.perf_counter()
+                concepts, steps = await self._concepts(rebuild=False)
+                files = await self.engine.call(self._load_files)
+                self._dictionaries = [concepts, *files]
+                log.info(
+                    "feature dictionaries built" if steps else "feature dictionaries loaded",
+                    dictionaries=[d.name for d in self._dictionaries],
+                    features=sum(len(d) for d in self._dictionaries),
+                    duration_ms=_ms_since(t0),
+                )
         return self._dictionaries
 
-    def _load(self, engine: LLMEngine) -> list[FeatureDictionary]:
+    async def _concepts(self, rebuild: bool) -> tuple[FeatureDictionary, int]:
+        """The concept dictionary (from the cache, else built) and the build's step count."""
+
+        def steps(engine: LLMEngine) -> Steps[FeatureDictionary]:
+            return concept_dictionary_steps(
+                engine, self.cache_dir, self.fingerprint, self.layer, rebuild=rebuild
+            )
+
+        return await self._run_steps(await self.engine.call(steps))
+
+    def _load_files(self, engine: LLMEngine) -> list[FeatureDictionary]:
         c = engine.model.config
-        out = [concept_dictionary(engine, self.cache_dir, self.fingerprint, self.layer)]
+        out = []
         for path in self.sae_paths:
             out.append(load_sae(path, self.fingerprint, expected_hidden_size=c.hidden_size))
         for folder in self.vector_dirs:
@@ -122,17 +173,12 @@ class FeatureService:
 
     async def rebuild_concepts(self) -> FeatureDictionary:
         """`glassbox features build`: rebuild the concept vectors and replace them."""
-
-        def build(engine: LLMEngine) -> FeatureDictionary:
-            return concept_dictionary(
-                engine, self.cache_dir, self.fingerprint, self.layer, rebuild=True
-            )
-
-        rebuilt = await self.engine.call(build)
+        rebuilt, _ = await self._concepts(rebuild=True)
         async with self._lock:
             if self._dictionaries is not None:
                 self._dictionaries[0] = rebuilt
             self._index = None
+            self.stage = "pending"
         return rebuilt
 
     async def catalog(self) -> FeatureCatalog:
@@ -140,13 +186,59 @@ class FeatureService:
         return FeatureCatalog.of(await self.dictionaries())
 
     async def index(self) -> FeatureIndex:
-        dictionaries = await self.dictionaries()
-        if self._index is None:
-            from glassbox.features.label_encoder import LabelEncoder
+        """The search index (with the dictionaries), built once: the first caller starts the
+        build, later ones await the same build (a caller that goes away does not stop it)."""
+        if self._index is not None:
+            return self._index
+        if self._build is None or self._build.done():  # none yet, or the last one failed
+            self._build = asyncio.create_task(self._build_index())
+        return await asyncio.shield(self._build)
 
-            encoder = self._encoder or LabelEncoder.default()
-            self._index = await asyncio.to_thread(FeatureIndex, dictionaries, encoder)
-        return self._index
+    async def _build_index(self) -> FeatureIndex:
+        t0 = time.perf_counter()
+        try:
+            self.stage = "dictionaries"
+            dictionaries = await self.dictionaries()
+            if self._encoder is None:
+                self.stage = "encoder"
+                self._encoder = await self._load_encoder()
+            self.stage = "index"
+            t1 = time.perf_counter()
+            steps = FeatureIndex.build_in_steps(dictionaries, self._encoder)
+            index, chunks = await self._run_steps(steps)
+            log.info(
+                "feature index built",
+                features=len(index),
+                engine_calls=chunks + 1,
+                duration_ms=_ms_since(t1),
+            )
+        except asyncio.CancelledError:
+            self.stage = "pending"
+            raise
+        except Exception:
+            self.stage = "failed"
+            log.exception("feature index build failed")
+            raise
+        self._index = index
+        self.stage = "ready"
+        log.info("features ready", duration_ms=_ms_since(t0))
+        return index
+
+    async def _load_encoder(self) -> TextEncoder:
+        """The bundled label encoder: its library imported on a worker thread (Python only,
+        no tensors), the model loaded on the engine thread."""
+        from glassbox.features.label_encoder import LabelEncoder, import_library
+
+        t0 = time.perf_counter()
+        await asyncio.to_thread(import_library)
+        t1 = time.perf_counter()
+        encoder = await self.engine.call(lambda _: LabelEncoder.default())
+        log.info(
+            "feature encoder loaded",
+            import_ms=round((t1 - t0) * 1000, 1),
+            load_ms=_ms_since(t1),
+        )
+        return encoder
 
     async def feature(self, uuid: str) -> tuple[FeatureDictionary, Feature]:
         for d in await self.dictionaries():
@@ -174,7 +266,7 @@ class FeatureService:
     async def search(self, query: str, top_k: int = 10) -> list[tuple[Feature, float]]:
         index = await self.index()
         try:
-            return await asyncio.to_thread(index.search, query, top_k)
+            return await self.engine.call(lambda _: index.search(query, top_k))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="query") from exc
 
@@ -182,7 +274,7 @@ class FeatureService:
         features = [(await self.feature(u))[1] for u in uuids]
         index = await self.index()
         try:
-            return await asyncio.to_thread(index.rerank, features, query, top_k)
+            return await self.engine.call(lambda _: index.rerank(features, query, top_k))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="query") from exc
 
@@ -190,7 +282,7 @@ class FeatureService:
         _, feature = await self.feature(uuid)
         index = await self.index()
         try:
-            return await asyncio.to_thread(index.neighbors, feature, top_k)
+            return await self.engine.call(lambda _: index.neighbors(feature, top_k))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="top_k") from exc
 
@@ -368,7 +460,7 @@ class FeatureService:
         """A description in words -> nudges of the features that match it best."""
         index = await self.index()
         try:
-            chosen = await asyncio.to_thread(autosteer, index, description, top_k)
+            chosen = await self.engine.call(lambda _: autosteer(index, description, top_k))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="specification") from exc
         return [
@@ -379,3 +471,7 @@ class FeatureService:
             )
             for f, value in chosen
         ]
+
+
+def _ms_since(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 1)

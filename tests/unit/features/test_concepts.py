@@ -11,6 +11,7 @@ from glassbox.features.concepts import (
     Concept,
     ConceptData,
     build_concept_dictionary,
+    build_concept_steps,
     cache_path,
     concept_dictionary,
     load_dictionary,
@@ -83,18 +84,38 @@ def test_cache_round_trip_and_reuse(engine, tmp_path):
         assert torch.equal(getattr(loaded, name), getattr(d, name))
 
 
+def test_the_build_runs_one_forward_pass_per_step_to_the_same_dictionary(engine, monkeypatch):
+    passes = []
+    capture = engine.capture
+    monkeypatch.setattr(engine, "capture", lambda *a, **kw: passes.append(1) or capture(*a, **kw))
+    steps = build_concept_steps(engine, DATA, layer=1, progress=False, batch=2)
+    yielded = []
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            stepped = done.value
+            break
+        yielded.append(len(passes))
+    # 4 neutral texts and 6 examples in batches of 2: 5 steps of one forward pass each
+    assert yielded == [1, 2, 3, 4, 5] and len(passes) == 5
+    whole = build_concept_dictionary(engine, DATA, layer=1, progress=False, batch=2)
+    for name in ("write", "read", "read_bias", "noise"):
+        torch.testing.assert_close(getattr(stepped, name), getattr(whole, name))
+
+
 def test_concept_dictionary_builds_once_then_loads(engine, tmp_path, monkeypatch):
     calls = []
     import glassbox.features.concepts as concepts
 
-    real_build = concepts.build_concept_dictionary
+    real_build = concepts.build_concept_steps
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real_build(*args, **kwargs)
 
     monkeypatch.setattr(concepts, "load_concept_data", lambda: DATA)
-    monkeypatch.setattr(concepts, "build_concept_dictionary", counting)
+    monkeypatch.setattr(concepts, "build_concept_steps", counting)
     first = concept_dictionary(engine, tmp_path, "fp", layer=1, progress=False)
     second = concept_dictionary(engine, tmp_path, "fp", layer=1, progress=False)
     assert len(calls) == 1 and second.labels == first.labels

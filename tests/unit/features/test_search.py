@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from glassbox.features.dictionary import FeatureDictionary
-from glassbox.features.search import MAX_TOP_K, FeatureIndex, feature_text
+from glassbox.features.search import MAX_TOP_K, FeatureIndex, feature_text, index_texts
+from glassbox.features.steps import run_steps
 
 CONCEPTS = Path(__file__).resolve().parents[3] / "src/glassbox/features/data/concepts.json"
 
@@ -66,6 +67,31 @@ def concepts_dict() -> FeatureDictionary:
 @pytest.fixture(scope="module")
 def index(concepts_dict, embedder) -> FeatureIndex:
     return FeatureIndex([concepts_dict], embedder)
+
+
+def test_built_in_steps_embeds_one_chunk_per_step_to_the_same_index(concepts_dict, index, embedder):
+    calls = []
+
+    class Recording:
+        def embed(self, texts):
+            calls.append(list(texts))
+            return embedder.embed(texts)
+
+    steps = FeatureIndex.build_in_steps([concepts_dict], Recording(), chunk=4)
+    assert calls == []  # nothing runs until the first step
+    next(steps)
+    assert calls == [index_texts([concepts_dict])[:4]]
+    stepped = run_steps(steps)
+    # 10 labels, 4 per step: 3 steps, each text once and in order
+    assert [len(c) for c in calls] == [4, 4, 2]
+    assert sum(calls, []) == index_texts([concepts_dict])
+    torch.testing.assert_close(stepped.embeddings, index.embeddings)
+    assert stepped.search("arr matey", 1)[0][0].label == "Pirate speech"
+
+
+def test_given_embeddings_must_have_one_row_per_feature(concepts_dict, embedder):
+    with pytest.raises(ValueError, match="9 embeddings for 10 features"):
+        FeatureIndex([concepts_dict], embedder, torch.zeros(9, embedder.dim))
 
 
 def test_feature_text_adds_a_description_only_when_it_says_more():
