@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from glassbox.api.openai.adapter import OpenAIService
+from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
 from glassbox.metrics import Metrics
@@ -51,6 +52,10 @@ def steering_service(request: Request) -> SteeringService:
     return request.app.state.steering
 
 
+def feature_service(request: Request) -> FeatureService:
+    return request.app.state.features
+
+
 OpenAIDep = Annotated[OpenAIService, Depends(openai_service)]
 GenerationDep = Annotated[GenerationService, Depends(generation_service)]
 RegistryDep = Annotated[ModelRegistry, Depends(model_registry)]
@@ -64,6 +69,7 @@ def state_service(request: Request) -> StateService:
 
 StatesDep = Annotated[StateService, Depends(state_service)]
 SteeringDep = Annotated[SteeringService, Depends(steering_service)]
+FeaturesDep = Annotated[FeatureService, Depends(feature_service)]
 
 
 def state_analysis(request: Request) -> StateAnalysis:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from glassbox.api.deps import GenerationDep, MetricsDep, RegistryDep
-from glassbox.api.system.schemas import Health
+from glassbox.api.deps import FeaturesDep, GenerationDep, MetricsDep, RegistryDep
+from glassbox.api.system.schemas import FeaturesReadiness, Health
 
 router = APIRouter(tags=["system"])
 
@@ -15,10 +15,13 @@ router = APIRouter(tags=["system"])
 async def health(
     gen: GenerationDep,
     models: RegistryDep,
+    features: FeaturesDep,
 ) -> Health:
-    """200 while the engine thread serves; 503 once it has died, so a supervisor restarts us."""
+    """200 while the engine thread serves; 503 once it has died, so a supervisor restarts us.
+    `features` says whether the feature dictionaries and search index are built yet."""
     gen.ensure_alive()
-    return Health(model=models.served_name, **gen.stats())
+    readiness = FeaturesReadiness(ready=features.is_ready, stage=features.stage)
+    return Health(model=models.served_name, features=readiness, **gen.stats())
 
 
 @router.get("/metrics")

@@ -8,6 +8,7 @@ from pydantic import BaseModel, model_validator
 
 from glassbox.api.common import StrictRequest
 from glassbox.api.openai.schemas import ChatMessage
+from glassbox.features.service import Stage
 
 
 class TokenizeRequest(StrictRequest):
@@ -41,6 +42,15 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
+class FeaturesReadiness(BaseModel):
+    """The feature dictionaries and search index: `ready` once built (features requests then
+    answer without waiting); `stage` is where their build is (pending, dictionaries,
+    encoder, index, ready, failed)."""
+
+    ready: bool
+    stage: Stage
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     model: str
@@ -48,3 +58,4 @@ class Health(BaseModel):
     waiting: int
     kv_blocks_used: int
     kv_blocks_total: int
+    features: FeaturesReadiness
