@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-setup
 
-.PHONY: setup serve test test-fast lint format bench mutation
+.PHONY: setup serve test test-fast lint format bench bench-peers mutation
 
 setup: $(STAMP)
 
@@ -37,10 +37,16 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# benchmarks/vs_llamacpp.py is left to bench-peers: it builds a peer server and runs longer.
 bench: $(STAMP)
-	@set -e; for script in $(wildcard benchmarks/*.py); do \
+	@set -e; for script in $(filter-out benchmarks/vs_llamacpp.py,$(wildcard benchmarks/*.py)); do \
 		echo "== $$script"; $(BIN)/python "$$script"; \
 	done
+
+# glassbox serve against llama.cpp's llama-server on the same GGUF, through their OpenAI APIs;
+# the first run builds llama-server into ~/.cache/glassbox/peers (about 9 minutes on 2 cores).
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/vs_llamacpp.py
 
 # Mutation testing of the core paths ([tool.mutmut] in pyproject.toml); not part of `make test`.
 # Results accumulate in mutants/ (a rerun only tests what changed); `mutmut browse` shows them.
