@@ -16,6 +16,7 @@ Python and no tensor work: `import_library` does it from any thread, ahead of th
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import threading
 from collections import OrderedDict
@@ -52,6 +53,16 @@ def default_model_path() -> Path:
     return path
 
 
+def model_key(path: Path) -> str:
+    """Names the model in `path` for caches of its embeddings: its directory and its files'
+    sizes and modification times, so that a changed model is not taken for the old one."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 class LabelEncoder:
     """A sentence-transformers model with a text-keyed LRU cache; see the module docstring."""
 
@@ -79,6 +90,7 @@ class LabelEncoder:
         if dim is None:
             raise RuntimeError(f"embedding model {path} does not report its dimension")
         self.dim: int = dim
+        self.cache_key = model_key(path)
         self.batch_size = batch_size
         self.cache_size = cache_size
         self.hits = 0

@@ -204,10 +204,12 @@ class FeatureService:
                 self._encoder = await self._load_encoder()
             self.stage = "index"
             t1 = time.perf_counter()
-            steps = FeatureIndex.build_in_steps(dictionaries, self._encoder)
+            steps = FeatureIndex.build_in_steps(
+                dictionaries, self._encoder, cache_dir=self.cache_dir
+            )
             index, chunks = await self._run_steps(steps)
             log.info(
-                "feature index built",
+                "feature index built" if chunks else "feature index loaded",
                 features=len(index),
                 engine_calls=chunks + 1,
                 duration_ms=_ms_since(t1),

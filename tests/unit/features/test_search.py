@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from glassbox.features.dictionary import FeatureDictionary
+from glassbox.features.label_encoder import model_key
 from glassbox.features.search import MAX_TOP_K, FeatureIndex, feature_text, index_texts
 from glassbox.features.steps import run_steps
 
@@ -87,6 +88,54 @@ def test_built_in_steps_embeds_one_chunk_per_step_to_the_same_index(concepts_dic
     assert sum(calls, []) == index_texts([concepts_dict])
     torch.testing.assert_close(stepped.embeddings, index.embeddings)
     assert stepped.search("arr matey", 1)[0][0].label == "Pirate speech"
+
+
+class Keyed:
+    """The bundled encoder under a cache key of the test's choosing; counts embedded texts."""
+
+    def __init__(self, inner, cache_key: str) -> None:
+        self.inner, self.cache_key, self.embedded = inner, cache_key, 0
+
+    def embed(self, texts):
+        self.embedded += len(texts)
+        return self.inner.embed(texts)
+
+
+def test_label_embeddings_are_cached_per_encoder_and_texts(concepts_dict, embedder, tmp_path):
+    def build(encoder, dictionary=concepts_dict) -> tuple[FeatureIndex, int]:
+        steps, count = FeatureIndex.build_in_steps([dictionary], encoder, 4, tmp_path), 0
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value, count
+            count += 1
+
+    first = Keyed(embedder, "minilm")
+    built, steps = build(first)
+    assert steps == 3 and first.embedded == 10
+    again = Keyed(embedder, "minilm")
+    loaded, steps = build(again)
+    assert steps == 0 and again.embedded == 0  # from the cache: no step, nothing embedded
+    torch.testing.assert_close(loaded.embeddings, built.embeddings)
+    assert loaded.search("arr matey", 1)[0][0].label == "Pirate speech"
+    # another encoder, or other texts: computed again
+    other = Keyed(embedder, "another-model")
+    assert build(other)[1] == 3 and other.embedded == 10
+    renamed = make_dictionary("concepts", ["Pirates", *list(LABELS)[1:]], list(LABELS.values()))
+    assert build(Keyed(embedder, "minilm"), renamed)[1] == 3
+    # a damaged cache file is computed again; an encoder without a key is never cached
+    for path in (tmp_path / "features").glob("*.safetensors"):
+        path.write_bytes(b"not safetensors")
+    assert build(Keyed(embedder, "minilm"))[1] == 3
+    assert build(Keyed(embedder, "minilm"))[1] == 0
+    unkeyed = Keyed(embedder, "")
+    assert build(unkeyed)[1] == 3 and build(unkeyed)[1] == 3
+
+
+def test_the_bundled_encoders_cache_key_names_its_model(embedder):
+    assert embedder.cache_key == model_key(embedder.model_path)
+    assert len(embedder.cache_key) == 16
 
 
 def test_given_embeddings_must_have_one_row_per_feature(concepts_dict, embedder):
