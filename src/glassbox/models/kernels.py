@@ -250,11 +250,6 @@ def _perplexity(logits: torch.Tensor, ids: list[int]) -> float:
     return float(torch.exp(loss))
 
 
-def _linears(model: LlamaModel) -> list[Linear]:
-    out = [lin for layer in model.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-    return [*out, model.lm_head]
-
-
 def _best_ms(run, repeats: int) -> float:
     """The fastest of `repeats` timed calls of `run()` in ms, after one untimed call. The
     fastest, not the median: another process on the same cores only ever slows a run down,
@@ -271,7 +266,7 @@ def _best_ms(run, repeats: int) -> float:
 @torch.inference_mode()
 def _decode_ms(model: LlamaModel, rows: int, repeats: int = 7) -> float:
     """One pass over every weight matmul of a decode step at `rows` rows."""
-    linears = _linears(model)
+    linears = model.linears()
     dtype = activation_dtype(model.fmt)
     inputs = {n: torch.randn(rows, n, dtype=dtype) for n in {lin.in_features for lin in linears}}
     return _best_ms(lambda: _run(linears, inputs, False), repeats)

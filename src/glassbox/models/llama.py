@@ -179,6 +179,21 @@ class LlamaModel:
                     weights[name] = fh.get_tensor(name)
         return config, weights
 
+    def linears(self) -> list[Linear]:
+        """Every weight matmul of a step: each layer's qkv, o, gate_up and down, the LM head."""
+        out = [m for layer in self.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return [*out, self.lm_head]
+
+    def weight_bytes(self) -> int:
+        """Bytes the weights hold: the linears in their format, the embedding table and the
+        head rows (once when tied), the norms."""
+        tables = {id(t): t for t in (self.embed, self.head_rows, self.norm)}
+        tables.update(
+            {id(t): t for layer in self.layers for t in (layer.input_norm, layer.post_norm)}
+        )
+        held = sum(t.numel() * t.element_size() for t in tables.values())
+        return held + sum(lin.weight_bytes() for lin in self.linears())
+
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for every head of the fused qkv output, [T, heads, D].
 
