@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from glassbox.api.system import routes as system_routes
 from glassbox.api.system import tokenize as tokenize_routes
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.features.label_encoder import import_library
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -69,19 +71,22 @@ def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
     return AsyncLLMEngine(engine), resolved
 
 
+def _import_encoder_library() -> None:
+    """Import the label encoder's library (seconds of Python, no tensors) while the model
+    loads, so the feature warm-up need not wait for it after start-up."""
+    with contextlib.suppress(Exception):  # the warm-up imports it again and reports why not
+        import_library()
+
+
 async def _warm_features(features: FeatureService, delay: float) -> None:
     """Load (or build, once) the dictionaries and the search index in the background, so the
     first features request does not pay for them (the goodfire SDK times out after 10 s).
-    It starts `delay` seconds after start-up: loading the embedding model holds the GIL for
-    seconds, and the server's first answers should not wait for it."""
+    The service does the work on the engine thread in short calls, between the steps of
+    running generations, and logs each stage; a features request that comes before `delay`
+    has passed starts the same build at once."""
     await asyncio.sleep(delay)
-    t0 = time.perf_counter()
-    try:
+    with contextlib.suppress(Exception):  # logged; the request that needs features reports it
         await features.index()
-    except Exception:  # the request that needs features will report the problem
-        log.exception("feature warm-up failed")
-        return
-    log.info("features ready", duration_ms=round((time.perf_counter() - t0) * 1000, 1))
 
 
 def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> FastAPI:
@@ -90,12 +95,16 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        encoder_import = None
+        if settings.warm_features:
+            encoder_import = asyncio.create_task(asyncio.to_thread(_import_encoder_library))
         if engine is None:
             aengine, resolved = await asyncio.to_thread(_build_engine, settings)
         else:
             aengine, resolved = engine, await asyncio.to_thread(resolve, settings)
         name = settings.served_model_name or resolved.name
         db = None
+        features = None
         warmup = None
         states = None
         try:
@@ -134,6 +143,10 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         finally:
             if warmup is not None and not warmup.done():
                 warmup.cancel()
+            if features is not None:
+                features.close()
+            if encoder_import is not None:
+                await encoder_import  # a thread: it cannot be cancelled
             if states is not None:
                 await states.flush()
             if db is not None:
