@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import goodfire
 import httpx
 import openai
 import pytest
@@ -123,3 +128,94 @@ def test_a_state_exported_and_imported_after_a_restart_continues_identically(
             kept = http.post("/generate/token", json={"state_id": state["id"], **body}).json()
     assert len(before["tokens"]) == 32
     assert after["text"] == before["text"] and kept["text"] == before["text"]
+
+
+# --- the first feature search of a fresh server --------------------------------------------
+
+ALIAS = "meta-llama/Llama-3.3-70B-Instruct"  # a model name the goodfire SDK knows
+
+
+@contextmanager
+def glassbox_serve(log_path: Path) -> Iterator[str]:
+    """`glassbox serve` in a process of its own (nothing imported or loaded beforehand, as
+    on a real start), on the default cache; its base URL."""
+    port = free_port()
+    env = {**os.environ, "GLASSBOX_MODEL_ALIASES": json.dumps({ALIAS: "SmolLM2-135M-Instruct"})}
+    log = log_path.open("w+b")
+    proc = subprocess.Popen(
+        [*_glassbox_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+        assert proc.poll() is None
+    except BaseException:
+        log.seek(0)
+        print(log.read().decode(errors="replace")[-3000:])
+        raise
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def first_health(http: httpx.Client, timeout: float = 120.0) -> tuple[float, dict]:
+    """Poll /health until the server answers: when it did, and what it said."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = http.get("/health")
+        except httpx.TransportError:
+            time.sleep(0.01)
+            continue
+        assert r.status_code == 200, r.text
+        return time.monotonic(), r.json()
+    raise AssertionError(f"no /health answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def warm_features_cache(bundled_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The bundled model's concept vectors and label embeddings in the default cache: built
+    by a first server's warm-up if they are not there yet (minutes, once per cache)."""
+    log = tmp_path_factory.mktemp("warm") / "serve.log"
+    with glassbox_serve(log) as url, httpx.Client(base_url=url, timeout=10) as http:
+        first_health(http)
+        deadline = time.monotonic() + 900
+        while not http.get("/health").json()["features"]["ready"]:
+            assert time.monotonic() < deadline, "features not ready within 900 s"
+            time.sleep(0.5)
+
+
+@pytest.mark.parametrize("client", ["http", "goodfire"])
+def test_the_first_feature_search_of_a_fresh_server_answers_within_2_s(
+    warm_features_cache: None, tmp_path: Path, client: str
+) -> None:
+    """Measured from the server's first /health answer: the start-up warm-up has the
+    dictionaries and the search index ready (or the search waits for the same warm-up)."""
+    loop = asyncio.new_event_loop()  # the SDK's sync client runs on the current event loop
+    asyncio.set_event_loop(loop)
+    try:
+        with glassbox_serve(tmp_path / "serve.log") as url:
+            gf = goodfire.Client(api_key="anything", base_url=url)
+            with httpx.Client(base_url=url, timeout=10) as http:  # the SDK's timeout too
+                t0, health = first_health(http)
+                if client == "http":
+                    body = {"query": "pirate", "session_id": "first", "top_k": 5}
+                    r = http.post("/features/search", json=body)
+                    assert r.status_code == 200, r.text
+                    labels = [f["label"] for f in r.json()]
+                else:
+                    labels = [f.label for f in gf.features.search("pirate", model=ALIAS, top_k=5)]
+                elapsed = time.monotonic() - t0
+                ready = http.get("/health").json()["features"]
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    print(f"first search {elapsed:.3f} s after the first /health ({health['features']})")
+    assert ready == {"ready": True, "stage": "ready"}
+    assert any("pirate" in label.lower() for label in labels), labels
+    assert elapsed < 2.0, f"{elapsed:.2f} s (features at the first /health: {health['features']})"
