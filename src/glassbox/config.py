@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(32, description="Most sequences decoded in one step")
     max_num_batched_tokens: int = Field(4096, description="Most prompt tokens in one prefill")
     prefill_chunk_tokens: int = Field(
-        512,
+        256,  # why: glassbox.engine.llm_engine.PREFILL_CHUNK_TOKENS
         ge=1,
         description="Most prompt tokens in one prefill step while other sequences decode: a "
         "long prompt is prefilled in chunks of this size between decode steps, so running "
