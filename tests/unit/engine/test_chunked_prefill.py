@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from helpers.engine import Driver
 
-from glassbox.engine.sequence import SamplingParams, Sequence, SequenceStatus
+from glassbox.engine.sequence import STEERING_ABORT, SamplingParams, Sequence, SequenceStatus
 from glassbox.steering.plan import (
     Direction,
     ResolvedCondition,
@@ -209,6 +209,18 @@ def test_a_chunked_prompt_under_a_steering_plan_gives_the_one_piece_result(make_
     _assert_same(chunked, whole)
     unsteered = make_engine().generate([prompts[0]], _greedy(8))[0]["token_ids"]
     assert chunked[0][0] != unsteered  # the plan does change the first prompt's tokens
+
+
+def test_an_abort_scope_that_holds_in_a_chunk_ends_the_prompt_there(make_engine):
+    hidden = make_engine().model.config.hidden_size
+    d = _direction(hidden, 0, 23)
+    always = ResolvedScope(0, ResolvedGroup("|", (ResolvedCondition(d, ">", -1e9),)), (), True)
+    engine = make_engine(max_num_batched_tokens=9, prefill_chunk_tokens=9)
+    seq = engine.add_request(LONG[:30], _greedy(5, steering=SteeringPlan([], [always])))
+    [out] = engine.step()  # its first chunk
+    assert (out.seq_id, out.finish_reason, out.token_ids) == (seq.seq_id, STEERING_ABORT, [])
+    assert out.abort_scope == 0 and seq.is_finished
+    assert not engine.has_work() and engine.block_manager.num_used == 0
 
 
 def test_aborting_a_half_prefilled_sequence_frees_its_blocks(make_engine):
