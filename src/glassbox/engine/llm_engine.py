@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 # shorten the stall of every running stream but cost the long prompt no more time on CPU:
 # the dense bf16 matmuls of a prefill run at full speed from ~64 rows, and a 4,000-token
 # prompt alone took 12.95 s in one step, 14.5 s in chunks of 512, 14.2 s in chunks of 256
-# (SmolLM2-135M, one thread of an AMD EPYC with AVX512-BF16). A 256-token chunk keeps each
-# stall under a second there (a decode step of 4 streams: ~30 ms); the decode step that
-# follows each chunk adds ~3% to the long prompt's first token. See
-# benchmarks/chunked_prefill.py.
+# (SmolLM2-135M, one thread of an AMD EPYC with AVX512-BF16). There, with 4 streams decoding
+# (~24 ms a step), chunks of 256 cut their worst wait during that prompt's arrival from
+# 13.1 s to 1.4 s (0.9 s median: a chunk late in a long prompt attends to more keys), and
+# the prompt's first token came 1.08x later than in one step. benchmarks/chunked_prefill.py
+# measures both.
 PREFILL_CHUNK_TOKENS = 256
 
 
