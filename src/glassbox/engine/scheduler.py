@@ -123,7 +123,7 @@ class Scheduler:
         while self.running:
             seq = self.running.popleft()
             while not self.block_manager.can_append(seq):
-                if self.prefilling:  # the latest admitted give their blocks back first
+                if self.prefilling:  # first those half way through a prompt: no stream yet
                     self.preempt(self.prefilling.pop())
                 elif self.running:
                     self.preempt(self.running.pop())
