@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     kv_cache_bytes: int = Field(512 * 1024 * 1024, description="Memory for the paged KV pool")
     max_num_seqs: int = Field(32, description="Most sequences decoded in one step")
     max_num_batched_tokens: int = Field(4096, description="Most prompt tokens in one prefill")
+    prefill_chunk_tokens: int = Field(
+        256,  # why: glassbox.engine.llm_engine.PREFILL_CHUNK_TOKENS
+        ge=1,
+        description="Most prompt tokens in one prefill step while other sequences decode: a "
+        "long prompt is prefilled in chunks of this size between decode steps, so running "
+        "streams wait at most one chunk between two tokens (set it to max_num_batched_tokens "
+        "to turn chunking off)",
+    )
 
     states_dir: Path | None = Field(
         None, description="KV state files: spilled and exported states (default: cache_dir/states)"

@@ -17,7 +17,10 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
 _ENGINE_GAUGES = {
-    "running": ("glassbox_num_requests_running", "Sequences in the running batch"),
+    "running": (
+        "glassbox_num_requests_running",
+        "Sequences admitted (decoding, or part way through a chunked prefill)",
+    ),
     "waiting": ("glassbox_num_requests_waiting", "Sequences waiting to be scheduled"),
     "kv_blocks_used": ("glassbox_kv_blocks_used", "KV cache blocks in use"),
     "kv_blocks_total": ("glassbox_kv_blocks_total", "KV cache blocks in the pool"),

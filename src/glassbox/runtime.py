@@ -47,6 +47,7 @@ def load_engine(settings: Settings) -> tuple[LLMEngine, ResolvedModel]:
         kv_cache_bytes=settings.kv_cache_bytes,
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
         max_model_len=settings.max_model_len,
     )
     return engine, resolved

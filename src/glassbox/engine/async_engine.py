@@ -92,9 +92,11 @@ class AsyncLLMEngine:
 
     def stats(self) -> dict[str, int]:
         used, total = self._engine.kv_usage()
+        scheduler = self._engine.scheduler
         return {
-            "running": len(self._engine.scheduler.running),
-            "waiting": len(self._engine.scheduler.waiting) + len(self._pending),
+            # those half way through a chunked prefill run too: they hold their blocks
+            "running": len(scheduler.running) + len(scheduler.prefilling),
+            "waiting": len(scheduler.waiting) + len(self._pending),
             "kv_blocks_used": used,
             "kv_blocks_total": total,
             "prefix_cached_tokens": self._engine.stats.prefix_cached_tokens,

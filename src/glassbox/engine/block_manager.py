@@ -108,13 +108,15 @@ class BlockManager:
         shared = seq.prefix.num_kv // self.block_size if seq.prefix is not None else 0
         return self.num_free >= seq.num_blocks - shared
 
-    def allocate(self, seq: Sequence, use_cache: bool = True) -> None:
+    def allocate(self, seq: Sequence, use_cache: bool = True, register: bool = True) -> None:
         """Give `seq` blocks for all its tokens, reusing cached full blocks of its prefix
         (unless `use_cache` is off: activation capture needs every position computed).
 
         The block holding the last token is never taken from the cache: that token must be
         computed to produce the logits of the next one. A steered sequence neither reuses
         cached blocks nor registers its own: its KV is not what the plain model computes.
+        `register`: register its new full blocks now (the caller computes all its tokens in
+        its next run); without it, `register_computed` registers them chunk by chunk.
         """
         assert not seq.block_table
         if seq.prefix is not None:
@@ -146,11 +148,25 @@ class BlockManager:
             else:
                 cache_miss = True
                 block = self._take()
-                if full and not steered:
-                    self._register(block, prefix_hash, tokens)
             prefix_hash = block.hash
             seq.block_table.append(block.block_id)
         seq.num_computed_tokens = seq.num_cached_tokens
+        if register:
+            self.register_computed(seq, len(seq))
+
+    def register_computed(self, seq: Sequence, end: int) -> None:
+        """Register the full blocks among `seq`'s first `end` tokens, whose KV is computed
+        (or is computed in the step about to run), so later prompts share them. A block is
+        never registered before the step that computes it: another prompt would read KV that
+        is not there (a chunked prefill allocates every block of its prompt at once)."""
+        if seq.prefix is not None or _steered(seq):
+            return
+        prev: int | None = None
+        for i in range(end // self.block_size):
+            block = self.blocks[seq.block_table[i]]
+            if block.hash is None:
+                self._register(block, prev, seq.block_tokens(i))
+            prev = block.hash
 
     def _allocate_from(self, seq: Sequence, prefix: KVHandle) -> None:
         """Share the full blocks of `prefix`; copy its partial last block (copy-on-write:

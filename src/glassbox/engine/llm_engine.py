@@ -26,6 +26,17 @@ from glassbox.steering.plan import SteeringPlan
 
 log = logging.getLogger(__name__)
 
+# The prompt tokens of a prefill step while other sequences decode (a chunk). Smaller chunks
+# shorten the stall of every running stream but cost the long prompt no more time on CPU:
+# the dense bf16 matmuls of a prefill run at full speed from ~64 rows, and a 4,000-token
+# prompt alone took 12.95 s in one step, 14.5 s in chunks of 512, 14.2 s in chunks of 256
+# (SmolLM2-135M, one thread of an AMD EPYC with AVX512-BF16). There, with 4 streams decoding
+# (~24 ms a step), chunks of 256 cut their worst wait during that prompt's arrival from
+# 13.1 s to 1.4 s (0.9 s median: a chunk late in a long prompt attends to more keys), and
+# the prompt's first token came 1.08x later than in one step. benchmarks/chunked_prefill.py
+# measures both.
+PREFILL_CHUNK_TOKENS = 256
+
 
 @dataclass
 class EngineConfig:
@@ -34,6 +45,9 @@ class EngineConfig:
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 4096
     max_model_len: int = 2048
+    # Most prompt tokens in a prefill step while other sequences decode: each running stream
+    # waits up to one such step between two of its tokens (see Scheduler).
+    prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS
 
 
 @dataclass
@@ -77,7 +91,10 @@ class LLMEngine:
             config.num_blocks, config.block_size, self.runner.copy_block
         )
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            config.prefill_chunk_tokens,
         )
         self.sampler = Sampler()
         self.eos_token_ids = set(model.config.eos_token_ids)
@@ -98,6 +115,7 @@ class LLMEngine:
         kv_cache_bytes: int = 512 * 1024 * 1024,
         max_num_seqs: int = 32,
         max_num_batched_tokens: int = 4096,
+        prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
         max_model_len: int | None = None,
     ) -> LLMEngine:
         """Load the model in `directory` (an HF-layout directory) and size the KV pool to
@@ -110,6 +128,7 @@ class LLMEngine:
             num_blocks=max(kv_cache_bytes // block_bytes, 1),
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
+            prefill_chunk_tokens=prefill_chunk_tokens,
             max_model_len=max_model_len or model.config.max_position_embeddings,
         )
         return cls(model, tokenizer, config)
@@ -184,24 +203,31 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def step(self) -> list[StepOutput]:
+        """One step; an output for every sequence that got a token or finished. A sequence
+        that only prefilled a chunk of its prompt gets neither, and no output."""
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
             return []
         logits, aborted = self.runner.run(seqs, is_prefill)
-        tokens, logprobs = self.sampler(logits, seqs)
+        ready = [s for s in seqs if s.chunk_end == len(s)]  # the rows `logits` has
+        tokens, infos = self.sampler(logits, ready)
+        sampled = {s.seq_id: (t, i) for s, t, i in zip(ready, tokens, infos, strict=True)}
         self.stats.steps += 1
         outputs = []
-        for row, (seq, token, info) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
-            if seq.num_output_tokens == 0:  # its prompt ran (a prefill, or a state's last token)
+        for row, seq in enumerate(seqs):
+            seq.num_computed_tokens = seq.chunk_end
+            seq.num_scheduled_tokens = None
+            if seq.num_output_tokens == 0 and (seq.seq_id in sampled or row in aborted):
+                # its prompt ran (a prefill, or a state's last token)
                 self.stats.prompt_tokens += seq.num_prompt_tokens
                 self.stats.prefix_cached_tokens += seq.num_cached_tokens
-            seq.num_computed_tokens = len(seq)
             if row in aborted:
-                # A steering scope's abort condition held: end it without a new token.
+                # A steering scope's abort condition held (mid-prompt too): end it without a
+                # new token.
                 seq.abort_scope = aborted[row]
                 outputs.append(self._finish(seq, STEERING_ABORT, [], []))
-                continue
-            outputs.append(self._postprocess(seq, token, info))
+            elif seq.seq_id in sampled:
+                outputs.append(self._postprocess(seq, *sampled[seq.seq_id]))
         return outputs
 
     def _postprocess(self, seq: Sequence, token: int, info: TokenLogprob | None) -> StepOutput:

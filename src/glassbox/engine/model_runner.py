@@ -56,33 +56,42 @@ class ModelRunner:
     def run(
         self, seqs: list[Sequence], is_prefill: bool, hook: LayerHook | None = None
     ) -> tuple[torch.Tensor, dict[int, int]]:
-        """Next-token logits [B, vocab] and the rows a steering abort scope stopped (row ->
-        the index of that scope in the row's plan).
+        """Next-token logits and the rows a steering abort scope stopped (row -> the index of
+        that scope in the row's plan).
 
+        A prefill row computes its tokens from `num_computed_tokens` to `chunk_end`; the
+        logits [B', vocab] are those of the rows whose tokens are then all computed, in
+        order (every row, [B, vocab], unless some prefill only a chunk of their prompt).
         `hook` (e.g. activation capture) sees the residual stream after the rows' steering."""
         if is_prefill:
-            input_ids, positions, attn, last = self._prepare_prefill(seqs)
+            input_ids, positions, attn, token_rows, last = self._prepare_prefill(seqs)
         else:
             input_ids, positions, attn = self._prepare_decode(seqs)
-            last = None
-        steering = self._steering(seqs, last)
+            token_rows = last = None
+        steering = self._steering(seqs, token_rows)
         layer_hook = steering
         if hook is not None:
             layer_hook = hook if steering is None else _compose(steering, hook)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, layer_hook)
+        aborted = steering.aborted if steering else {}
         if last is not None:
+            if not len(last):  # chunks only: no row has its next token yet
+                return torch.empty(0, self.model.config.vocab_size), aborted
             hidden = hidden[last]
         # The LM head keeps its quantized kernel even in prefill: it sees one row per
         # sequence there, and that kernel's rows do not depend on the batch.
-        return self.model.logits(hidden), (steering.aborted if steering else {})
+        return self.model.logits(hidden), aborted
 
-    def _steering(self, seqs: list[Sequence], last: torch.Tensor | None) -> BatchSteering | None:
-        """The batch's steering hook, or None when no row is steered. Decode steps over the
+    def _steering(
+        self, seqs: list[Sequence], token_rows: torch.Tensor | None
+    ) -> BatchSteering | None:
+        """The batch's steering hook, or None when no row is steered. `token_rows`: each
+        prefill token's row (None in decode steps, one token per row). Decode steps over the
         same rows reuse the previous step's (it holds only the plans' tensors)."""
         plans = [s.params.steering for s in seqs]
         if all(p is None or p.is_empty for p in plans):
             return None
-        if last is None:
+        if token_rows is None:
             key = tuple(s.seq_id for s in seqs)
             if self._decode_steering is not None and self._decode_steering[0] == key:
                 steering = self._decode_steering[1]
@@ -91,29 +100,35 @@ class ModelRunner:
             steering = BatchSteering(plans, torch.arange(len(seqs)))
             self._decode_steering = (key, steering)
             return steering
-        counts = torch.diff(last, prepend=torch.tensor([-1]))
-        return BatchSteering(plans, torch.repeat_interleave(torch.arange(len(seqs)), counts))
+        return BatchSteering(plans, token_rows)
 
     def _prepare_prefill(self, seqs: list[Sequence]):
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_mapping: list[torch.Tensor] = []
         spans = []
-        last: list[int] = []
+        counts: list[int] = []
+        last: list[int] = []  # the last token of each row that needs logits
         for seq in seqs:
-            start, end = seq.num_computed_tokens, len(seq)
+            start, end = seq.num_computed_tokens, seq.chunk_end
             q_start = len(ids)
             ids.extend(seq.token_ids[start:end])
             positions.append(torch.arange(start, end))
             slot_mapping.append(self._slots(seq.block_table, start, end))
-            blocks = torch.tensor(seq.block_table, dtype=torch.long)
+            # The blocks its keys so far live in: a chunk reads none of its later ones.
+            num_blocks = (end + self.block_size - 1) // self.block_size
+            blocks = torch.tensor(seq.block_table[:num_blocks], dtype=torch.long)
             spans.append((q_start, len(ids), blocks, end, start))
-            last.append(len(ids) - 1)
+            counts.append(end - start)
+            if end == len(seq):
+                last.append(len(ids) - 1)
         attn = AttentionMetadata(slot_mapping=torch.cat(slot_mapping), prefill_spans=spans)
+        token_rows = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor(counts))
         return (
             torch.tensor(ids, dtype=torch.long),
             torch.cat(positions),
             attn,
+            token_rows,
             torch.tensor(last, dtype=torch.long),
         )
 

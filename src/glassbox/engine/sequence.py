@@ -91,6 +91,9 @@ class Sequence:
         self.block_table: list[int] = []
         self.num_cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self.num_computed_tokens = 0  # tokens whose KV is in the pool
+        # The prefill chunk the scheduler gave it for this step; None (every caller outside
+        # the scheduler, and decode steps): all its tokens not computed yet.
+        self.num_scheduled_tokens: int | None = None
         self.finish_reason: str | None = None
         self.generator: torch.Generator | None = None
         if params.seed is not None:
@@ -116,6 +119,14 @@ class Sequence:
     @property
     def num_blocks(self) -> int:
         return (len(self.token_ids) + self.block_size - 1) // self.block_size
+
+    @property
+    def chunk_end(self) -> int:
+        """Where this step's computation of its tokens stops: the end of its scheduled
+        chunk, or the end of its tokens."""
+        if self.num_scheduled_tokens is None:
+            return len(self.token_ids)
+        return self.num_computed_tokens + self.num_scheduled_tokens
 
     def block_tokens(self, i: int) -> list[int]:
         return self.token_ids[i * self.block_size : (i + 1) * self.block_size]

@@ -115,6 +115,7 @@ def test_a_server_configured_from_the_environment(
         kv_cache_bytes=kv_bytes,
         max_num_seqs=3,
         max_num_batched_tokens=300,
+        prefill_chunk_tokens=100,
         state_memory_bytes=4 * block_bytes,
         states_dir=str(states_dir),
         database_url=f"sqlite:///{db_file}",
@@ -148,6 +149,7 @@ def test_a_server_configured_from_the_environment(
         config = asyncio.run(engine.call(lambda e: e.config))
         assert (config.block_size, config.max_model_len) == (block_size, 200)
         assert (config.max_num_seqs, config.max_num_batched_tokens) == (3, 300)
+        assert config.prefill_chunk_tokens == 100
         assert config.num_blocks == kv_bytes // block_bytes
         assert http.get("/health").json()["kv_blocks_total"] == kv_bytes // block_bytes
         formats = asyncio.run(engine.call(lambda e: {lin.fmt for lin in linears(e.model)}))
@@ -228,11 +230,12 @@ def test_the_engine_loads_as_the_environment_says(
         kv_cache_bytes=65536,
         max_num_seqs=3,
         max_num_batched_tokens=25,
+        prefill_chunk_tokens=12,
     )
     engine, _ = load_engine(Settings())
     c = engine.config
     assert (c.block_size, c.num_blocks, c.max_model_len) == (4, 65536 // (4 * 512), 64)
-    assert (c.max_num_seqs, c.max_num_batched_tokens) == (3, 25)
+    assert (c.max_num_seqs, c.max_num_batched_tokens, c.prefill_chunk_tokens) == (3, 25, 12)
     assert {lin.fmt for lin in linears(engine.model)} == {"int8"}
     assert {lin.weight.dtype for lin in linears(engine.model)} == {torch.int8}
     assert torch.get_num_threads() == 1
@@ -249,6 +252,15 @@ def test_the_engine_loads_as_the_environment_says(
         engine.add_request([30 + i, *range(40, 49)], one)
     assert [len(engine.step()), len(engine.step())] == [2, 1]
     assert not engine.has_work()
+    # prefill_chunk_tokens: while a sequence decodes, a 20-token prompt is prefilled in
+    # chunks of 12 (no token after the first), a decode step between them
+    engine.add_request([50, 51], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    engine.step()
+    long = engine.add_request(list(range(60, 80)), one)
+    engine.step()  # a decode step follows every prefill step
+    assert engine.step() == [] and long.num_computed_tokens == 12
+    assert [o.seq_id for o in engine.step()] != [long.seq_id]  # the decode step
+    assert [o.seq_id for o in engine.step()] == [long.seq_id]  # the last 8 tokens
 
     monkeypatch.setenv("GLASSBOX_DTYPE", "float32")
     engine, _ = load_engine(Settings())

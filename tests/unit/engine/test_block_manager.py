@@ -112,6 +112,7 @@ def test_concurrent_sequences_share_prefix_blocks(engine):
     a = engine.add_request(prefix + [1, 2], GREEDY)
     engine.step()  # prefill a
     b = engine.add_request(prefix + [3], GREEDY)
+    engine.step()  # decode a: a running sequence gets a step after every prefill step
     engine.step()  # prefill b against a's live blocks
     assert b.num_cached_tokens == 16
     assert b.block_table[:4] == a.block_table[:4]

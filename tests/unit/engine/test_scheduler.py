@@ -52,10 +52,11 @@ def test_max_num_seqs_bounds_the_batch(make_engine):
 
 def test_prefill_respects_the_token_budget(make_engine):
     engine = make_engine(max_num_batched_tokens=10)
-    for _ in range(3):
-        engine.add_request(list(range(1, 7)), _params(1))  # 6 tokens each
+    seqs = [engine.add_request(list(range(10 * i + 1, 10 * i + 7)), _params(1)) for i in range(3)]
     first = engine.step()
-    assert len(first) == 1  # 6 + 6 > 10: the second prompt waits for the next step
+    # 6 + 6 > 10: the second prompt's first 4 tokens only, the third waits
+    assert [o.seq_id for o in first] == [seqs[0].seq_id]
+    assert [s.num_computed_tokens for s in seqs[1:]] == [4, 0]
 
 
 def test_abort_frees_the_sequence_between_steps(engine):
@@ -144,6 +145,7 @@ def test_cached_prompt_tokens_do_not_count_against_the_budget():
     first = _seq(range(16))
     sched.add(first)
     assert sched.schedule() == ([first], True)
+    assert sched.schedule() == ([first], False)  # a decode step after a prefill step
     again, other = _seq(range(16)), _seq(range(100, 108))
     sched.add(again)
     sched.add(other)
