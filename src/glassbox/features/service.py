@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -380,20 +381,40 @@ class FeatureService:
             d = named[0]
         ids = self._prompt(messages)
         plan = await self.resolve(spec)
-        captured, _ = await self._capture([ids], {d.layer}, plan)
-        acts = d.activations(captured[0][d.layer])
         # Report the messages' own tokens: the chat template's role markers and default
         # system prompt light up format-like features on every conversation alike.
         keep = [i for i in self._content_positions(messages, ids) if i > 0]
         if not keep:
             keep = list(range(1, len(ids))) or [0]
+
+        def read(h: torch.Tensor) -> torch.Tensor:
+            return d.activations(h)[keep]
+
+        acts = await self._read([ids], d, read, plan)
         tok = self.engine.tokenizer
         return Inspection(
             tokens=[tok.token_str(ids[i]) for i in keep],
             token_ids=[ids[i] for i in keep],
             dictionary=d,
-            acts=acts[keep],
+            acts=acts[0],
         )
+
+    async def _read(
+        self,
+        prompts: list[list[int]],
+        d: FeatureDictionary,
+        read: Callable[[torch.Tensor], torch.Tensor],
+        plan: SteeringPlan | None,
+    ) -> list[torch.Tensor]:
+        """Per prompt, `read` of its residuals [T, hidden] at `d`'s layer: computed with the
+        capture, on the engine thread (a matmul elsewhere would start an OpenMP team there)."""
+
+        def run(engine: LLMEngine) -> list[torch.Tensor]:
+            captured, _ = engine.capture(prompts, {d.layer}, plan)
+            return [read(c[d.layer]) for c in captured]
+
+        with about("messages"):
+            return await self.engine.call(run)
 
     def _content_positions(self, messages: list[dict], ids: list[int]) -> list[int]:
         """Positions of `ids` that come from the messages' contents: those not matched by
@@ -427,12 +448,13 @@ class FeatureService:
         """[N, n_features] mean activation of each conversation over its tokens."""
         d = (await self.dictionaries())[0]
         prompts = [self._prompt(m) for m in conversations]
+
+        def read(h: torch.Tensor) -> torch.Tensor:
+            return d.activations(h[1:] if h.shape[0] > 1 else h).mean(dim=0)
+
         rows = []
         for start in range(0, len(prompts), 16):
-            captured, _ = await self._capture(prompts[start : start + 16], {d.layer}, None)
-            for c in captured:
-                h = c[d.layer]
-                rows.append(d.activations(h[1:] if h.shape[0] > 1 else h).mean(dim=0))
+            rows += await self._read(prompts[start : start + 16], d, read, None)
         return torch.stack(rows)
 
     async def contrast(

@@ -1,7 +1,8 @@
 """The feature dictionaries and search index of a live server: built on the engine thread
 (DESIGN.md: one thread runs torch; a worker thread would get an OpenMP team of its own,
 spinning on the engine's cores), in short engine calls that running generations step
-between, and once however many requests wait for them."""
+between, and once however many requests wait for them. Inspection's activations are read
+on the engine thread too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from helpers.server import TINY_NAME, LiveServer, live, running, tiny_settings
 
-from glassbox.features.concepts import load_concept_data
+from glassbox.features.concepts import ConceptDictionary, load_concept_data
 from glassbox.features.label_encoder import LabelEncoder
 from glassbox.features.search import EMBED_CHUNK, FeatureIndex
 
@@ -164,3 +165,27 @@ def test_requests_during_the_start_up_build_share_it(
     labels = label_texts(recorder)
     assert len(labels) == len(set(labels)) == len(load_concept_data().concepts)
     assert len(recorder.of("__init__")) == 1
+
+
+def test_inspection_and_contrast_read_activations_on_the_engine_thread(
+    tiny_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    real = ConceptDictionary.activations
+
+    def recording(self, h):
+        threads.append(threading.current_thread().name)
+        return real(self, h)
+
+    monkeypatch.setattr(ConceptDictionary, "activations", recording)
+    hi = {"role": "user", "content": "Hi"}
+    pairs = [
+        [[hi, {"role": "assistant", "content": "Hello! How can I help?"}]],
+        [[hi, {"role": "assistant", "content": "Ahoy matey! Arr!"}]],
+    ]
+    with httpx.Client(base_url=tiny_server.base_url, timeout=120) as http:
+        body = {"messages": [hi], "session_id": "threads"}
+        ok(http.post("/features/inspect", json=body))
+        body = {"dataset_1": pairs[0], "dataset_2": pairs[1], "model": TINY_NAME}
+        ok(http.post(f"{EMBER}/chat-attribution/contrast", json=body))
+    assert len(threads) == 3 and set(threads) == {ENGINE_THREAD}, threads
