@@ -6,6 +6,14 @@ before it, so a later sequence whose prompt starts with the same tokens shares t
 instead of recomputing them. Freed blocks keep their hash and contents until they are
 handed out again (oldest first), so a repeated prefix hits even after its first owner ended.
 
+A block is registered only when both hold (see `_register_full`): the block before it is
+registered (so the chain really starts at the sequence's first token: a hash chained from
+None means "the first block of a prompt", and a prompt that hits it reads its KV at
+positions 0..block_size-1), and its KV is `plain`, what the plain model computes for its
+tokens. KV loaded into the pool (`take_blocks`: a state imported or read back from its
+file) and KV computed under steering are neither: they are never registered, and nothing
+after them in a sequence is either.
+
 A `KVHandle` holds references on the blocks of a token sequence whose KV was computed (a
 KV state, or a lease a running sequence takes on one): while it lives, those blocks are
 never handed out. Sharing a handle costs reference counts, never KV bytes; a sequence that
@@ -38,13 +46,16 @@ class KVHandle:
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids", "plain")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
         self.hash: int | None = None
         self.token_ids: tuple[int, ...] = ()
+        # Its KV was written by the plain model (no steering, not loaded from elsewhere),
+        # or copied from such a block: only such a block may enter the prefix cache.
+        self.plain = False
 
 
 def chain_hash(prefix_hash: int | None, token_ids: list[int] | tuple[int, ...]) -> int:
@@ -79,7 +90,9 @@ class BlockManager:
     def num_used(self) -> int:
         return len(self.blocks) - len(self.free)
 
-    def _take(self, block_id: int | None = None) -> Block:
+    def _take(self, block_id: int | None = None, plain: bool = False) -> Block:
+        """A free block: the oldest freed (forgetting its cached prefix; `plain`: its new
+        owner computes its KV with the plain model), or cached `block_id` (a prefix hit)."""
         if block_id is None:
             block_id, _ = self.free.popitem(last=False)
             block = self.blocks[block_id]
@@ -87,6 +100,7 @@ class BlockManager:
                 del self.hash_to_block[block.hash]
             block.hash = None
             block.token_ids = ()
+            block.plain = plain
         else:
             del self.free[block_id]
             block = self.blocks[block_id]
@@ -103,6 +117,26 @@ class BlockManager:
         block.hash = chain_hash(prefix_hash, token_ids)
         block.token_ids = tuple(token_ids)
         self.hash_to_block[block.hash] = block.block_id
+
+    def _register_full(self, seq: Sequence, i: int) -> None:
+        """Register `seq`'s full block `i` unless it is registered already, or its hash
+        chain would not start at the sequence's first token, or its KV is not plain.
+
+        Without a hash on block `i - 1` (KV loaded by `take_blocks`, or steered, or the
+        prompt a continuation computed after its state: see `register_computed`), chaining
+        from None would register block `i` as the first block of a prompt, and a prompt
+        starting with its tokens would reuse KV computed at other positions, after other
+        tokens. A registered block's predecessors are all registered, hence plain: the
+        whole chain is the plain model's KV of the sequence's first tokens."""
+        block = self.blocks[seq.block_table[i]]
+        if block.hash is not None or not block.plain:
+            return
+        prev = None
+        if i > 0:
+            prev = self.blocks[seq.block_table[i - 1]].hash
+            if prev is None:
+                return
+        self._register(block, prev, seq.block_tokens(i))
 
     def can_allocate(self, seq: Sequence) -> bool:
         shared = seq.prefix.num_kv // self.block_size if seq.prefix is not None else 0
@@ -147,7 +181,7 @@ class BlockManager:
                 seq.num_cached_tokens += self.block_size
             else:
                 cache_miss = True
-                block = self._take()
+                block = self._take(plain=not steered)
             prefix_hash = block.hash
             seq.block_table.append(block.block_id)
         seq.num_computed_tokens = seq.num_cached_tokens
@@ -158,29 +192,31 @@ class BlockManager:
         """Register the full blocks among `seq`'s first `end` tokens, whose KV is computed
         (or is computed in the step about to run), so later prompts share them. A block is
         never registered before the step that computes it: another prompt would read KV that
-        is not there (a chunked prefill allocates every block of its prompt at once)."""
+        is not there (a chunked prefill allocates every block of its prompt at once).
+        A sequence continuing a state registers none of its prompt (only the blocks it
+        fills decoding, when their chain is valid: see `may_append`)."""
         if seq.prefix is not None or _steered(seq):
             return
-        prev: int | None = None
         for i in range(end // self.block_size):
-            block = self.blocks[seq.block_table[i]]
-            if block.hash is None:
-                self._register(block, prev, seq.block_tokens(i))
-            prev = block.hash
+            self._register_full(seq, i)
 
     def _allocate_from(self, seq: Sequence, prefix: KVHandle) -> None:
         """Share the full blocks of `prefix`; copy its partial last block (copy-on-write:
         `seq` writes its next tokens there, the prefix's other holders must not see them)."""
         full, partial = divmod(prefix.num_kv, self.block_size)
+        plain = not _steered(seq)
         for block_id in prefix.block_ids[:full]:
             self.blocks[block_id].ref_count += 1
             seq.block_table.append(block_id)
         if partial:
-            block = self._take()
-            self.copy_block(prefix.block_ids[full], block.block_id)
+            # The copy holds the prefix's KV for its first tokens: it is plain only if that
+            # was (not loaded, not steered) and `seq` writes the rest with the plain model.
+            src = self.blocks[prefix.block_ids[full]]
+            block = self._take(plain=plain and src.plain)
+            self.copy_block(src.block_id, block.block_id)
             seq.block_table.append(block.block_id)
         while len(seq.block_table) < seq.num_blocks:
-            seq.block_table.append(self._take().block_id)
+            seq.block_table.append(self._take(plain=plain).block_id)
         seq.num_cached_tokens = seq.num_computed_tokens = prefix.num_kv
 
     def hold(self, token_ids: list[int] | tuple[int, ...], block_ids: list[int]) -> KVHandle:
@@ -204,7 +240,15 @@ class BlockManager:
             self._release(block_id)
 
     def take_blocks(self, n: int) -> list[int]:
-        """`n` fresh blocks (one reference each) to load KV into; fails if the pool is full."""
+        """`n` fresh blocks (one reference each) to load KV into; fails if the pool is full.
+
+        They are not `plain` and never get a hash, so neither they nor anything a sequence
+        computes after them enters the prefix cache. Hashing them (the tokens are known)
+        would keep prefix reuse for restored states, but the KV is only as good as its
+        file: a state committed under steering holds steered KV, and an imported file holds
+        whatever its uploader put there; in the shared cache either would be read by other
+        prompts (other tenants') as the plain model's. States are reused through their
+        handles (forks share blocks), which needs no prefix cache."""
         if n > self.num_free:
             raise OutOfBlocks(f"the KV pool has {self.num_free} free blocks, {n} needed")
         return [self._take().block_id for _ in range(n)]
@@ -224,13 +268,9 @@ class BlockManager:
         """Called after `seq` grew by one token: add a block or register a filled one."""
         n = len(seq)
         if n % self.block_size == 1 and len(seq.block_table) < seq.num_blocks:
-            seq.block_table.append(self._take().block_id)
+            seq.block_table.append(self._take(plain=not _steered(seq)).block_id)
         elif n % self.block_size == 0 and not _steered(seq):
-            i = n // self.block_size - 1
-            block = self.blocks[seq.block_table[i]]
-            if block.hash is None:
-                prev = self.blocks[seq.block_table[i - 1]].hash if i > 0 else None
-                self._register(block, prev, seq.block_tokens(i))
+            self._register_full(seq, n // self.block_size - 1)
 
 
 def _steered(seq: Sequence) -> bool:
