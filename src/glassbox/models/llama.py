@@ -10,6 +10,7 @@ reference the tests compare logits against.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -117,7 +118,7 @@ class LlamaModel:
     def __init__(
         self,
         config: ModelConfig,
-        weights: dict[str, torch.Tensor],
+        weights: Mapping[str, torch.Tensor],
         fmt: WeightFormat,
         prefill: PrefillWeights = "bfloat16",
     ):
@@ -128,8 +129,12 @@ class LlamaModel:
         c = config
         if c.tie_word_embeddings:
             # Tied checkpoints may store the shared matrix under either name.
-            tied = weights.get("model.embed_tokens.weight", weights.get("lm_head.weight"))
-            weights = {**weights, "model.embed_tokens.weight": tied, "lm_head.weight": tied}
+            stored = next(
+                n for n in ("model.embed_tokens.weight", "lm_head.weight") if n in weights
+            )
+            weights = _Renamed(
+                weights, {"model.embed_tokens.weight": stored, "lm_head.weight": stored}
+            )
         self.embed = weights["model.embed_tokens.weight"].float()
         self.layers: list[DecoderLayer] = []
         for i in range(c.num_layers):
@@ -166,18 +171,14 @@ class LlamaModel:
         return cls(*cls.read(model_dir), fmt, prefill)
 
     @staticmethod
-    def read(model_dir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-        """The config and the weights as stored (before any format conversion)."""
+    def read(model_dir: Path) -> tuple[ModelConfig, Mapping[str, torch.Tensor]]:
+        """The config and the weights as stored (before any format conversion), each read
+        from its file when it is looked up."""
         config = ModelConfig.from_dir(model_dir)
         files = sorted(Path(model_dir).glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors weights in {model_dir}")
-        weights: dict[str, torch.Tensor] = {}
-        for f in files:
-            with safe_open(str(f), framework="pt") as fh:
-                for name in fh.keys():
-                    weights[name] = fh.get_tensor(name)
-        return config, weights
+        return config, _WeightFiles(files)
 
     def linears(self) -> list[Linear]:
         """Every weight matmul of a step: each layer's qkv, o, gate_up and down, the LM head."""
@@ -297,6 +298,43 @@ class LlamaModel:
         """Logits from the residual stream after the last decoder layer (as the hook sees
         it, before the final norm): per-position logits from an activation capture."""
         return self.logits(_rms_norm(h_last_layer, self.norm, self.config.rms_norm_eps))
+
+
+class _WeightFiles(Mapping[str, torch.Tensor]):
+    """Tensors of safetensors files, read on each lookup: building the model then holds
+    one stored (float32) tensor at a time besides what it keeps, instead of all of them
+    (540 MB for the bundled model, its own size again at peak)."""
+
+    def __init__(self, files: list[Path]):
+        self._files = {}
+        for f in files:
+            handle = safe_open(str(f), framework="pt")
+            self._files.update(dict.fromkeys(handle.keys(), handle))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._files[name].get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+class _Renamed(Mapping[str, torch.Tensor]):
+    """Another mapping with some names looked up under other names."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], names: dict[str, str]):
+        self._weights, self._names = weights, names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._weights[self._names.get(name, name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({*self._weights, *self._names})
+
+    def __len__(self) -> int:
+        return len({*self._weights, *self._names})
 
 
 def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
