@@ -144,7 +144,10 @@ class ModelRunner:
                 for s, n in zip(seqs, lens, strict=True)
             ]
         )
-        kv_mask = torch.arange(width * bs)[None, :] <= positions[:, None]
+        # Additive (0 / -inf), made once per step: a boolean mask is converted to this by
+        # every layer's attention call.
+        padding = torch.arange(width * bs)[None, :] > positions[:, None]
+        kv_mask = torch.zeros(padding.shape).masked_fill_(padding, float("-inf"))
         attn = AttentionMetadata(
             slot_mapping=slot_mapping, block_table=table, kv_mask=kv_mask[:, None, None, :]
         )

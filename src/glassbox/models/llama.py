@@ -93,7 +93,8 @@ class AttentionMetadata:
     keys then its values. `slot_mapping` [T] is the flat slot (block * block_size + offset)
     each new token's K/V is written to.
     Decode steps: one query per sequence; `block_table` [B, max_blocks] (padded) and
-    `kv_mask` [B, 1, 1, max_blocks * block_size] marking each sequence's real keys.
+    `kv_mask` [B, 1, 1, max_blocks * block_size]: 0 at each sequence's real keys, -inf at
+    the padding.
     Prefill steps: `prefill_spans` lists, per sequence, its query range in the flattened
     token batch, its block ids, its total length and the position its queries start at.
     """
