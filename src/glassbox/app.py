@@ -35,7 +35,7 @@ from glassbox.metrics import Metrics
 from glassbox.models.loader import ResolvedModel
 from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
-from glassbox.runtime import load_engine, resolve
+from glassbox.runtime import resolve, start_engine
 from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
 from glassbox.store import Database
@@ -59,16 +59,16 @@ ROUTES = [
 
 def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
     t0 = time.perf_counter()
-    engine, resolved = load_engine(settings)
+    engine, resolved = start_engine(settings)
     log.info(
         "engine ready",
         model=resolved.name,
         directory=str(resolved.directory),
-        max_model_len=engine.config.max_model_len,
-        kv_blocks=engine.config.num_blocks,
+        max_model_len=engine.max_model_len,
+        kv_blocks=engine.stats()["kv_blocks_total"],
         duration_ms=round((time.perf_counter() - t0) * 1000, 1),
     )
-    return AsyncLLMEngine(engine), resolved
+    return engine, resolved
 
 
 def _import_encoder_library() -> None:
