@@ -231,8 +231,14 @@ def _held_ids(model_dir: Path) -> list[int]:
 
 @torch.inference_mode()
 def _logits(model: LlamaModel, ids: list[int]) -> torch.Tensor:
-    """Next-token logits at every position of `ids` (one prefill over a scratch KV pool)."""
+    """Next-token logits at every position of `ids` (one prefill over a scratch KV pool),
+    through the decode kernels: the quality measured is the format's own, not that of its
+    bf16 prefill copy (whose rounding is the 'bfloat16' format's)."""
     c = model.config
+    linears = model.linears()
+    copies = [lin.dense for lin in linears]
+    for lin in linears:
+        lin.dense = None
     block = 16
     blocks = (len(ids) + block - 1) // block
     pool = [torch.zeros(blocks, block, 2 * c.num_kv_heads, c.head_dim) for _ in range(c.num_layers)]
@@ -241,7 +247,11 @@ def _logits(model: LlamaModel, ids: list[int]) -> torch.Tensor:
         slot_mapping=torch.arange(n),
         prefill_spans=[(0, n, torch.arange(blocks), n, 0)],
     )
-    hidden = model.forward(torch.tensor(ids), torch.arange(n), attn, pool)
+    try:
+        hidden = model.forward(torch.tensor(ids), torch.arange(n), attn, pool)
+    finally:
+        for lin, copy in zip(linears, copies, strict=True):
+            lin.dense = copy
     return model.logits(hidden)
 
 
