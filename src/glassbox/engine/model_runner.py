@@ -148,8 +148,13 @@ class ModelRunner:
         # every layer's attention call.
         padding = torch.arange(width * bs)[None, :] > positions[:, None]
         kv_mask = torch.zeros(padding.shape).masked_fill_(padding, float("-inf"))
+        blocks = seqs[0].block_table
+        consecutive = len(seqs) == 1 and blocks == list(range(blocks[0], blocks[0] + len(blocks)))
         attn = AttentionMetadata(
-            slot_mapping=slot_mapping, block_table=table, kv_mask=kv_mask[:, None, None, :]
+            slot_mapping=slot_mapping,
+            block_table=table,
+            kv_mask=kv_mask[:, None, None, :],
+            first_block=blocks[0] if consecutive else None,
         )
         input_ids = torch.tensor([s.token_ids[-1] for s in seqs], dtype=torch.long)
         return input_ids, positions, attn

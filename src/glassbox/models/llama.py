@@ -102,6 +102,9 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor
     block_table: torch.Tensor | None = None
     kv_mask: torch.Tensor | None = None
+    # Decode of one sequence whose blocks are consecutive in the pool: the first of them
+    # (attention reads the pool in place instead of gathering a copy; same values).
+    first_block: int | None = None
     prefill_spans: list[tuple[int, int, torch.Tensor, int, int]] | None = None
 
 
@@ -354,9 +357,11 @@ def _attention(q: torch.Tensor, pool: torch.Tensor, attn: AttentionMetadata) -> 
         # query heads sharing a KV head are laid out as that head's "query positions", so
         # K/V are never repeated for GQA.
         b, n = attn.block_table.shape
-        kv = pool.index_select(0, attn.block_table.view(-1)).view(
-            b, n * block_size, 2 * kv_heads, dim
-        )
+        if attn.first_block is not None:  # one sequence, its blocks side by side: in place
+            kv = pool[attn.first_block : attn.first_block + n]
+        else:
+            kv = pool.index_select(0, attn.block_table.view(-1))
+        kv = kv.view(b, n * block_size, 2 * kv_heads, dim)
         k = kv[:, :, :kv_heads].transpose(1, 2)  # [B, KVH, L, D]
         v = kv[:, :, kv_heads:].transpose(1, 2)
         qg = q.view(b, kv_heads, heads // kv_heads, dim)

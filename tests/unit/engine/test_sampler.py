@@ -8,8 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
+from glassbox.engine.llm_engine import EngineConfig, LLMEngine
 from glassbox.engine.sampler import Sampler, apply_penalties
 from glassbox.engine.sequence import GREEDY_BELOW, SamplingParams, Sequence
+from glassbox.models.llama import LlamaModel
 
 # probabilities 0.5, 0.3, 0.15, 0.05 over a 4-token vocabulary
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
@@ -217,3 +219,36 @@ def test_a_temperature_too_small_to_divide_by_samples_greedily():
     # Just above it, the row still samples (seeded; token 1 has probability e^-2e5 ~ 0).
     (tok,), _ = Sampler()(logits.clone(), [_seq(temperature=GREEDY_BELOW * 2, seed=1)])
     assert tok == 0 and SamplingParams(temperature=GREEDY_BELOW * 2).greedy is False
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_decode_logits_are_bitwise_the_same_alone_and_batched(tiny_dir, tiny_tokenizer, fmt):
+    """With the quantized kernels a row's logits do not depend on its batch, to the bit.
+    Alone, a sequence's blocks are consecutive and attention reads the pool in place; in a
+    batch they are gathered (and padded): the values must not differ either. (float32
+    matmuls differ in the last bits between one row and several.)"""
+    model = LlamaModel.load(tiny_dir, fmt, "kernel")
+    config = EngineConfig(block_size=4, num_blocks=64, max_num_seqs=8, max_model_len=128)
+    prompt = list(range(30, 47))
+    params = SamplingParams(max_tokens=12, temperature=0.0, logprobs=3, ignore_eos=True)
+
+    def logprobs(engine, seq, steps: int | None = None) -> list:
+        out = []
+        while engine.has_work() and steps != 0:
+            out += [info for o in engine.step() if o.seq_id == seq.seq_id for info in o.logprobs]
+            steps = None if steps is None else steps - 1
+        return [(i.logprob, i.top) for i in out]
+
+    engine = LLMEngine(model, tiny_tokenizer, config)
+    seq = engine.add_request(prompt, params)
+    alone = logprobs(engine, seq, steps=1)  # the prefill
+    assert engine.runner._prepare_decode([seq])[2].first_block is not None
+    alone += logprobs(engine, seq)
+    assert len(alone) == 12
+
+    engine = LLMEngine(model, tiny_tokenizer, config)
+    engine.add_request([5, 6, 7, 8, 9, 10], SamplingParams(max_tokens=20, ignore_eos=True))
+    engine.step()
+    engine.step()
+    seq = engine.add_request(prompt, params)
+    assert logprobs(engine, seq) == alone
