@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glassbox.engine.llm_engine import EngineConfig, LLMEngine
-from glassbox.engine.sampler import Sampler, apply_penalties
+from glassbox.engine.sampler import TOP_P_CANDIDATES, Sampler, _filter, apply_penalties
 from glassbox.engine.sequence import GREEDY_BELOW, SamplingParams, Sequence
 from glassbox.models.llama import LlamaModel
 
@@ -252,3 +252,16 @@ def test_decode_logits_are_bitwise_the_same_alone_and_batched(tiny_dir, tiny_tok
     engine.step()
     seq = engine.add_request(prompt, params)
     assert logprobs(engine, seq) == alone
+
+
+@pytest.mark.parametrize("spread", [0.3, 3.0])  # flat (the fallback sort) and peaked
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999])
+def test_top_p_keeps_exactly_the_nucleus(spread, top_p):
+    logits = torch.randn(50_000, generator=torch.Generator().manual_seed(5)) * spread
+    probs = torch.softmax(logits, dim=-1)
+    ordered, order = torch.sort(probs, descending=True)
+    nucleus = set(order[(ordered.cumsum(-1) - ordered) < top_p].tolist())
+    kept = torch.isfinite(_filter(logits, 0, top_p, 0.0)).nonzero().view(-1).tolist()
+    assert set(kept) == nucleus
+    # both ways are taken: a nucleus within the candidates, and one that needs the sort
+    assert (len(nucleus) < TOP_P_CANDIDATES) == (spread == 3.0 and top_p == 0.5)
