@@ -359,12 +359,25 @@ class FeatureService:
         with about("messages"):
             return await self.engine.call(lambda e: e.capture(prompts, layers, plan))
 
-    async def next_token_logits(
-        self, prompt_ids: list[int], spec: VariantSpec | None
-    ) -> torch.Tensor:
-        """The logits [vocab] of the token after `prompt_ids`, read under the variant."""
-        _, logits = await self._capture([prompt_ids], set(), await self.resolve(spec))
-        return logits[0]
+    async def next_token_ranking(
+        self, prompt_ids: list[int], spec: VariantSpec | None, candidates: list[int] | None = None
+    ) -> tuple[list[int], list[float]]:
+        """The tokens that may follow `prompt_ids` under the variant, most likely first, and
+        their logits: every token of the tokenizer's vocabulary, or only `candidates`.
+        Ranked inside the engine call: a sort over the vocabulary on another thread would
+        start an OpenMP team there."""
+        plan = await self.resolve(spec)
+        vocab = self.engine.tokenizer.vocab_size
+
+        def rank(engine: LLMEngine) -> tuple[list[int], list[float]]:
+            _, logits = engine.capture([prompt_ids], set(), plan)
+            ids = torch.arange(vocab) if candidates is None else torch.tensor(candidates)
+            values = logits[0, :vocab].float()[ids]
+            order = torch.argsort(values, descending=True)
+            return ids[order].tolist(), values[order].tolist()
+
+        with about("messages"):
+            return await self.engine.call(rank)
 
     async def inspect(
         self, messages: list[dict], spec: VariantSpec | None = None, dictionary: str | None = None
@@ -429,20 +442,6 @@ class FeatureService:
         for block in matcher.get_matching_blocks():
             in_skeleton.update(range(block.a, block.a + block.size))
         return [i for i in range(len(ids)) if i not in in_skeleton]
-
-    async def logits(
-        self, messages: list[dict], spec: VariantSpec | None, top_k: int
-    ) -> list[tuple[str, float]]:
-        """Top-k next-token logits after `messages` (a generation prompt is added)."""
-        if not 1 <= top_k <= 1000:
-            raise InvalidRequest("top_k must be between 1 and 1000", param="top_k")
-        ids = self.requests.chat(messages, add_generation_prompt=True)
-        logits = await self.next_token_logits(ids, spec)
-        values, idx = torch.topk(logits, top_k)
-        tok = self.engine.tokenizer
-        return [
-            (tok.token_str(i), float(v)) for i, v in zip(idx.tolist(), values.tolist(), strict=True)
-        ]
 
     async def mean_activations(self, conversations: list[list[dict]]) -> torch.Tensor:
         """[N, n_features] mean activation of each conversation over its tokens."""

@@ -13,6 +13,7 @@ from itertools import pairwise
 
 import httpx
 import pytest
+import torch
 from helpers.server import TINY_NAME, LiveServer, live, running, tiny_settings
 
 from glassbox.features.concepts import ConceptDictionary, load_concept_data
@@ -189,3 +190,28 @@ def test_inspection_and_contrast_read_activations_on_the_engine_thread(
         body = {"dataset_1": pairs[0], "dataset_2": pairs[1], "model": TINY_NAME}
         ok(http.post(f"{EMBER}/chat-attribution/contrast", json=body))
     assert len(threads) == 3 and set(threads) == {ENGINE_THREAD}, threads
+
+
+def test_ember_logits_are_ranked_on_the_engine_thread(
+    tiny_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vocabulary's sort (49k tokens on the real model) starts an OpenMP team on any
+    thread that runs it: it runs inside the capture's engine call."""
+    threads: list[str] = []
+    real = torch.argsort
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "argsort", recording)
+    hi = [{"role": "user", "content": "Hi"}]
+    with httpx.Client(base_url=tiny_server.base_url, timeout=120) as http:
+        body = {"messages": hi, "model": TINY_NAME, "top_k": 5}
+        ranked = ok(http.post(f"{EMBER}/chat-attribution/compute-logits", json=body))["logits"]
+        some = list(ranked)[:2]
+        body = {**body, "top_k": None, "filter_vocabulary": some}
+        only = ok(http.post(f"{EMBER}/chat-attribution/compute-logits", json=body))["logits"]
+    assert list(ranked.values()) == sorted(ranked.values(), reverse=True) and len(ranked) == 5
+    assert set(only) == set(some)
+    assert threads == [ENGINE_THREAD, ENGINE_THREAD]

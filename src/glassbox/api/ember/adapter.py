@@ -354,26 +354,18 @@ class EmberService:
         chosen = None
         if filter_vocabulary is not None:
             vocab = await self._vocabulary()
-            chosen = torch.tensor(
-                [
-                    self._token_id(vocab, s, f"filter_vocabulary[{i}]")
-                    for i, s in enumerate(filter_vocabulary)
-                ],
-                dtype=torch.long,
-            )
+            chosen = [
+                self._token_id(vocab, s, f"filter_vocabulary[{i}]")
+                for i, s in enumerate(filter_vocabulary)
+            ]
         spec, _ = self._spec(controller, model)
-        logits = await self.features.next_token_logits(ids, spec)
-        row = logits[: self.gen.tokenizer.vocab_size].float()
-        if chosen is None:
-            chosen = torch.arange(row.shape[0])
-        values = row[chosen]
+        ranked, values = await self.features.next_token_ranking(ids, spec, chosen)
         # Walk down the ranking until k distinct texts: ids can share a text (e.g. the
         # partial bytes of a multi-byte character all print as U+FFFD).
-        k = values.shape[0] if top_k is None else min(top_k, values.shape[0])
-        order = torch.argsort(values, descending=True)
+        k = len(ranked) if top_k is None else min(top_k, len(ranked))
         out: dict[str, float] = {}
         tok = self.gen.tokenizer
-        for v, i in zip(values[order].tolist(), chosen[order].tolist(), strict=True):
+        for i, v in zip(ranked, values, strict=True):
             if len(out) == k:
                 break
             out.setdefault(tok.token_str(i), round(v, 5))
