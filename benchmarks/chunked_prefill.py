@@ -31,22 +31,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from prompts import QUESTIONS
 
 from glassbox.config import Settings
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.runtime import load_engine
 
-QUESTIONS = [
-    "Tell me about your day.",
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain photosynthesis in simple words.",
-    "Give me three tips for learning to cook.",
-    "Why is the sky blue?",
-    "Describe a cat to someone who has never seen one.",
-    "What makes a good friend?",
-]
 PARAGRAPH = (
     "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a tin "
     "of oil and a cloth for the great lens. From the gallery he could see the fishing boats "

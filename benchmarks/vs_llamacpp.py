@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prompts import QUESTIONS, WARMUP_QUESTIONS
 
 LLAMA_CPP_PYTHON = "0.3.36"
 SLOTS = 16  # llama-server -np
@@ -68,29 +69,6 @@ CMAKE_ARGS = [
     "-DGGML_NATIVE=ON",
 ]
 
-QUESTIONS = [
-    "Tell me about your day.",
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain photosynthesis in simple words.",
-    "Give me three tips for learning to cook.",
-    "Why is the sky blue?",
-    "Describe a cat to someone who has never seen one.",
-    "What makes a good friend?",
-    "Summarize the plot of Cinderella.",
-    "How do airplanes stay in the air?",
-    "Suggest a name for a small bakery.",
-    "What is the difference between weather and climate?",
-    "Write two sentences about autumn.",
-    "How does a bicycle work?",
-    "What should I pack for a weekend hike?",
-    "Explain what a computer program is.",
-    "Tell me a fun fact about octopuses.",
-    "Why do we need sleep?",
-    "What are the colors of the rainbow?",
-    "Give me a short motivational message.",
-]
-WARMUP_QUESTIONS = ["Say hello.", "Count to five.", "Name a fruit.", "Name a color."]
 WARMUP_TOKENS = 16
 
 

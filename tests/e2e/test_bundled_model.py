@@ -95,13 +95,7 @@ def test_glassbox_serve_answers(bundled_cache: Path, tmp_path: Path) -> None:
         assert answer is not None, "no answer within 60 s"
         assert "Paris" in answer  # the greedy answer fits in its 10 tokens
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc, log)
 
 
 def test_a_state_exported_and_imported_after_a_restart_continues_identically(
@@ -157,13 +151,7 @@ def glassbox_serve(log_path: Path) -> Iterator[str]:
         print(log.read().decode(errors="replace")[-3000:])
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc, log)
 
 
 def first_health(http: httpx.Client, timeout: float = 120.0) -> tuple[float, dict]:
@@ -232,3 +220,13 @@ def test_the_first_feature_search_of_a_fresh_server_answers_within_2_s(
     assert ready == {"ready": True, "stage": "ready"}
     assert any("pirate" in label.lower() for label in labels), labels
     assert elapsed < 2.0, f"{elapsed:.2f} s (features at the first /health: {health['features']})"
+
+
+def _stop(proc: subprocess.Popen, log) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
