@@ -33,6 +33,27 @@ API = "/api/inference/v1"
 MESSAGES = [{"role": "user", "content": "Tell me about your day."}]
 
 
+def _ensure_main_thread_loop() -> None:
+    """The SDK's sync client calls asyncio.get_event_loop() on the calling thread. An async
+    test or asyncio.run that ran before on the main thread leaves it with no loop at all
+    (set_event_loop(None)), and that call then raises: give it one. An existing loop is kept
+    (the SDK's HTTP client stays bound to the loop of its first call)."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def main_thread_loop_for_module() -> None:
+    _ensure_main_thread_loop()
+
+
+@pytest.fixture(autouse=True)
+def main_thread_loop() -> None:
+    _ensure_main_thread_loop()
+
+
 @pytest.fixture(scope="module")
 def ember_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = tiny_settings(tiny_model_dir, tmp_path_factory.mktemp("cache"))
