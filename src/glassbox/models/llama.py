@@ -246,10 +246,10 @@ class LlamaModel:
                 0, attn.slot_mapping, qkv[:, c.num_heads :]
             )
             o = _attention(qkv[:, : c.num_heads], pool, attn)
-            h = h + layer.o(o.to(self.dtype), dense).float()
+            h = h + layer.o(o.to(self.dtype), dense)  # promoted to h's float32
             x = _rms_norm(h, layer.post_norm, c.rms_norm_eps).to(self.dtype)
             gate, up = layer.gate_up(x, dense).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up, dense).float()
+            h = h + layer.down(F.silu(gate) * up, dense)
             if hook is not None:
                 h = hook(i, h)
         return _rms_norm(h, self.norm, c.rms_norm_eps)
@@ -266,7 +266,9 @@ class LlamaModel:
         c = self.config
         t, heads, half = h.shape[0], c.num_heads + 2 * c.num_kv_heads, c.head_dim // 2
         x = _rms_norm(h, layer.input_norm, c.rms_norm_eps).to(self.dtype)
-        qkv = layer.qkv(x, dense).float().view(t, heads, c.head_dim)
+        # bf16 outputs are promoted to float32 by the products with cos and sin (exactly,
+        # and without a separate conversion op)
+        qkv = layer.qkv(x, dense).view(t, heads, c.head_dim)
         flipped = qkv.view(t, heads, 2, half).flip(2).view(t, heads, c.head_dim)
         return torch.addcmul(qkv * cos, flipped, sin)
 
