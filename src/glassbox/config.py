@@ -49,15 +49,6 @@ class Settings(BaseSettings):
         "('kernel', no second copy) or a dense bf16 copy of them. 'auto': measured.",
     )
     num_threads: int | None = Field(None, description="torch intra-op threads (default: all)")
-    engine_nice: int = Field(
-        5,
-        ge=0,
-        le=19,
-        description="How much lower than the HTTP thread the engine thread and its OpenMP "
-        "team are scheduled (Linux nice steps; 0 = the same): the HTTP thread then runs at "
-        "once when it has tokens to send, instead of being preempted while it holds the GIL "
-        "that the engine thread needs",
-    )
 
     max_model_len: int | None = Field(None, description="Context length (default: model's)")
     block_size: int = 16

@@ -3,10 +3,6 @@ engine, which take plain parameters (they never import glassbox.config)."""
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-
 import torch
 
 from glassbox.config import Settings
@@ -63,23 +59,9 @@ def start_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
     resolved: list[ResolvedModel] = []
 
     def load() -> LLMEngine:
-        lower_this_thread(settings.engine_nice)  # before torch starts the thread's team
         engine, model = load_engine(settings)
         engine.warm_up()
         resolved.append(model)
         return engine
 
     return AsyncLLMEngine(load), resolved[0]
-
-
-def lower_this_thread(steps: int) -> None:
-    """Schedule the calling thread (and the threads it starts later, such as its OpenMP
-    team) `steps` nice steps lower. On two cores the engine's two OpenMP threads keep both
-    busy; the HTTP thread, woken to send tokens, then preempts one of them while holding
-    the GIL that the engine thread needs next. Measured over HTTP on the bundled model:
-    16 streams 296 against 262-282 tok/s (median of runs) with the engine 5 steps lower;
-    the HTTP thread 10 steps lower instead cost 11%. Linux only: elsewhere a thread's
-    priority is the process's."""
-    if steps and sys.platform.startswith("linux"):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + steps)
