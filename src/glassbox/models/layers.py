@@ -81,7 +81,7 @@ class Linear:
             if prefill != "kernel":
                 dequantized = self.weight.float() * self.scales.float()[:, None]
         elif fmt in ("float32", "bfloat16"):
-            self.weight = weight.to(activation_dtype(fmt))
+            self.weight = weight.to(activation_dtype(fmt), copy=True)  # not a view of a file map
         if dequantized is not None and prefill != "kernel":
             self.dense = dequantized.to(torch.bfloat16)
         self.fmt: WeightFormat = fmt

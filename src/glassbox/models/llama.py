@@ -139,7 +139,7 @@ class LlamaModel:
             weights = _Renamed(
                 weights, {"model.embed_tokens.weight": stored, "lm_head.weight": stored}
             )
-        self.embed = weights["model.embed_tokens.weight"].float()
+        self.embed = _owned(weights["model.embed_tokens.weight"])
         self.layers: list[DecoderLayer] = []
         for i in range(c.num_layers):
             p = f"model.layers.{i}."
@@ -152,19 +152,19 @@ class LlamaModel:
             )
             self.layers.append(
                 DecoderLayer(
-                    input_norm=weights[p + "input_layernorm.weight"].float(),
+                    input_norm=_owned(weights[p + "input_layernorm.weight"]),
                     qkv=Linear(qkv_w, qkv_b, fmt, prefill),
                     o=Linear(weights[p + "self_attn.o_proj.weight"], None, fmt, prefill),
-                    post_norm=weights[p + "post_attention_layernorm.weight"].float(),
+                    post_norm=_owned(weights[p + "post_attention_layernorm.weight"]),
                     gate_up=Linear(gate_up, None, fmt, prefill),
                     down=Linear(weights[p + "mlp.down_proj.weight"], None, fmt, prefill),
                 )
             )
-        self.norm = weights["model.norm.weight"].float()
+        self.norm = _owned(weights["model.norm.weight"])
         self.lm_head = Linear(weights["lm_head.weight"], None, fmt, prefill)
         # float32 rows of the LM head for `logits`' refinement (the embedding table itself
         # when the two are tied: no second copy)
-        self.head_rows = self.embed if c.tie_word_embeddings else weights["lm_head.weight"].float()
+        self.head_rows = self.embed if c.tie_word_embeddings else _owned(weights["lm_head.weight"])
         self.inv_freq, self.rope_scale = _rope_parameters(config)
         self._rope_cache = torch.empty(0)
 
@@ -304,6 +304,13 @@ class LlamaModel:
         """Logits from the residual stream after the last decoder layer (as the hook sees
         it, before the final norm): per-position logits from an activation capture."""
         return self.logits(_rms_norm(h_last_layer, self.norm, self.config.rms_norm_eps))
+
+
+def _owned(stored: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of a stored tensor. safetensors hands out tensors backed by its
+    memory map of the file: keeping one (a norm weight is float32 already, `.float()` would
+    return it as is) kept the whole mapping resident, 513 MB for the bundled model."""
+    return stored.to(torch.float32, copy=True)
 
 
 class _WeightFiles(Mapping[str, torch.Tensor]):

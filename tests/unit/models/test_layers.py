@@ -3,10 +3,14 @@ rows of a batch independently (so a seeded request does not depend on its batch)
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 
 from glassbox.models.layers import INT4_GROUP, Linear
+from glassbox.models.llama import LlamaModel
 
 
 def _q4_weight(out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
@@ -75,3 +79,13 @@ def test_kernel_prefill_keeps_no_second_copy(fmt):
     assert torch.equal(lin(x, dense=True), lin(x))  # prefill runs the quantized kernel
     with_copy = Linear(w, None, fmt, "bfloat16")
     assert lin.weight_bytes() < with_copy.weight_bytes() / 2
+
+
+@pytest.mark.parametrize("fmt", ["float32", "int8", "q4"])
+def test_a_loaded_model_keeps_no_map_of_its_weight_files(tiny_dir, fmt):
+    """safetensors tensors are views of a memory map of the file: a model that kept one
+    (a norm weight, an embedding) kept the whole file resident beside its own weights."""
+    model = LlamaModel.load(tiny_dir, fmt)
+    gc.collect()
+    mapped = Path("/proc/self/maps").read_text()
+    assert model.layers and not any(f.name in mapped for f in tiny_dir.glob("*.safetensors"))
