@@ -141,7 +141,7 @@ class FeatureService:
         async with self._lock:
             if self._dictionaries is None:
                 t0 = time.perf_counter()
-                concepts, steps = await self._concepts(rebuild=False)
+                concepts, steps = await self._concepts()
                 files = await self.engine.call(self._load_files)
                 self._dictionaries = [concepts, *files]
                 log.info(
@@ -152,13 +152,11 @@ class FeatureService:
                 )
         return self._dictionaries
 
-    async def _concepts(self, rebuild: bool) -> tuple[FeatureDictionary, int]:
+    async def _concepts(self) -> tuple[FeatureDictionary, int]:
         """The concept dictionary (from the cache, else built) and the build's step count."""
 
         def steps(engine: LLMEngine) -> Steps[FeatureDictionary]:
-            return concept_dictionary_steps(
-                engine, self.cache_dir, self.fingerprint, self.layer, rebuild=rebuild
-            )
+            return concept_dictionary_steps(engine, self.cache_dir, self.fingerprint, self.layer)
 
         return await self._run_steps(await self.engine.call(steps))
 
@@ -171,16 +169,6 @@ class FeatureService:
             layer = self.layer if self.layer is not None else c.num_layers // 2
             out.append(load_vector_folder(folder, layer, c.hidden_size, self.fingerprint))
         return out
-
-    async def rebuild_concepts(self) -> FeatureDictionary:
-        """`glassbox features build`: rebuild the concept vectors and replace them."""
-        rebuilt, _ = await self._concepts(rebuild=True)
-        async with self._lock:
-            if self._dictionaries is not None:
-                self._dictionaries[0] = rebuilt
-            self._index = None
-            self.stage = "pending"
-        return rebuilt
 
     async def catalog(self) -> FeatureCatalog:
         """Model-wide indices of the dictionaries' features."""
