@@ -28,14 +28,13 @@ import os
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
-import torch
 from prompts import QUESTIONS
 
 from glassbox.config import Settings
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
+from glassbox.models.kernels import describe_cpu
 from glassbox.runtime import load_engine
 
 PARAGRAPH = (
@@ -43,20 +42,6 @@ PARAGRAPH = (
     "of oil and a cloth for the great lens. From the gallery he could see the fishing boats "
     "returning to the harbour, their lamps bobbing like fireflies on the dark water. "
 )
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_description() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "cpu unknown"
-    model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line),
-        "unknown",
-    )
-    flags = " ".join(f for f in FLAGS if f" {f}" in text) or "none of " + ", ".join(FLAGS)
-    return f"{model}; flags: {flags}"
 
 
 def long_prompt(engine: LLMEngine, n: int, variant: int) -> list[int]:
@@ -134,9 +119,7 @@ def main() -> None:
     t0 = time.perf_counter()
     base, resolved = load_engine(settings)
     budget = base.config.max_num_batched_tokens
-    print(f"cpu: {cpu_description()}; torch {torch.__version__}, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores")  # fmt: skip
+    print(describe_cpu())
     print(f"model: {resolved.name}, weights {args.dtype}, context {base.config.max_model_len}, "
           f"loaded in {time.perf_counter() - t0:.1f} s; max_num_batched_tokens {budget}; "
           f"{args.streams} streams; a {args.prompt_tokens}-token prompt arrives")  # fmt: skip

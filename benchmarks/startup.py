@@ -17,7 +17,6 @@ flags, and the ratio. The target is a first answer within 10 s of launching glas
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess
@@ -96,29 +95,17 @@ def transformers_first_answer(directory: Path) -> float:
     return time.monotonic() - t0
 
 
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma", "f16c")
-    found = sorted({w for w in wanted if f" {w}" in text})
-    return " ".join(found) or "none of " + ", ".join(wanted)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
 
-    import torch
-
     from glassbox.config import Settings
+    from glassbox.models.kernels import describe_cpu
     from glassbox.runtime import resolve
 
     directory = resolve(Settings()).directory  # converts the bundled GGUF once, untimed
-    print(f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"flags: {cpu_flags()}, {os.cpu_count()} cores")  # fmt: skip
+    print(describe_cpu())
     glassbox, peer = [], []
     for _ in range(args.runs):  # interleaved, so both see the same machine
         glassbox.append(glassbox_first_answer())

@@ -51,11 +51,12 @@ from pathlib import Path
 import httpx
 from prompts import QUESTIONS, WARMUP_QUESTIONS
 
+from glassbox.models.kernels import cpu_signature, describe_cpu
+
 LLAMA_CPP_PYTHON = "0.3.36"
 SLOTS = 16  # llama-server -np
 PROMPT_BUDGET = 256  # tokens of prompt per llama-server slot (the chat prompts are ~40)
 TEMPERATURE = 0.8
-FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_bf16")
 CMAKE_ARGS = [
     "-DCMAKE_BUILD_TYPE=Release",
     "-DLLAMA_BUILD_SERVER=ON",
@@ -76,25 +77,12 @@ WARMUP_TOKENS = 16
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return cpu_signature()["model"]
 
 
 def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return [f for f in FLAGS if f in flags]
+    """The instruction-set flags the cached build is keyed by."""
+    return cpu_signature()["flags"]
 
 
 # --- building llama-server -------------------------------------------------------------------
@@ -432,13 +420,8 @@ def main() -> None:
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
 
-    import torch
-
     flags = cpu_flags()
-    print(
-        f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, flags: {' '.join(flags) or 'none'}"
-    )
+    print(describe_cpu())
     binary = ensure_llama_server(args.peers_dir or default_peers_dir())
     if args.build_only:
         return
