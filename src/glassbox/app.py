@@ -40,6 +40,7 @@ from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
 from glassbox.store import Database
 from glassbox.store.db import default_url
+from glassbox.structured.grammar import GrammarCompiler
 
 log = get_logger(__name__)
 
@@ -126,7 +127,8 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             db = Database(settings.database_url or default_url(settings.cache_dir))
             app.state.variants = VariantService(db, name)
             app.state.steering = SteeringService(features, app.state.variants, registry)
-            app.state.openai = OpenAIService(generation, app.state.steering)
+            app.state.grammars = GrammarCompiler(aengine.tokenizer, aengine.vocab_size)
+            app.state.openai = OpenAIService(generation, app.state.steering, app.state.grammars)
             states = StateService(
                 generation,
                 db,

@@ -15,6 +15,7 @@ import torch
 from glassbox.engine.block_manager import BlockManager, KVHandle
 from glassbox.engine.detokenizer import IncrementalDetokenizer
 from glassbox.engine.errors import OutOfBlocks, PromptTooLong, RequestRejected
+from glassbox.engine.grammar import GRAMMAR_FAILED, MaskFiller
 from glassbox.engine.model_runner import ModelRunner
 from glassbox.engine.sampler import Sampler
 from glassbox.engine.scheduler import Scheduler
@@ -97,6 +98,7 @@ class LLMEngine:
             config.prefill_chunk_tokens,
         )
         self.sampler = Sampler()
+        self.masks = MaskFiller(model.config.vocab_size)
         self.eos_token_ids = set(model.config.eos_token_ids)
         if tokenizer.hf.eos_token_id is not None:
             self.eos_token_ids.add(tokenizer.hf.eos_token_id)
@@ -208,9 +210,12 @@ class LLMEngine:
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
             return []
+        ready = [s for s in seqs if s.chunk_end == len(s)]  # the rows `logits` will have
+        masked_rows = [i for i, s in enumerate(ready) if s.matcher is not None]
+        pending = self.masks.start([ready[i].matcher for i in masked_rows])
         logits, aborted = self.runner.run(seqs, is_prefill)
-        ready = [s for s in seqs if s.chunk_end == len(s)]  # the rows `logits` has
-        tokens, infos = self.sampler(logits, ready)
+        bitmask = self.masks.result(pending) if pending is not None else None
+        tokens, infos = self.sampler(logits, ready, bitmask, masked_rows)
         sampled = {s.seq_id: (t, i) for s, t, i in zip(ready, tokens, infos, strict=True)}
         self.stats.steps += 1
         outputs = []
@@ -239,9 +244,12 @@ class LLMEngine:
         reason = None
         if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:
             reason = "stop"
+        elif seq.matcher is not None and not seq.matcher.consume(token):
+            log.warning("grammar matcher failed: %s", seq.matcher.error())
+            reason = GRAMMAR_FAILED
         else:
             detok.add(token)
-            if detok.stopped:
+            if detok.stopped or (seq.matcher is not None and seq.matcher.is_stopped()):
                 reason = "stop"
         if reason is None and (
             seq.num_output_tokens >= p.max_tokens or len(seq) >= self.config.max_model_len

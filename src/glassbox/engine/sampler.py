@@ -1,13 +1,17 @@
 """Per-row sampling: every sequence in the batch brings its own parameters and generator.
 
 Logprobs are those of the model's own distribution (log-softmax of the raw logits, as vLLM
-reports them), not of the distribution after penalties and temperature.
+reports them), not of the distribution after penalties, temperature and grammar masks.
+
+Order of the adjustments of a row: penalties, logit_bias, then the grammar's mask (nothing
+re-allows a token the grammar forbids), then temperature and top-k/top-p/min-p.
 """
 
 from __future__ import annotations
 
 import torch
 
+from glassbox.engine.grammar import apply_bitmask
 from glassbox.engine.sequence import Sequence, TokenLogprob
 
 
@@ -57,12 +61,17 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> tor
 
 class Sampler:
     def __call__(
-        self, logits: torch.Tensor, seqs: list[Sequence]
+        self,
+        logits: torch.Tensor,
+        seqs: list[Sequence],
+        bitmask: torch.Tensor | None = None,
+        masked_rows: list[int] | None = None,
     ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """One token per row; `bitmask` row k (grammar.py) constrains row `masked_rows[k]`."""
         raw_logprobs = None
         if any(s.params.logprobs is not None for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
-        tokens = self._sample(logits, seqs)
+        tokens = self._sample(logits, seqs, bitmask, masked_rows or [])
         infos: list[TokenLogprob | None] = []
         for i, seq in enumerate(seqs):
             k = seq.params.logprobs
@@ -77,16 +86,24 @@ class Sampler:
             infos.append(TokenLogprob(tokens[i], float(row[tokens[i]]), top))
         return tokens, infos
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        seqs: list[Sequence],
+        bitmask: torch.Tensor | None,
+        masked_rows: list[int],
+    ) -> list[int]:
         """One token per row. Rows are processed together where they can be (one argmax for
         the greedy rows, one softmax and cumsum for the sampled ones: per-row calls cost
         ~0.15 ms each over a 50k vocabulary), and every op works row by row, so a row's token
         does not depend on the other rows."""
         adjusted = {i: self._adjusted(logits[i], s) for i, s in enumerate(seqs) if _adjusts(s)}
-        if adjusted:
+        if adjusted or masked_rows:
             logits = logits.clone()
             for i, row in adjusted.items():
                 logits[i] = row
+        if masked_rows:
+            apply_bitmask(logits, bitmask, masked_rows)
         tokens = [0] * len(seqs)
         greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
         if greedy:

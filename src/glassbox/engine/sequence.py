@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from glassbox.engine.grammar import Grammar
 from glassbox.steering.plan import SteeringPlan
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     steering: SteeringPlan | None = None  # this row's variant, resolved against dictionaries
     keep_kv: bool = False  # on finishing, hand the sequence's KV back as a KVHandle
+    grammar: Grammar | None = None  # constrains every generated token (see grammar.py)
 
     @property
     def greedy(self) -> bool:
@@ -104,6 +106,7 @@ class Sequence:
         # KV already computed for the start of the prompt (a state this continues): the
         # sequence owns this handle and releases it when it finishes.
         self.prefix = prefix
+        self.matcher = params.grammar.matcher() if params.grammar is not None else None
 
     def __len__(self) -> int:
         return len(self.token_ids)

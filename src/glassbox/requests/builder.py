@@ -6,7 +6,7 @@ and beam search, features (inspect, contrast, logits), the local backend and `gl
     messages --chat template--> token ids --+
     text     --tokenizer------> token ids --+--> vocabulary and context checks
     token ids ----------------------------- +          |
-    sampling fields + steering plan (+ grammar, session: next) --> SamplingParams
+    sampling fields + steering plan + grammar (+ session: next) --> SamplingParams
                                                        |
                                                        v
                                           EngineRequest(prompt_ids, params)
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glassbox.engine.async_engine import AsyncLLMEngine
+from glassbox.engine.grammar import Grammar
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import ContextLengthExceeded, InvalidRequest
 from glassbox.models.tokenizer import ChatTemplateError, Tokenizer
@@ -146,9 +147,11 @@ class RequestBuilder:
         skip_special_tokens: bool = True,
         steering: SteeringPlan | None = None,
         keep_kv: bool = False,
+        grammar: Grammar | None = None,
     ) -> SamplingParams:
         """Sampling parameters with their token ids checked (`logit_bias` keys,
-        `stop_token_ids`); `top_k` of 0 or below turns top-k off."""
+        `stop_token_ids`); `top_k` of 0 or below turns top-k off. `grammar` (compiled by
+        glassbox.structured) constrains every generated token."""
         bias = {int(k): float(v) for k, v in (logit_bias or {}).items()}
         self.token_ids(bias, "logit_bias")
         stops = list(stop)
@@ -172,6 +175,7 @@ class RequestBuilder:
             skip_special_tokens=skip_special_tokens,
             steering=None if steering is None or steering.is_empty else steering,
             keep_kv=keep_kv,
+            grammar=grammar,
         )
 
     def request(

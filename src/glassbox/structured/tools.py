@@ -1,0 +1,283 @@
+"""Tool calls: the prompt that offers tools, the grammar that constrains the calls, and the
+parsing of generated calls (whole, or as they stream).
+
+The wire format of a call is the one Hermes, Qwen 2.5 and SmolLM3 use, compact JSON in tags:
+
+    <tool_call>{"name":"get_weather","arguments":{"city":"Paris"}}</tool_call>
+
+several calls (`parallel_tool_calls`) one per line. The grammar (llguidance Lark) allows:
+
+    tool_choice "auto":      start: TEXT | calls        TEXT: any text not starting with "<"
+    tool_choice "required":  start: calls
+    a named function:        start: calls of that function only
+    parallel_tool_calls false: one call instead of `calls`
+
+and each call's `arguments` are constrained to that tool's parameter schema (`%json`).
+
+Prompt format: a model whose chat template takes `tools` gets them through its template;
+for any other model (the bundled SmolLM2 among them) glassbox documents and uses this one:
+
+- the tools and the instructions above go into a system message (the first system message
+  of the conversation is extended, or one is put first);
+- an assistant message with `tool_calls` becomes an assistant message whose content is its
+  text followed by the calls in the wire format;
+- a `tool` message becomes a user message `<tool_response>{"name":..,"content":..}
+  </tool_response>` (the name found by its `tool_call_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from glassbox.errors import InvalidRequest
+from glassbox.structured.grammar import JSON_OPTIONS, check_schema, strict_schema
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+ToolChoice = Literal["none", "auto", "required"] | str  # a str other than those: a name
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    strict: bool = False
+
+    def spec(self) -> dict[str, Any]:
+        """OpenAI's shape (what chat templates with tool support take)."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def check_tools(tools: list[Tool]) -> None:
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tool names must be unique", param="tools")
+    for i, tool in enumerate(tools):
+        check_schema(tool.parameters, f"tools[{i}].function.parameters")
+
+
+def choose(tools: list[Tool], choice: ToolChoice) -> list[Tool]:
+    """The tools a call may use under `choice` (all, or the named one)."""
+    if choice in ("none", "auto", "required"):
+        return tools
+    named = [t for t in tools if t.name == choice]
+    if not named:
+        raise InvalidRequest(
+            f"tool_choice names '{choice}', which is not in 'tools'", param="tool_choice"
+        )
+    return named
+
+
+def grammar(tools: list[Tool], choice: ToolChoice, parallel: bool) -> str:
+    """The Lark grammar (llguidance's dialect) of an answer under `choice`."""
+    if choice == "none":
+        raise ValueError("tool_choice 'none' has no grammar")
+    rules = []
+    names = []
+    for i, tool in enumerate(choose(tools, choice)):
+        params = tool.parameters or {"type": "object", "properties": {}}
+        if tool.strict:
+            params = strict_schema(params)
+        call = {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": params},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+            "x-guidance": dict(JSON_OPTIONS),
+        }
+        rules.append(f'call_{i}: "{OPEN}" %json {json.dumps(call)} "{CLOSE}"')
+        names.append(f"call_{i}")
+    lines = [f"call: {' | '.join(names)}"]
+    lines.append('calls: call ("\\n" call)*' if parallel else "calls: call")
+    if choice == "auto":
+        lines.append("start: TEXT | calls")
+        lines.append("TEXT: /[^<][\\s\\S]*/")
+    else:
+        lines.append("start: calls")
+    return "\n".join(lines + rules) + "\n"
+
+
+def system_text(tools: list[Tool], choice: ToolChoice) -> str:
+    """The system prompt that offers the tools (the documented format)."""
+    specs = "\n".join(json.dumps(t.spec()["function"], ensure_ascii=False) for t in tools)
+    rule = {
+        "auto": "If a function helps, call it; otherwise answer in plain text.",
+        "required": "You must call one or more of these functions.",
+    }.get(choice, f"You must call the function '{choice}'.")
+    return (
+        "You can call functions. They are described in JSON here:\n"
+        f"<tools>\n{specs}\n</tools>\n"
+        f"{rule} To call a function, write one line per call:\n"
+        f'{OPEN}{{"name": <function name>, "arguments": <arguments as JSON>}}{CLOSE}\n'
+        "Results come back in <tool_response></tool_response> tags."
+    )
+
+
+def render(calls: list[ToolCall], content: str = "") -> str:
+    """An assistant turn with calls, in the wire format."""
+    lines = [content] if content else []
+    for call in calls:
+        arguments = json.loads(call.arguments) if call.arguments else {}
+        body = {"name": call.name, "arguments": arguments}
+        lines.append(OPEN + json.dumps(body, ensure_ascii=False, separators=(",", ":")) + CLOSE)
+    return "\n".join(lines)
+
+
+def prompt_messages(
+    messages: list[dict[str, Any]], tools: list[Tool], choice: ToolChoice
+) -> list[dict[str, Any]]:
+    """The conversation in the documented format, for a template without tool support.
+
+    `messages` are template messages whose assistant turns may carry `tool_calls` (a list
+    of ToolCall) and whose tool turns carry `tool_call_id`."""
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            for call in m["tool_calls"]:
+                names[call.id] = call.name
+            out.append({"role": "assistant", "content": render(m["tool_calls"], m["content"])})
+        elif m["role"] == "tool":
+            body = {"name": names.get(m.get("tool_call_id") or "", ""), "content": m["content"]}
+            text = json.dumps(body, ensure_ascii=False)
+            out.append({"role": "user", "content": f"<tool_response>{text}</tool_response>"})
+        else:
+            out.append({k: v for k, v in m.items() if k in ("role", "content", "name")})
+    if tools and choice != "none":
+        offer = system_text(tools, choice)
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{offer}"}
+        else:
+            out.insert(0, {"role": "system", "content": offer})
+    return out
+
+
+def parse(text: str) -> tuple[str, list[ToolCall]]:
+    """(content, calls) of a generated answer; text that is not a complete call stays
+    content."""
+    stream = CallStream()
+    events = list(stream.feed(text)) + list(stream.end())
+    content = "".join(e.text for e in events if e.kind == "content")
+    calls: dict[int, dict[str, str]] = {}
+    for e in events:
+        if e.kind == "name":
+            calls[e.index] = {"id": e.call_id, "name": e.text, "arguments": ""}
+        elif e.kind == "arguments":
+            calls[e.index]["arguments"] += e.text
+    return content, [ToolCall(c["id"], c["name"], c["arguments"]) for c in calls.values()]
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    kind: Literal["content", "name", "arguments"]
+    text: str
+    index: int = 0
+    call_id: str = ""
+
+
+_HEAD = '{"name":"'
+_ARGS = '","arguments":'
+_TAIL = "}" + CLOSE
+
+
+class CallStream:
+    """Turns generated text, piece by piece, into content and tool-call events as OpenAI
+    streams them: a call's name (with its id) first, then its arguments in pieces.
+
+    A call in the wire format is `<tool_call>{"name":"N","arguments":ARGS}</tool_call>`
+    (compact: the grammar allows no other spacing); ARGS is streamed as it arrives, less
+    the last len('}</tool_call>') characters, which may be the call's end."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.state: Literal["start", "content", "between", "head", "name", "args"] = "start"
+        self.calls = 0
+
+    def feed(self, piece: str) -> Iterator[CallEvent]:
+        self.buffer += piece
+        while True:
+            event, progressed = self._step()
+            if event is not None:
+                yield event
+            if not progressed:
+                return
+
+    def end(self) -> Iterator[CallEvent]:
+        """What is left when generation ends: an unfinished call's text is content."""
+        if self.state in ("start", "content", "between", "head") and self.buffer.strip():
+            yield CallEvent("content", self.buffer)
+        elif self.state == "name":
+            yield CallEvent("content", OPEN + _HEAD + self.buffer)
+        elif self.state == "args" and self.buffer:
+            yield CallEvent("arguments", self.buffer, self.calls - 1)
+        self.buffer = ""
+
+    def _step(self) -> tuple[CallEvent | None, bool]:
+        b = self.buffer
+        if self.state == "start":
+            if not b:
+                return None, False
+            if OPEN.startswith(b[: len(OPEN)]) and len(b) < len(OPEN):
+                return None, False  # may still become a call
+            self.state = "head" if b.startswith(OPEN) else "content"
+            return None, True
+        if self.state == "content":
+            self.buffer = ""
+            return (CallEvent("content", b) if b else None), False
+        if self.state == "between":
+            stripped = b.lstrip("\n")
+            if len(stripped) < len(OPEN):
+                return None, False
+            self.buffer = stripped
+            self.state = "head" if stripped.startswith(OPEN) else "content"
+            return None, True
+        if self.state == "head":
+            if len(b) < len(OPEN) + len(_HEAD):
+                return None, False
+            if not b.startswith(OPEN + _HEAD):
+                self.state = "content"
+                return None, True
+            self.buffer = b[len(OPEN) + len(_HEAD) :]
+            self.state = "name"
+            return None, True
+        if self.state == "name":
+            end = b.find(_ARGS)
+            if end < 0:
+                return None, False
+            self.buffer = b[end + len(_ARGS) :]
+            self.state = "args"
+            self.calls += 1
+            return CallEvent("name", b[:end], self.calls - 1, new_call_id()), True
+        # args
+        end = b.find(_TAIL)
+        if end >= 0:
+            self.buffer = b[end + len(_TAIL) :]
+            self.state = "between"
+            return (CallEvent("arguments", b[:end], self.calls - 1) if end else None), True
+        keep = len(_TAIL)
+        if len(b) <= keep:
+            return None, False
+        self.buffer = b[-keep:]
+        return CallEvent("arguments", b[:-keep], self.calls - 1), False
