@@ -33,14 +33,24 @@ class Tokenizer:
         """The text of one token as it appears in output (for logprobs)."""
         return self.hf.decode([token_id], skip_special_tokens=False)
 
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders `tools` (and tool calls) itself."""
+        template = self.hf.chat_template
+        return isinstance(template, str) and "tools" in template
+
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         if not self.hf.chat_template:
             raise ChatTemplateError("this model has no chat template; use /v1/completions")
         try:
             out = self.hf.apply_chat_template(
                 messages,
+                tools=tools,
                 add_generation_prompt=add_generation_prompt,
                 tokenize=True,
                 return_dict=False,

@@ -69,12 +69,18 @@ class RequestBuilder:
         add_generation_prompt: bool = True,
         *,
         param: str = "messages",
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        """The chat-formatted conversation's token ids."""
+        """The chat-formatted conversation's token ids; `tools` (OpenAI's shape) go to a
+        template that renders them (see `supports_tools`)."""
         try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt)
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt, tools)
         except ChatTemplateError as exc:
             raise InvalidRequest(str(exc), param=param) from exc
+
+    @property
+    def supports_tools(self) -> bool:
+        return self.tokenizer.supports_tools
 
     def text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)

@@ -101,7 +101,7 @@ class GrammarCompiler:
         """JSON that validates against `schema`. With `strict` (OpenAI's strict mode), an
         object without `additionalProperties` gets no keys beyond its `properties`."""
         if not isinstance(schema, dict):
-            raise InvalidRequest("the JSON schema must be an object", param=param)
+            raise InvalidRequest(f"{param}: the JSON schema must be an object", param=param)
         check_schema(schema, param)
         source = strict_schema(schema) if strict else schema
         key = json.dumps(source, sort_keys=True, separators=(",", ":"))
@@ -123,7 +123,9 @@ class GrammarCompiler:
     def choice(self, options: list[str], param: str = "guided_choice") -> CompiledGrammar:
         """Exactly one of the strings."""
         if not options or any(not isinstance(o, str) or not o for o in options):
-            raise InvalidRequest(f"'{param}' must be a non-empty list of non-empty strings", param)
+            raise InvalidRequest(
+                f"'{param}' must be a non-empty list of non-empty strings", param=param
+            )
         alternatives = " | ".join(json.dumps(o) for o in dict.fromkeys(options))
         return self.lark(f"start: {alternatives}", param)
 
@@ -208,10 +210,14 @@ def locate(schema: Any, message: str) -> str | None:
     if tail:
         words.add(tail)
     words |= {w.lstrip("#") for w in words}
-    for path, key, value in _walk(schema, ()):
+    nodes = list(_walk(schema, ()))
+    for path, key, value in nodes:
         if key in words and not (len(path) > 1 and path[-2] == "properties"):
             return _pointer(path)
         if isinstance(value, str) and (value in words or value.lstrip("#") in words):
+            return _pointer(path)
+    for path, _, value in nodes:  # a value quoted inside the message (a regex's error)
+        if isinstance(value, str) and len(value) > 1 and value in message:
             return _pointer(path)
     return None
 

@@ -139,8 +139,7 @@ def render(calls: list[ToolCall], content: str = "") -> str:
     """An assistant turn with calls, in the wire format."""
     lines = [content] if content else []
     for call in calls:
-        arguments = json.loads(call.arguments) if call.arguments else {}
-        body = {"name": call.name, "arguments": arguments}
+        body = {"name": call.name, "arguments": _arguments(call.arguments)}
         lines.append(OPEN + json.dumps(body, ensure_ascii=False, separators=(",", ":")) + CLOSE)
     return "\n".join(lines)
 
@@ -172,6 +171,39 @@ def prompt_messages(
         else:
             out.insert(0, {"role": "system", "content": offer})
     return out
+
+
+def conversation(
+    messages: list[dict[str, Any]], tools: list[Tool], choice: ToolChoice, template_tools: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(messages, tools for the template): through the chat template's own tool support
+    when it has one (`template_tools`), else in the documented format (`prompt_messages`)."""
+    if not template_tools:
+        return prompt_messages(messages, tools, choice), None
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": _arguments(c.arguments)},
+                }
+                for c in m["tool_calls"]
+            ]
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    offered = [t.spec() for t in tools] if tools and choice != "none" else None
+    return out, offered
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"a tool call's arguments are not JSON: {exc}", param="messages"
+        ) from exc
 
 
 def parse(text: str) -> tuple[str, list[ToolCall]]:

@@ -43,9 +43,13 @@ def assert_error(r, status: int, *, param: str | None = None, says: str = "") ->
         ({}, "messages", "required"),
         ({"messages": USER, "frobnicate": 1}, "frobnicate", "not a recognized"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, None, "image_url"),
-        ({"messages": USER, "tools": [{"type": "function"}]}, "tools", "not supported"),
-        ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format",
-         "not supported"),
+        ({"messages": USER, "tools": [{"type": "function"}]}, "tools.0.function", "required"),
+        ({"messages": USER, "response_format": {"type": "json_schema"}}, None, "json_schema"),
+        ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"properties": {"a": {"type": "strin"}}}}}},
+         "response_format", "'/properties/a/type'"),
+        ({"messages": USER, "tool_choice": "required"}, None, "'tool_choice' needs 'tools'"),
+        ({"messages": USER, "guided_regex": "a", "guided_choice": ["a"]}, None, "one guided_*"),
     ],
 )  # fmt: skip
 def test_chat_validation_errors(http, body: dict, param: str | None, says: str) -> None:

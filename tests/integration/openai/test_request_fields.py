@@ -77,18 +77,8 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ({"tools": [TOOL]}, unsupported("tools")),
-        ({"tool_choice": "required"}, unsupported("tool_choice")),
         ({"functions": [TOOL["function"]]}, unsupported("functions")),
         ({"function_call": {"name": "f"}}, unsupported("function_call")),
-        (
-            {"response_format": {"type": "json_object"}},
-            unsupported("response_format", "only type 'text', got 'json_object'"),
-        ),
-        (
-            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-            unsupported("response_format", "only type 'text', got 'json_schema'"),
-        ),
         ({"modalities": ["text", "audio"]}, unsupported("modalities", "only ['text']")),
         ({"audio": {"voice": "alloy", "format": "wav"}}, unsupported("audio")),
         ({"prediction": {"type": "content", "content": "x"}}, unsupported("prediction")),

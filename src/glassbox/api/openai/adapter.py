@@ -22,8 +22,12 @@ from glassbox.api.openai.schemas import (
     CompletionChoice,
     CompletionRequest,
     DeltaMessage,
+    FunctionCallDelta,
+    FunctionCallOut,
     LegacyLogprobs,
     TokenLogprobOut,
+    ToolCallDelta,
+    ToolCallOut,
     TopLogprob,
     Usage,
     template_messages,
@@ -34,14 +38,18 @@ from glassbox.api.system.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from glassbox.engine.grammar import GRAMMAR_FAILED, Grammar
 from glassbox.engine.sequence import STEERING_ABORT, TokenLogprob
-from glassbox.errors import Aborted, Unavailable, Unsupported
+from glassbox.errors import Aborted, InvalidRequest, Unavailable, Unsupported
 from glassbox.features.emotion import EmotionalState
 from glassbox.features.steering import SteeringService
 from glassbox.principal import Principal
 from glassbox.requests.builder import EngineRequest
 from glassbox.requests.generation import Generation, GenerationService
 from glassbox.steering.plan import SteeringPlan
+from glassbox.structured import tools as tool_calls
+from glassbox.structured.grammar import GrammarCompiler
+from glassbox.structured.tools import CallStream, Tool
 
 
 def _finish_reason(reason: str | None) -> str | None:
@@ -51,13 +59,35 @@ def _finish_reason(reason: str | None) -> str | None:
         raise Aborted(
             "generation aborted: an abort_when condition of the variant held", param="variant"
         )
+    if reason == GRAMMAR_FAILED:
+        raise Unavailable("the grammar matcher failed during generation; retry the request")
     return reason
 
 
+def _tools(req: ChatCompletionRequest) -> list[Tool]:
+    return [
+        Tool(
+            t.function.name,
+            t.function.description or "",
+            t.function.parameters or {"type": "object", "properties": {}},
+            bool(t.function.strict),
+        )
+        for t in req.tools or []
+    ]
+
+
 class OpenAIService:
-    def __init__(self, generation: GenerationService, steering: SteeringService | None = None):
+    def __init__(
+        self,
+        generation: GenerationService,
+        steering: SteeringService | None = None,
+        grammars: GrammarCompiler | None = None,
+    ):
         self.gen = generation
         self.steering = steering
+        self.grammars = grammars or GrammarCompiler(
+            generation.tokenizer, generation.requests.vocab_size
+        )
         self.tokenizer = generation.tokenizer
         self._token_text: dict[int, str] = {}
 
@@ -81,6 +111,38 @@ class OpenAIService:
             emotion = await self.steering.emotion_plan(coefficients)
             plan = emotion if plan is None else plan.combined(emotion)
         return plan
+
+    def _grammar(self, req: ChatCompletionRequest | CompletionRequest) -> Grammar | None:
+        """The constraint of `response_format` or a guided_* field (compiled, cached)."""
+        compile_ = self.grammars
+        fmt = req.response_format
+        if fmt is not None and fmt.type == "json_object":
+            return compile_.json_object()
+        if fmt is not None and fmt.type == "json_schema":
+            spec = fmt.json_schema
+            return compile_.json_schema(spec.schema_, strict=bool(spec.strict))
+        guided = req.guided()
+        if guided is None:
+            return None
+        name, value = guided
+        if name == "guided_json":
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise InvalidRequest(f"guided_json is not JSON: {exc}", param=name) from exc
+            return compile_.json_schema(value, param=name)
+        if name == "guided_regex":
+            return compile_.regex(value)
+        if name == "guided_choice":
+            return compile_.choice(value)
+        return compile_.lark(value)
+
+    def _tool_grammar(self, req: ChatCompletionRequest, tools: list[Tool]) -> Grammar:
+        tool_calls.check_tools(tools)
+        parallel = req.parallel_tool_calls is not False
+        source = tool_calls.grammar(tools, req.tool_choice_name, parallel)
+        return self.grammars.lark(source, param="tools")
 
     # --- logprobs -----------------------------------------------------------------------
 
@@ -123,12 +185,22 @@ class OpenAIService:
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
         build = self.gen.requests
-        prompt = build.chat(template_messages(req.messages), req.add_generation_prompt)
+        tools, choice = _tools(req), req.tool_choice_name
+        grammar = self._grammar(req)
+        if tools and choice != "none":
+            grammar = self._tool_grammar(req, tools)
+        messages = template_messages(req.messages)
+        offered = None
+        if tools or _has_tool_turns(messages):
+            messages, offered = tool_calls.conversation(
+                messages, tools, choice, build.supports_tools
+            )
+        prompt = build.chat(messages, req.add_generation_prompt, tools=offered)
         max_tokens = build.max_tokens(len(prompt), req.max_new_tokens, prompt_param="messages")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = build.params(
             max_tokens=max_tokens, logprobs=logprobs, steering=await self._plan(owner, req),
-            **_sampling_fields(req),
+            grammar=grammar, **_sampling_fields(req),
         )  # fmt: skip
         first = EngineRequest(prompt, params)
         return [self.gen.for_choice(first, i) for i in range(req.n)]
@@ -138,15 +210,32 @@ class OpenAIService:
     ) -> ChatCompletion:
         requests = await self._chat_requests(owner, req)
         results = await self.gen.generate_many(requests)
-        choices = [
-            ChatChoice(
-                index=i,
-                message=AssistantMessage(content=g.text),
-                logprobs=self.chat_logprobs(g.logprobs) if req.logprobs else None,
-                finish_reason=_finish_reason(g.finish_reason),
+        calling = bool(req.tools) and req.tool_choice_name != "none"
+        choices = []
+        for i, g in enumerate(results):
+            reason = _finish_reason(g.finish_reason)
+            message = AssistantMessage(content=g.text)
+            if calling:
+                content, calls = tool_calls.parse(g.text)
+                if calls:
+                    message = AssistantMessage(
+                        content=content or None,
+                        tool_calls=[
+                            ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name,
+                                                                          arguments=c.arguments))
+                            for c in calls
+                        ],
+                    )  # fmt: skip
+                    if reason == "stop":
+                        reason = "tool_calls"
+            choices.append(
+                ChatChoice(
+                    index=i,
+                    message=message,
+                    logprobs=self.chat_logprobs(g.logprobs) if req.logprobs else None,
+                    finish_reason=reason,
+                )
             )
-            for i, g in enumerate(results)
-        ]
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             model=model,
@@ -170,9 +259,38 @@ class OpenAIService:
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
             body = ChatCompletionChunk(id=cid, model=model, choices=choices, usage=usage)
             data = body.model_dump(mode="json")
-            for choice in data["choices"]:  # OpenAI sends only the delta's set fields
-                choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            for choice, out in zip(data["choices"], choices, strict=True):
+                # OpenAI sends only the delta's set fields
+                choice["delta"] = out.delta.model_dump(mode="json", exclude_none=True)
             return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+        calling = bool(req.tools) and req.tool_choice_name != "none"
+        parsers = [CallStream() for _ in requests] if calling else []
+        called = [False] * len(requests)
+
+        def deltas(i: int, text: str, final: bool) -> list[DeltaMessage]:
+            """The deltas of a piece of text: itself, or (with tools) content and call
+            pieces as OpenAI streams them."""
+            if not calling:
+                return [DeltaMessage(content=text)] if text else []
+            events = list(parsers[i].feed(text))
+            if final:
+                events += list(parsers[i].end())
+            out = []
+            for e in events:
+                if e.kind == "content":
+                    out.append(DeltaMessage(content=e.text))
+                    continue
+                called[i] = True
+                function = FunctionCallDelta(arguments=e.text)
+                call = ToolCallDelta(index=e.index, function=function)
+                if e.kind == "name":
+                    call = ToolCallDelta(
+                        index=e.index, id=e.call_id, type="function",
+                        function=FunctionCallDelta(name=e.text, arguments=""),
+                    )  # fmt: skip
+                out.append(DeltaMessage(tool_calls=[call]))
+            return out
 
         for i in range(len(requests)):
             yield chunk(
@@ -182,14 +300,19 @@ class OpenAIService:
         async with aclosing(self.gen.stream_many(requests)) as outputs:
             async for i, out in outputs:
                 results[i].add(out)
-                if out.text or (req.logprobs and out.logprobs):
-                    logprobs = self.chat_logprobs(out.logprobs) if req.logprobs else None
-                    yield chunk(
-                        [ChatChunkChoice(index=i, delta=DeltaMessage(content=out.text),
-                                         logprobs=logprobs)]
-                    )  # fmt: skip
+                logprobs = None
+                if req.logprobs and out.logprobs:
+                    logprobs = self.chat_logprobs(out.logprobs)
+                pieces = deltas(i, out.text, out.finish_reason is not None)
+                if logprobs is not None and not pieces:
+                    pieces = [DeltaMessage()]
+                for k, delta in enumerate(pieces):
+                    chosen = logprobs if k == 0 else None
+                    yield chunk([ChatChunkChoice(index=i, delta=delta, logprobs=chosen)])
                 if out.finish_reason is not None:
                     reason = _finish_reason(out.finish_reason)
+                    if called[i] and reason == "stop":
+                        reason = "tool_calls"
                     yield chunk(
                         [ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=reason)]
                     )
@@ -207,6 +330,7 @@ class OpenAIService:
             raise Unsupported(*bad)
         build = self.gen.requests
         plan = await self._plan(owner, req)
+        grammar = self._grammar(req)
         requests, texts = [], []
         for prompt in req.prompts():
             if isinstance(prompt, str):
@@ -217,7 +341,7 @@ class OpenAIService:
                 text = self.tokenizer.decode(ids) if req.echo else ""
             first = build.request(
                 ids, prompt_param="prompt", max_tokens=req.max_tokens, logprobs=req.logprobs,
-                steering=plan, **_sampling_fields(req),
+                steering=plan, grammar=grammar, **_sampling_fields(req),
             )  # fmt: skip
             for i in range(req.n):
                 requests.append(self.gen.for_choice(first, i))
@@ -312,6 +436,10 @@ def _sampling_fields(req: ChatCompletionRequest | CompletionRequest) -> dict[str
         "seed": req.seed,
         "skip_special_tokens": req.skip_special_tokens,
     }
+
+
+def _has_tool_turns(messages: list[dict[str, Any]]) -> bool:
+    return any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
 
 
 def _usage(requests: list[EngineRequest], results: list[Generation], n: int) -> Usage:

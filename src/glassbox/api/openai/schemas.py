@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glassbox.api.common import StrictRequest
+from glassbox.structured.tools import ToolCall
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 
@@ -36,6 +37,17 @@ class TextPart(BaseModel):
         return self
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as JSON text")
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -43,12 +55,14 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ChatMessage:
-        if self.tool_calls:
-            raise ValueError("messages with 'tool_calls' are not supported yet")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only 'assistant' messages carry 'tool_calls'")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs 'tool_call_id'")
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a '{self.role}' message needs 'content'")
         return self
@@ -64,14 +78,20 @@ class ChatMessage(BaseModel):
 _TEMPLATE_ROLE = {"developer": "system"}  # chat templates know 'system', not 'developer'
 
 
-def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as the request path takes them; an assistant turn's calls as
+    `structured.tools.ToolCall`s."""
     out = []
     for m in messages:
-        message = {"role": _TEMPLATE_ROLE.get(m.role, m.role), "content": m.text()}
+        message: dict[str, Any] = {"role": _TEMPLATE_ROLE.get(m.role, m.role), "content": m.text()}
         if m.name:
             message["name"] = m.name
         if m.tool_call_id:
             message["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            message["tool_calls"] = [
+                ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls
+            ]
         out.append(message)
     return out
 
@@ -94,6 +114,9 @@ def _check_stop(value: str | list[str] | None) -> list[str]:
 class EmotionalStateIn(BaseModel):
     valence: float = Field(ge=-1.0, le=1.0)
     arousal: float = Field(ge=-1.0, le=1.0)
+
+
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 
 class _SamplingFields(StrictRequest):
@@ -127,6 +150,11 @@ class _SamplingFields(StrictRequest):
     # the four quadrant emotions; added to the variant's edits
     emotion_coefficients: dict[str, float] | None = None
     emotional_state: EmotionalStateIn | None = None
+    # vLLM-style constraints (at most one, and not with a JSON response_format)
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(None, min_length=1)
+    guided_grammar: str | None = Field(None, description="A Lark grammar (llguidance's dialect)")
 
     @field_validator("stop")
     @classmethod
@@ -152,7 +180,21 @@ class _SamplingFields(StrictRequest):
             raise ValueError("'variant_id' needs 'session_id'")
         if self.emotion_coefficients is not None and self.emotional_state is not None:
             raise ValueError("give 'emotion_coefficients' or 'emotional_state', not both")
+        guided = [n for n in GUIDED if getattr(self, n) is not None]
+        if len(guided) > 1:
+            raise ValueError(f"give one guided_* constraint, not {' and '.join(guided)}")
+        response_format = getattr(self, "response_format", None)
+        if guided and response_format is not None and response_format.type != "text":
+            raise ValueError(f"give 'response_format' or '{guided[0]}', not both")
         return self
+
+    def guided(self) -> tuple[str, Any] | None:
+        """The guided_* constraint set: (field name, value)."""
+        for name in GUIDED:
+            value = getattr(self, name)
+            if value is not None:
+                return name, value
+        return None
 
     @property
     def stop_list(self) -> list[str]:
@@ -163,9 +205,47 @@ class _SamplingFields(StrictRequest):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type 'json_schema' needs 'json_schema'")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError("'json_schema' is only allowed with type 'json_schema'")
+        return self
+
+
+class FunctionDef(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -181,12 +261,12 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
-    # Defined by OpenAI, not supported yet: rejected when set (see unsupported()).
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # Defined by OpenAI, not supported: rejected when set (see unsupported()).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
-    response_format: ResponseFormat | None = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
@@ -200,20 +280,30 @@ class ChatCompletionRequest(_SamplingFields):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             if self.max_tokens != self.max_completion_tokens:
                 raise ValueError("give 'max_completion_tokens' or 'max_tokens', not both")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("'tool_choice' needs 'tools'")
+        if self.tools and self.tool_choice not in (None, "none"):
+            if self.response_format is not None and self.response_format.type != "text":
+                raise ValueError("give 'response_format' or tool calls, not both")
+            if self.guided() is not None:
+                raise ValueError("give a guided_* constraint or tool calls, not both")
         return self
+
+    @property
+    def tool_choice_name(self) -> str:
+        """'none', 'auto', 'required' or the named function (OpenAI's default: 'auto' when
+        tools are given, else 'none')."""
+        choice = self.tool_choice
+        if choice is None:
+            return "auto" if self.tools else "none"
+        return choice if isinstance(choice, str) else choice.function.name
 
     def unsupported(self) -> tuple[str, str | None] | None:
         """The first set field that glassbox cannot honour yet, with a hint."""
-        if self.tools:
-            return "tools", None
-        if self.tool_choice not in (None, "none", "auto"):
-            return "tool_choice", None
         if self.functions:
             return "functions", None
         if self.function_call not in (None, "none", "auto"):
             return "function_call", None
-        if self.response_format is not None and self.response_format.type != "text":
-            return "response_format", f"only type 'text', got '{self.response_format.type}'"
         if self.modalities not in (None, ["text"]):
             return "modalities", "only ['text']"
         for name in ("audio", "prediction", "reasoning_effort", "web_search_options"):
@@ -231,6 +321,7 @@ PromptInput = str | list[str] | list[int] | list[list[int]]
 
 class CompletionRequest(_SamplingFields):
     prompt: PromptInput
+    response_format: ResponseFormat | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=16)
@@ -291,6 +382,8 @@ class ChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -314,9 +407,22 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
