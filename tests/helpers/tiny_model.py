@@ -25,7 +25,9 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(directory: Path, seed: int = 0, layers: int = 2) -> Path:
+def build_tiny_model(
+    directory: Path, seed: int = 0, layers: int = 2, max_positions: int = 512
+) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())
@@ -56,7 +58,7 @@ def build_tiny_model(directory: Path, seed: int = 0, layers: int = 2) -> Path:
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
         bos_token_id=tokenizer.bos_token_id,

@@ -121,17 +121,22 @@ def grammar(tools: list[Tool], choice: ToolChoice, parallel: bool) -> str:
 
 def system_text(tools: list[Tool], choice: ToolChoice) -> str:
     """The system prompt that offers the tools (the documented format)."""
-    specs = "\n".join(json.dumps(t.spec()["function"], ensure_ascii=False) for t in tools)
+    specs = "\n".join(
+        json.dumps(
+            {k: v for k, v in t.spec()["function"].items() if v},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        for t in tools
+    )
     rule = {
         "auto": "If a function helps, call it; otherwise answer in plain text.",
         "required": "You must call one or more of these functions.",
     }.get(choice, f"You must call the function '{choice}'.")
     return (
-        "You can call functions. They are described in JSON here:\n"
-        f"<tools>\n{specs}\n</tools>\n"
-        f"{rule} To call a function, write one line per call:\n"
-        f'{OPEN}{{"name": <function name>, "arguments": <arguments as JSON>}}{CLOSE}\n'
-        "Results come back in <tool_response></tool_response> tags."
+        f"You can call these functions:\n<tools>\n{specs}\n</tools>\n{rule} "
+        f'Write each call on a line of its own: {OPEN}{{"name": <name>, "arguments": '
+        f"<arguments as JSON>}}{CLOSE}. Results come back in <tool_response> tags."
     )
 
 
@@ -263,7 +268,14 @@ class CallStream:
         elif self.state == "name":
             yield CallEvent("content", OPEN + _HEAD + self.buffer)
         elif self.state == "args" and self.buffer:
-            yield CallEvent("arguments", self.buffer, self.calls - 1)
+            # a call cut short (max_tokens): its arguments so far, less the start of the end
+            rest = self.buffer
+            for cut in range(min(len(rest), len(_TAIL)), 0, -1):
+                if _TAIL.startswith(rest[-cut:]):
+                    rest = rest[:-cut]
+                    break
+            if rest:
+                yield CallEvent("arguments", rest, self.calls - 1)
         self.buffer = ""
 
     def _step(self) -> tuple[CallEvent | None, bool]:

@@ -123,7 +123,7 @@ def test_the_documented_prompt_format() -> None:
     ]
     out = tools.prompt_messages(messages, [WEATHER], "auto")
     assert out[0]["role"] == "system" and out[0]["content"].startswith("Be brief.\n\n")
-    assert '"name": "get_weather"' in out[0]["content"] and "<tools>" in out[0]["content"]
+    assert '{"name":"get_weather"' in out[0]["content"] and "<tools>" in out[0]["content"]
     assert out[2] == {"role": "assistant", "content": CALL}
     assert out[3]["role"] == "user"
     response = out[3]["content"]
@@ -154,3 +154,10 @@ def test_arguments_that_are_not_json_are_a_400() -> None:
             [{"role": "assistant", "content": "", "tool_calls": [bad]}], [], "none"
         )
     assert exc.value.param == "messages"
+
+
+def test_a_call_cut_short_keeps_its_arguments_so_far() -> None:
+    stream = CallStream()
+    text = '<tool_call>{"name":"get_time","arguments":{}}</tool_c'
+    events = list(stream.feed(text)) + list(stream.end())
+    assert [(e.kind, e.text) for e in events] == [("name", "get_time"), ("arguments", "{}")]
