@@ -97,3 +97,16 @@ class Aborted(GlassboxError):
 class Unavailable(GlassboxError):
     """The server cannot serve this now, through no fault of the request: the engine has
     stopped, or has no room (KV blocks) for it at the moment. Retrying later may work."""
+
+
+class InvalidOutput(GlassboxError):
+    """The model's answer is not what was asked for (JSON that does not validate against the
+    schema or Pydantic model, a tool call with arguments outside its tool's parameters), after
+    every attempt allowed. `attempts`: how many answers were tried; `output`: the last one."""
+
+    default_code = "invalid_model_output"
+
+    def __init__(self, message: str, *, attempts: int = 1, output: str = ""):
+        super().__init__(message)
+        self.attempts = attempts
+        self.output = output

@@ -18,6 +18,7 @@ from glassbox.errors import (
     Aborted,
     Conflict,
     GlassboxError,
+    InvalidOutput,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -49,6 +50,7 @@ ERROR_STATUS: dict[type[GlassboxError], tuple[int, str]] = {
     ModelNotFound: (404, "invalid_request_error"),  # as OpenAI answers an unknown model
     Conflict: (409, "conflict_error"),
     Aborted: (422, "invalid_request_error"),
+    InvalidOutput: (422, "invalid_request_error"),  # the model could not give what was asked
     Unavailable: (503, "service_unavailable_error"),
 }
 

@@ -12,6 +12,18 @@ declares as class attributes:
 
 `max_tokens=None` means "until the model stops or the context ends"; `temperature` and
 `top_p` default to the backend's own defaults (0.7 and 0.9 unless configured).
+
+Structured answers, declared the same way (an instance may override them: an upstream's
+support depends on the server behind it):
+
+- `SUPPORTS_JSON_SCHEMA`: `chat_completion(..., response_format=...)` (OpenAI's shape,
+  `json_object` or `json_schema`) is enforced while decoding; a backend without it refuses
+  `response_format` (`glassbox.structured.outputs.generate_model` validates and retries
+  there instead);
+- `SUPPORTS_TOOLS`: `function_call` constrains the calls (local engine) or asks the
+  upstream for native tool calls; without it the tools are offered in the documented prompt
+  format (`glassbox.structured.tools`) and the calls parsed from the text. Either way the
+  calls come back validated against their tools (`glassbox.structured.calls`).
 """
 
 from __future__ import annotations
@@ -22,12 +34,24 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Literal
 
+from glassbox.errors import InvalidRequest, Unsupported
 from glassbox.features.emotion import EmotionalState
+from glassbox.structured.calls import (
+    FunctionCall,
+    choice_name,
+    template_messages,
+    tools_from,
+    validated,
+    written_calls,
+)
+from glassbox.structured.tools import Tool, prompt_messages
 
 log = logging.getLogger(__name__)
 
 ModulationType = Literal["none", "sampling", "steering"]
 Message = dict[str, Any]
+ResponseFormat = Mapping[str, Any]  # OpenAI's: {"type": "json_schema", "json_schema": {...}}
+ToolSpec = Tool | Mapping[str, Any]  # OpenAI's: {"type": "function", "function": {...}}
 
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
@@ -36,6 +60,8 @@ DEFAULT_TOP_P = 0.9
 class InferenceEngine(ABC):
     SUPPORTS_STEERING: ClassVar[bool] = False
     MODULATION_TYPE: ClassVar[ModulationType] = "none"
+    SUPPORTS_JSON_SCHEMA: bool = False
+    SUPPORTS_TOOLS: bool = False
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P):
         self.default_temperature = temperature
@@ -48,10 +74,17 @@ class InferenceEngine(ABC):
         temperature: float | None = None,
         top_p: float | None = None,
         emotion_coefficients: Mapping[str, float] | None = None,
+        *,
+        response_format: ResponseFormat | None = None,
     ) -> str:
         """The assistant's reply to `messages` (by default: the whole stream, joined)."""
         stream = self.chat_completion_stream(
-            messages, max_tokens, temperature, top_p, emotion_coefficients
+            messages,
+            max_tokens,
+            temperature,
+            top_p,
+            emotion_coefficients,
+            response_format=response_format,
         )
         return "".join([piece async for piece in stream])
 
@@ -63,9 +96,63 @@ class InferenceEngine(ABC):
         temperature: float | None = None,
         top_p: float | None = None,
         emotion_coefficients: Mapping[str, float] | None = None,
+        *,
+        response_format: ResponseFormat | None = None,
     ) -> AsyncIterator[str]:
         """The reply as it is generated, in text pieces; closing the iterator early stops
-        the generation."""
+        the generation. `response_format` is checked by `json_format`."""
+
+    async def function_call(
+        self,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        tool_choice: str | Mapping[str, Any] = "auto",
+        *,
+        parallel_tool_calls: bool = True,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        emotion_coefficients: Mapping[str, float] | None = None,
+    ) -> list[FunctionCall]:
+        """The calls the model makes (none when `tool_choice` is "auto" and it answers in
+        text), each with its arguments validated against its tool's parameters
+        (`InvalidOutput` otherwise). `messages` in OpenAI's shape, earlier calls and `tool`
+        results included.
+
+        By default the tools are offered in the documented prompt format and the calls are
+        read from the reply, unconstrained (`written_calls`); backends that can do better
+        override this."""
+        offered = tools_from(tools)
+        choice = choice_name(tool_choice, offered)
+        prompt = prompt_messages(template_messages(messages), offered, choice)
+        text = await self.chat_completion(
+            prompt, max_tokens, temperature, top_p, emotion_coefficients
+        )
+        return validated(written_calls(text), offered, choice, parallel_tool_calls, text)
+
+    def json_format(self, response_format: ResponseFormat | None) -> dict[str, Any] | None:
+        """The JSON constraint `response_format` asks for (None for none or "text"); refused
+        when malformed, or when this backend cannot enforce it."""
+        if response_format is None or response_format.get("type") == "text":
+            return None
+        kind = response_format.get("type")
+        if kind not in ("json_object", "json_schema"):
+            raise InvalidRequest(
+                "response_format.type must be 'text', 'json_object' or 'json_schema'",
+                param="response_format",
+            )
+        if kind == "json_schema" and not isinstance(response_format.get("json_schema"), Mapping):
+            raise InvalidRequest(
+                "a 'json_schema' response_format needs 'json_schema': {'name', 'schema'}",
+                param="response_format",
+            )
+        if not self.SUPPORTS_JSON_SCHEMA:
+            raise Unsupported(
+                "response_format",
+                f"{type(self).__name__} cannot constrain its output (SUPPORTS_JSON_SCHEMA is "
+                "false); glassbox.structured.outputs.generate_model validates and retries",
+            )
+        return dict(response_format)
 
     async def aclose(self) -> None:
         """Release what the backend owns (clients, models); a no-op by default."""

@@ -19,7 +19,13 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from glassbox.backends.base import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, InferenceEngine, Message
+from glassbox.backends.base import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    InferenceEngine,
+    Message,
+    ResponseFormat,
+)
 
 _DONE = object()
 _PARAMS_LOCK = threading.Lock()
@@ -61,7 +67,10 @@ class LlamaCppBackend(InferenceEngine):
         temperature: float | None = None,
         top_p: float | None = None,
         emotion_coefficients: Mapping[str, float] | None = None,
+        *,
+        response_format: ResponseFormat | None = None,
     ) -> AsyncIterator[str]:
+        self.json_format(response_format)  # refused: SUPPORTS_JSON_SCHEMA is false
         temperature, top_p = self.sampling(temperature, top_p, emotion_coefficients)
         kwargs = {
             "messages": messages,

@@ -10,6 +10,7 @@ would have to check again.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,19 @@ from jsonschema.exceptions import best_match
 
 from glassbox.errors import InvalidOutput, InvalidRequest
 from glassbox.structured.grammar import strict_schema
-from glassbox.structured.tools import Tool, ToolCall, ToolChoice, check_tools, choose
+from glassbox.structured.tools import (
+    CLOSE,
+    OPEN,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    check_tools,
+    choose,
+    new_call_id,
+)
 
 _ROLES = {"developer": "system"}  # chat templates know 'system', not 'developer'
+_CALL = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,24 @@ def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return out
 
 
+def written_calls(text: str) -> list[ToolCall]:
+    """The calls in the answer of an unconstrained model: every `<tool_call>...</tool_call>`
+    in it, with the JSON inside spaced as the model likes and words around them ignored."""
+    calls = []
+    for body in _CALL.findall(text):
+        try:
+            call = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise _invalid(f"a call is not JSON: {exc}", text) from exc
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise _invalid('a call must be {"name": ..., "arguments": {...}}', text)
+        arguments = call.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        calls.append(ToolCall(new_call_id(), call["name"], arguments))
+    return calls
+
+
 def validated(
     calls: list[ToolCall], tools: list[Tool], choice: ToolChoice, parallel: bool, answer: str
 ) -> list[FunctionCall]:
@@ -126,7 +155,7 @@ def validated(
     offered = {t.name: t for t in choose(tools, choice)}
 
     def invalid(reason: str) -> InvalidOutput:
-        return InvalidOutput(f"the model's tool calls are not valid: {reason}", output=answer)
+        return _invalid(reason, answer)
 
     if not calls and choice != "auto":
         raise invalid(f"tool_choice '{choice}' asks for a call and the model made none")
@@ -152,6 +181,10 @@ def validated(
             raise invalid(f"the arguments of '{call.name}' at {where}: {error.message}")
         out.append(FunctionCall(call.id, call.name, arguments))
     return out
+
+
+def _invalid(reason: str, answer: str) -> InvalidOutput:
+    return InvalidOutput(f"the model's tool calls are not valid: {reason}", output=answer)
 
 
 def _text(content: Any) -> str:

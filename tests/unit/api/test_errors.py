@@ -23,6 +23,7 @@ from glassbox.errors import (
     Conflict,
     ContextLengthExceeded,
     GlassboxError,
+    InvalidOutput,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -76,6 +77,11 @@ CASES: dict[type[GlassboxError], Case] = {
     Aborted: Case(
         lambda: Aborted("stopped by abort_when scope 0", scope=0),
         422, "invalid_request_error", "inference_aborted", None, "stopped by abort_when scope 0",
+    ),
+    InvalidOutput: Case(
+        lambda: InvalidOutput("the answer did not validate against City after 3 attempts"),
+        422, "invalid_request_error", "invalid_model_output", None,
+        "the answer did not validate against City after 3 attempts",
     ),
     Unavailable: Case(
         lambda: Unavailable("the model is still loading"),

@@ -15,6 +15,7 @@ from glassbox.structured.calls import (
     validated,
     wire_choice,
     wire_tool,
+    written_calls,
 )
 from glassbox.structured.tools import Tool, ToolCall, prompt_messages
 
@@ -132,6 +133,26 @@ def test_invalid_calls_are_a_clear_error(calls, choice, parallel, message):
         validated(calls, tools, choice, parallel, "the model's answer")
     assert caught.value.output == "the model's answer"
     assert str(caught.value).startswith("the model's tool calls are not valid: ")
+
+
+def test_calls_written_by_an_unconstrained_model():
+    text = (
+        "I will look both up.\n"
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>{"name": "get_time", "arguments": "{}"}</tool_call> Done.'
+    )
+    weather, clock = written_calls(text)
+    assert (weather.name, json.loads(weather.arguments)) == ("get_weather", {"city": "Paris"})
+    assert (clock.name, clock.arguments) == ("get_time", "{}")
+    assert weather.id.startswith("call_") and weather.id != clock.id
+    assert written_calls("No call. <tool_call>{unfinished") == []
+    for bad, message in [
+        ("<tool_call>{name: get_time}</tool_call>", "a call is not JSON"),
+        ('<tool_call>{"arguments": {}}</tool_call>', "a call must be"),
+    ]:
+        with pytest.raises(InvalidOutput, match=message) as caught:
+            written_calls(bad)
+        assert caught.value.output == bad
 
 
 def test_a_conversation_in_openais_shape_reaches_the_prompt_format():
