@@ -145,9 +145,7 @@ class LocalBackend(InferenceEngine):
         if fmt["type"] == "json_object":
             return await asyncio.to_thread(self.grammars.json_object)
         spec = fmt["json_schema"]
-        return await asyncio.to_thread(
-            self.grammars.json_schema, spec.get("schema") or {}, strict=bool(spec.get("strict"))
-        )
+        return await asyncio.to_thread(self.grammars.json_schema, spec.get("schema") or {})
 
     async def _outputs(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
         async with aclosing(self.engine.submit(request.prompt_ids, request.params)) as outputs:

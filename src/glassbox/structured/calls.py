@@ -19,7 +19,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from glassbox.errors import InvalidOutput, InvalidRequest
-from glassbox.structured.grammar import strict_schema
+from glassbox.structured.grammar import closed_schema
 from glassbox.structured.tools import (
     CLOSE,
     OPEN,
@@ -172,7 +172,7 @@ def validated(
             raise invalid(f"the arguments of '{call.name}' are not JSON: {exc}") from exc
         if not isinstance(arguments, dict):
             raise invalid(f"the arguments of '{call.name}' are not a JSON object")
-        schema = strict_schema(tool.parameters) if tool.strict else tool.parameters
+        schema = closed_schema(tool.parameters) if tool.strict else tool.parameters
         error = best_match(
             jsonschema.validators.validator_for(schema)(schema).iter_errors(arguments)
         )

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from glassbox.errors import InvalidRequest
-from glassbox.structured.grammar import JSON_OPTIONS, check_schema, strict_schema
+from glassbox.structured.grammar import JSON_OPTIONS, check_schema, closed_schema
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 ToolChoice = Literal["none", "auto", "required"] | str  # a str other than those: a name
@@ -45,6 +45,8 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
+    # OpenAI's strict mode, passed on to upstreams; glassbox's own grammar closes every object
+    # of the parameters either way (see grammar.py).
     strict: bool = False
 
     def spec(self) -> dict[str, Any]:
@@ -97,9 +99,7 @@ def grammar(tools: list[Tool], choice: ToolChoice, parallel: bool) -> str:
     rules = []
     names = []
     for i, tool in enumerate(choose(tools, choice)):
-        params = tool.parameters or {"type": "object", "properties": {}}
-        if tool.strict:
-            params = strict_schema(params)
+        params = closed_schema(tool.parameters or {"type": "object", "properties": {}})
         call = {
             "type": "object",
             "properties": {"name": {"const": tool.name}, "arguments": params},

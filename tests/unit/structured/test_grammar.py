@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from glassbox.errors import InvalidRequest
-from glassbox.structured.grammar import GrammarCompiler, locate, strict_schema
+from glassbox.structured.grammar import GrammarCompiler, closed_schema, locate
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,6 @@ def test_compiled_grammars_are_cached_by_schema(grammars) -> None:
     a = grammars.json_schema({"type": "object", "properties": {"a": {"type": "integer"}}})
     b = grammars.json_schema({"properties": {"a": {"type": "integer"}}, "type": "object"})
     assert a is b and grammars.compiled == before + 1
-    assert grammars.json_schema({"type": "object"}, strict=True) is not grammars.json_object()
 
 
 def test_the_cache_is_bounded(tiny_tokenizer, tiny_model) -> None:
@@ -59,25 +58,28 @@ def test_a_property_named_like_a_keyword_is_not_blamed() -> None:
     assert locate(schema, 'Unimplemented keys: ["not"]') == "/properties/b/not"
 
 
-def test_strict_closes_every_object_that_does_not_say_otherwise() -> None:
+def test_every_object_is_closed_unless_it_says_otherwise() -> None:
     schema = {
         "type": "object",
         "properties": {"a": {"type": "object", "properties": {}}, "b": {"type": "string"}},
         "$defs": {"d": {"properties": {"x": {}}, "additionalProperties": True}},
+        "allOf": [{"properties": {"y": {}}}],
     }
-    out = strict_schema(schema)
+    out = closed_schema(schema)
     assert out["additionalProperties"] is False
     assert out["properties"]["a"]["additionalProperties"] is False
     assert "additionalProperties" not in out["properties"]["b"]
     assert out["$defs"]["d"]["additionalProperties"] is True
+    assert "additionalProperties" not in out["allOf"][0]
 
 
-def test_strict_refuses_extra_keys_and_lenient_allows_them(grammars, tiny_tokenizer) -> None:
+def test_extra_keys_only_where_the_schema_allows_them(grammars, tiny_tokenizer) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     extra = '{"a":1,"b":2}'
-    assert accepts(grammars.json_schema(schema), tiny_tokenizer, extra)
-    assert not accepts(grammars.json_schema(schema, strict=True), tiny_tokenizer, extra)
-    assert accepts(grammars.json_schema(schema, strict=True), tiny_tokenizer, '{"a":1}')
+    assert not accepts(grammars.json_schema(schema), tiny_tokenizer, extra)
+    assert accepts(grammars.json_schema(schema), tiny_tokenizer, '{"a":1}')
+    open_ = {**schema, "additionalProperties": True}
+    assert accepts(grammars.json_schema(open_), tiny_tokenizer, extra)
 
 
 def test_schema_features_of_openai_strict_mode_compile_and_hold(grammars, tiny_tokenizer) -> None:
@@ -98,7 +100,7 @@ def test_schema_features_of_openai_strict_mode_compile_and_hold(grammars, tiny_t
             }
         },
     }
-    grammar = grammars.json_schema(schema, strict=True)
+    grammar = grammars.json_schema(schema)
     ok = '{"items":[{"n":2}],"kind":null,"score":0.5,"when":"2026-11-30"}'
     assert accepts(grammar, tiny_tokenizer, ok)
     for bad in (

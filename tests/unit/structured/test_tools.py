@@ -45,7 +45,7 @@ def accepts(grammars, source: str, text: str) -> bool:
         ("get_time", True, CALL2, True),
         ("required", True, CALL.replace('"city":"Paris"', '"town":"Paris"'), False),
         ("required", True, CALL.replace("get_weather", "get_wether"), False),
-        ("required", True, CALL2.replace("{}", '{"x":1}'), False),  # strict: no extra keys
+        ("required", True, CALL2.replace("{}", '{"x":1}'), False),  # closed: no extra keys
     ],
 )
 def test_the_grammar_allows_what_tool_choice_allows(grammars, choice, parallel, text, ok) -> None:

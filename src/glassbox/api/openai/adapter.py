@@ -120,7 +120,7 @@ class OpenAIService:
             return compile_.json_object()
         if fmt is not None and fmt.type == "json_schema":
             spec = fmt.json_schema
-            return compile_.json_schema(spec.schema_, strict=bool(spec.strict))
+            return compile_.json_schema(spec.schema_)
         guided = req.guided()
         if guided is None:
             return None
