@@ -24,6 +24,7 @@ from glassbox.api.states import beam as beam_routes
 from glassbox.api.states import routes as state_routes
 from glassbox.api.system import routes as system_routes
 from glassbox.api.system import tokenize as tokenize_routes
+from glassbox.api.tasks import routes as task_routes
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.features.label_encoder import import_library
@@ -41,6 +42,7 @@ from glassbox.states.service import StateService
 from glassbox.store import Database
 from glassbox.store.db import default_url
 from glassbox.structured.grammar import GrammarCompiler
+from glassbox.structured.tasks import TaskService
 
 log = get_logger(__name__)
 
@@ -55,6 +57,7 @@ ROUTES = [
     beam_routes,
     system_routes,
     ember_routes,
+    task_routes,
 ]
 
 
@@ -129,6 +132,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.grammars = GrammarCompiler(aengine.tokenizer, aengine.vocab_size)
             app.state.openai = OpenAIService(generation, app.state.steering, app.state.grammars)
+            app.state.tasks = TaskService(generation, app.state.grammars)
             states = StateService(
                 generation,
                 db,

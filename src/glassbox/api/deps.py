@@ -17,6 +17,7 @@ from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
 from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
+from glassbox.structured.tasks import TaskService
 
 
 def current_principal(request: Request) -> Principal:
@@ -77,3 +78,10 @@ def state_analysis(request: Request) -> StateAnalysis:
 
 
 AnalysisDep = Annotated[StateAnalysis, Depends(state_analysis)]
+
+
+def task_service(request: Request) -> TaskService:
+    return request.app.state.tasks
+
+
+TasksDep = Annotated[TaskService, Depends(task_service)]
