@@ -38,7 +38,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # benchmarks/vs_llamacpp.py is left to bench-peers: it builds a peer server and runs longer.
+# xgrammar is a peer of benchmarks/grammar_libs.py only; --no-deps: its wheel asks for a torch
+# that pip would fetch with CUDA.
 bench: $(STAMP)
+	$(BIN)/pip install --no-deps xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2
 	@set -e; for script in $(filter-out benchmarks/vs_llamacpp.py,$(wildcard benchmarks/*.py)); do \
 		echo "== $$script"; $(BIN)/python "$$script"; \
 	done

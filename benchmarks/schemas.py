@@ -1,10 +1,15 @@
 """Five response schemas of glassbox's own (nested objects, arrays of objects, enums,
-optional fields, bounded numbers), each with a prompt: shared by benchmarks/structured.py
-and the bundled-model test of structured output (tests/e2e/test_structured_output.py)."""
+optional fields, bounded numbers), each with a prompt: shared by benchmarks/structured.py,
+benchmarks/grammar_libs.py and the bundled-model test of structured output
+(tests/e2e/test_structured_output.py).
+
+Every string has a maxLength and every fractional number a multipleOf: a grammar bounds a
+value, not its length, and a 135M model at temperature 1 otherwise writes a price with 300
+digits or a string that never closes before max_tokens (4 of 100 answers did)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,7 +30,7 @@ class Person(BaseModel):
 class LineItem(BaseModel):
     product: str = Field(max_length=30)
     quantity: int = Field(ge=1, le=100)
-    unit_price: float = Field(ge=0, le=10000)
+    unit_price: float = Field(ge=0, le=10000, multiple_of=0.01)
 
 
 class Order(BaseModel):
@@ -39,14 +44,14 @@ class Review(BaseModel):
     title: str = Field(max_length=50)
     rating: int = Field(ge=1, le=5)
     sentiment: Literal["positive", "neutral", "negative"]
-    pros: list[str] = Field(max_length=3)
-    cons: list[str] = Field(max_length=3)
+    pros: list[Annotated[str, Field(max_length=40)]] = Field(max_length=3)
+    cons: list[Annotated[str, Field(max_length=40)]] = Field(max_length=3)
 
 
 class Step(BaseModel):
     number: int = Field(ge=1, le=20)
     action: str = Field(max_length=60)
-    minutes: float | None = Field(default=None, ge=0, le=240)
+    minutes: float | None = Field(default=None, ge=0, le=240, multiple_of=0.5)
 
 
 class Recipe(BaseModel):
@@ -58,13 +63,13 @@ class Recipe(BaseModel):
 
 
 class Wind(BaseModel):
-    speed_kmh: float = Field(ge=0, le=300)
+    speed_kmh: float = Field(ge=0, le=300, multiple_of=0.1)
     direction: Literal["N", "NE", "E", "SE", "S", "SW", "W", "NW"]
 
 
 class Reading(BaseModel):
     station: str = Field(max_length=30)
-    temperature_c: float = Field(ge=-60, le=60)
+    temperature_c: float = Field(ge=-60, le=60, multiple_of=0.1)
     humidity: int = Field(ge=0, le=100)
     condition: Literal["sunny", "cloudy", "rain", "snow", "fog"]
     wind: Wind | None = None
