@@ -214,8 +214,8 @@ class LLMEngine:
         masked_rows = [i for i, s in enumerate(ready) if s.matcher is not None]
         pending = self.masks.start([ready[i].matcher for i in masked_rows])
         logits, aborted = self.runner.run(seqs, is_prefill)
-        bitmask = self.masks.result(pending) if pending is not None else None
-        tokens, infos = self.sampler(logits, ready, bitmask, masked_rows)
+        masks = self.masks.result(pending) if pending is not None else None
+        tokens, infos = self.sampler(logits, ready, masks, masked_rows)
         sampled = {s.seq_id: (t, i) for s, t, i in zip(ready, tokens, infos, strict=True)}
         self.stats.steps += 1
         outputs = []

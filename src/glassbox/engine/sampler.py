@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from glassbox.engine.grammar import apply_bitmask
+from glassbox.engine.grammar import RowMask, apply_masks
 from glassbox.engine.sequence import Sequence, TokenLogprob
 
 
@@ -64,14 +64,14 @@ class Sampler:
         self,
         logits: torch.Tensor,
         seqs: list[Sequence],
-        bitmask: torch.Tensor | None = None,
+        masks: list[RowMask] | None = None,
         masked_rows: list[int] | None = None,
     ) -> tuple[list[int], list[TokenLogprob | None]]:
-        """One token per row; `bitmask` row k (grammar.py) constrains row `masked_rows[k]`."""
+        """One token per row; `masks[k]` (grammar.py) constrains row `masked_rows[k]`."""
         raw_logprobs = None
         if any(s.params.logprobs is not None for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
-        tokens = self._sample(logits, seqs, bitmask, masked_rows or [])
+        tokens = self._sample(logits, seqs, masks or [], masked_rows or [])
         infos: list[TokenLogprob | None] = []
         for i, seq in enumerate(seqs):
             k = seq.params.logprobs
@@ -90,7 +90,7 @@ class Sampler:
         self,
         logits: torch.Tensor,
         seqs: list[Sequence],
-        bitmask: torch.Tensor | None,
+        masks: list[RowMask],
         masked_rows: list[int],
     ) -> list[int]:
         """One token per row. Rows are processed together where they can be (one argmax for
@@ -103,7 +103,7 @@ class Sampler:
             for i, row in adjusted.items():
                 logits[i] = row
         if masked_rows:
-            apply_bitmask(logits, bitmask, masked_rows)
+            apply_masks(logits, masks, masked_rows)
         tokens = [0] * len(seqs)
         greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
         if greedy:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from glassbox.engine.grammar import GRAMMAR_FAILED, apply_bitmask, bitmask_words
+from glassbox.engine.grammar import GRAMMAR_FAILED, apply_masks, bitmask_words, row_masks
 from glassbox.engine.sequence import SamplingParams
 from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
 from glassbox.structured.grammar import GrammarCompiler
@@ -34,25 +34,31 @@ def prompt(engine) -> list[int]:
     return engine.tokenizer.encode("the quick brown fox")
 
 
-def test_apply_bitmask_keeps_exactly_the_allowed_tokens() -> None:
-    vocab = 70
-    logits = torch.zeros(3, vocab)
+def test_masks_keep_exactly_the_allowed_tokens() -> None:
+    vocab = 310  # 10 words, the last one partly past the vocabulary
+    logits = torch.randn(3, vocab)
+    before = logits.clone()
     bitmask = torch.zeros(2, bitmask_words(vocab), dtype=torch.int32)
-    allowed = {0: [0, 31, 32, 69], 1: [5]}
+    allowed = {0: [0, 31, 32, 69, 309], 1: [t for t in range(vocab) if t not in (3, 64)]}
     for row, tokens in allowed.items():
         for t in tokens:
             bitmask[row, t // 32] |= 1 << (t % 32)
-    apply_bitmask(logits, bitmask, [0, 2])  # bitmask rows 0, 1 constrain logits rows 0, 2
+    masks = row_masks(bitmask.numpy(), vocab)
+    assert [m.allowed for m in masks] == [True, False]  # few allowed; few forbidden
+    assert masks[1].ids.tolist() == [3, 64]  # bits past the vocabulary are not tokens
+    apply_masks(logits, masks, [0, 2])  # mask rows 0, 1 constrain logits rows 0, 2
     assert torch.isfinite(logits[0]).nonzero().view(-1).tolist() == allowed[0]
-    assert torch.isfinite(logits[1]).all()  # not constrained
+    assert torch.equal(logits[0, allowed[0]], before[0, allowed[0]])
+    assert torch.equal(logits[1], before[1])  # not constrained
     assert torch.isfinite(logits[2]).nonzero().view(-1).tolist() == allowed[1]
+    assert torch.equal(logits[2, allowed[1]], before[2, allowed[1]])
 
 
 def test_a_negative_word_sets_bit_31() -> None:
-    """Bit 31 of an int32 word is its sign: token 31 must survive the shift."""
+    """Bit 31 of an int32 word is its sign: token 31 must survive the unpacking."""
     logits = torch.zeros(1, 32)
     bitmask = torch.tensor([[-(2**31)]], dtype=torch.int32)
-    apply_bitmask(logits, bitmask, [0])
+    apply_masks(logits, row_masks(bitmask.numpy(), 32), [0])
     assert torch.isfinite(logits[0]).nonzero().view(-1).tolist() == [31]
 
 

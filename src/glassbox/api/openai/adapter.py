@@ -4,6 +4,7 @@ tokenize/detokenize, which share the chat-message handling."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -186,9 +187,11 @@ class OpenAIService:
             raise Unsupported(*bad)
         build = self.gen.requests
         tools, choice = _tools(req), req.tool_choice_name
-        grammar = self._grammar(req)
+        # Compiling takes ~1 ms for a typical schema, more for a large one: off the event loop.
         if tools and choice != "none":
-            grammar = self._tool_grammar(req, tools)
+            grammar = await asyncio.to_thread(self._tool_grammar, req, tools)
+        else:
+            grammar = await asyncio.to_thread(self._grammar, req)
         messages = template_messages(req.messages)
         offered = None
         if tools or _has_tool_turns(messages):
@@ -330,7 +333,7 @@ class OpenAIService:
             raise Unsupported(*bad)
         build = self.gen.requests
         plan = await self._plan(owner, req)
-        grammar = self._grammar(req)
+        grammar = await asyncio.to_thread(self._grammar, req)
         requests, texts = [], []
         for prompt in req.prompts():
             if isinstance(prompt, str):
