@@ -19,6 +19,7 @@ from glassbox.api.features import variants as variant_routes
 from glassbox.api.middleware import RequestContextMiddleware
 from glassbox.api.openai import routes as openai_routes
 from glassbox.api.openai.adapter import OpenAIService
+from glassbox.api.sessions import routes as session_routes
 from glassbox.api.states import analysis as analysis_routes
 from glassbox.api.states import beam as beam_routes
 from glassbox.api.states import routes as state_routes
@@ -37,6 +38,7 @@ from glassbox.models.loader import ResolvedModel
 from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
 from glassbox.runtime import resolve, start_engine
+from glassbox.sessions.service import SessionService
 from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
 from glassbox.store import Database
@@ -58,6 +60,7 @@ ROUTES = [
     system_routes,
     ember_routes,
     task_routes,
+    session_routes,
 ]
 
 
@@ -142,6 +145,9 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             )
             app.state.states = states
             app.state.analysis = StateAnalysis(states)
+            app.state.sessions = SessionService(
+                db, states, generation, app.state.grammars, app.state.steering
+            )
             if settings.warm_features:
                 delay = settings.warm_features_after
                 warmup = asyncio.create_task(_warm_features(features, delay))

@@ -15,6 +15,7 @@ from glassbox.metrics import Metrics
 from glassbox.principal import LOCAL, Principal
 from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
+from glassbox.sessions.service import SessionService
 from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
 from glassbox.structured.tasks import TaskService
@@ -85,3 +86,10 @@ def task_service(request: Request) -> TaskService:
 
 
 TasksDep = Annotated[TaskService, Depends(task_service)]
+
+
+def session_service(request: Request) -> SessionService:
+    return request.app.state.sessions
+
+
+SessionsDep = Annotated[SessionService, Depends(session_service)]

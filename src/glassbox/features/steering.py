@@ -98,6 +98,21 @@ class SteeringService:
             return None
         return await self.features.resolve(spec)
 
+    async def request_plan(
+        self,
+        owner: Principal,
+        variant: Mapping[str, Any] | None,
+        namespace: str | None,
+        variant_id: str | None,
+        coefficients: Mapping[str, float] | None,
+    ) -> SteeringPlan | None:
+        """A request's variant (`plan`) combined with its emotion's steering vectors."""
+        plan = await self.plan(owner, variant, namespace, variant_id)
+        if coefficients is not None:
+            emotion = await self.emotion_plan(coefficients)
+            plan = emotion if plan is None else plan.combined(emotion)
+        return plan
+
     async def emotion_plan(self, coefficients: Mapping[str, float]) -> SteeringPlan:
         """Elpis-style steering: named vectors (concept ids such as excited, calm,
         frustrated, depleted, or labels) blended by their coefficients."""

@@ -39,6 +39,17 @@ class Tokenizer:
         template = self.hf.chat_template
         return isinstance(template, str) and "tools" in template
 
+    def chat_text(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The chat-formatted conversation as text (special tokens written out)."""
+        if not self.hf.chat_template:
+            raise ChatTemplateError("this model has no chat template; use /v1/completions")
+        try:
+            return self.hf.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        except Exception as exc:  # a template's own raise_exception (e.g. role order)
+            raise ChatTemplateError(f"the chat template rejected the messages: {exc}") from exc
+
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],

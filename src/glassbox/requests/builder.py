@@ -51,6 +51,10 @@ class EngineRequest:
     params: SamplingParams
 
 
+# How many of a prefix's last tokens `chat_after` gives up before it tokenizes the whole text.
+TAIL_TOKENS = 8
+
+
 class RequestBuilder:
     def __init__(self, tokenizer: Tokenizer, vocab_size: int, max_model_len: int):
         self.tokenizer = tokenizer
@@ -77,6 +81,29 @@ class RequestBuilder:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt, tools)
         except ChatTemplateError as exc:
             raise InvalidRequest(str(exc), param=param) from exc
+
+    def chat_after(
+        self, prefix_ids: list[int], messages: list[dict[str, Any]], *, param: str = "messages"
+    ) -> list[int]:
+        """The chat-formatted `messages` as `prefix_ids` (the conversation's start as the model
+        read and wrote it, e.g. a chat session's KV state) followed by the tokens of the rest
+        of the template's text. Re-tokenizing the whole text could split a generated reply
+        into other tokens than the model wrote, and every token from there on would have to
+        be computed again. When the prefix's text (less at most TAIL_TOKENS of its last
+        tokens) is not the start of the template's text (another history), the whole
+        conversation is tokenized (`chat`)."""
+        try:
+            full = self.tokenizer.chat_text(messages)
+        except ChatTemplateError as exc:
+            raise InvalidRequest(str(exc), param=param) from exc
+        # A reply cut inside a character (max_tokens) ends in bytes that decode to U+FFFD,
+        # which its stored text leaves out: drop such last tokens of the prefix.
+        for end in range(len(prefix_ids), max(len(prefix_ids) - TAIL_TOKENS, 0), -1):
+            known = self.tokenizer.decode(prefix_ids[:end], skip_special_tokens=False)
+            if full.startswith(known):
+                rest = self.text(full[len(known) :], add_special_tokens=False)
+                return list(prefix_ids[:end]) + rest
+        return self.chat(messages, param=param)
 
     @property
     def supports_tools(self) -> bool:

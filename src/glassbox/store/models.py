@@ -60,3 +60,32 @@ class StateRow(Base):
     meta: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     modified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChatSessionRow(Base):
+    """A chat session of one owner: its settings (system prompt, variant, sampling defaults,
+    response_format, context policy as JSON) and the KV state that holds its conversation so
+    far (`state_id`, None until the first reply or once that state is gone)."""
+
+    __tablename__ = "chat_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), server_default=LOCAL_TENANT, index=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    settings: Mapped[str] = mapped_column(Text, default="{}")
+    state_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChatMessageRow(Base):
+    """One message of a session; `position` orders them (0 = the first)."""
+
+    __tablename__ = "chat_messages"
+
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    sender: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -122,3 +122,21 @@ def test_the_local_principal_is_the_default_caller() -> None:
         except ValueError:
             continue
         raise AssertionError(f"tenant id {bad!r} was accepted")
+
+
+def test_another_owners_chat_sessions_are_not_found(tiny_server: LiveServer, http) -> None:
+    body = {"user_id": "u-own", "initial_message": "hello", "temperature": 0, "max_tokens": 3}
+    r = http.post("/llm/chat/", json=body)
+    assert r.status_code == 200, r.text
+    sid = r.json()["session_id"]
+    with acting_as(tiny_server, BOB):
+        _not_found(http.get(f"/llm/chat/{sid}/history/"), "session_not_found")
+        _not_found(
+            http.post(f"/llm/chat/{sid}/message/", json={"user_message": "x"}),
+            "session_not_found",
+        )
+        _not_found(http.delete(f"/llm/chat/{sid}/"), "session_not_found")
+        listed = http.get("/llm/chat/sessions/", params={"user_id": "u-own"}).json()
+        assert listed["total"] == 0 and listed["data"] == []
+    assert len(http.get(f"/llm/chat/{sid}/history/").json()) == 2  # nothing of it touched
+    assert http.delete(f"/llm/chat/{sid}/").status_code == 200

@@ -163,9 +163,15 @@ def test_fresh_sqlite_reaches_head_and_a_second_upgrade_changes_nothing(tmp_path
     url = _sqlite_url(tmp_path / "glassbox.db")
     db = Database(url)
     try:
-        assert migrate.current(db.engine) == migrate.head() == "0002_owners"
+        assert migrate.current(db.engine) == migrate.head() == "0003_chat_sessions"
         schema = inspect(db.engine)
-        assert set(schema.get_table_names()) == {"alembic_version", "variants", "states"}
+        assert set(schema.get_table_names()) == {
+            "alembic_version",
+            "variants",
+            "states",
+            "chat_sessions",
+            "chat_messages",
+        }
         for table in Base.metadata.sorted_tables:
             columns = {c["name"]: c["nullable"] for c in schema.get_columns(table.name)}
             assert columns == {c.name: c.nullable for c in table.columns}
@@ -302,7 +308,7 @@ def test_cli_db_upgrade_and_current(
     assert capsys.readouterr().out.split() == [migrate.head(), "(head)", url]
     assert cli_main(["db", "current"]) == 0
     assert capsys.readouterr().out.split() == [migrate.head(), "(head)", url]
-    assert migrate.current(url) == "0002_owners"
+    assert migrate.current(url) == "0003_chat_sessions"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------

@@ -202,3 +202,41 @@ def test_request_checks_the_context_then_builds_the_params(build):
     with pytest.raises(ContextLengthExceeded) as full:
         build.request([5] * LIMIT, prompt_param="text")
     assert full.value.param == "text"
+
+
+CONVERSATION = [
+    {"role": "user", "content": "the quick brown fox"},
+    {"role": "assistant", "content": "jumps over"},
+    {"role": "user", "content": "the lazy dog"},
+]
+
+
+def test_chat_after_keeps_the_prefix_tokens_as_the_model_wrote_them(build, tiny_tokenizer):
+    asked = build.chat(CONVERSATION[:1])
+    # The reply as generated: its characters one token each, not as the tokenizer splits them.
+    reply = [t for ch in "jumps over" for t in tiny_tokenizer.encode(ch, add_special_tokens=False)]
+    state = asked + reply
+    ids = build.chat_after(state, CONVERSATION)
+    assert ids[: len(state)] == state
+    assert tiny_tokenizer.decode(ids, skip_special_tokens=False) == tiny_tokenizer.hf.decode(
+        build.chat(CONVERSATION), skip_special_tokens=False
+    )
+    assert ids != build.chat(CONVERSATION)  # re-tokenizing would have split the reply anew
+
+
+def test_chat_after_another_history_tokenizes_the_whole_conversation(build):
+    other = build.chat([{"role": "user", "content": "something else entirely"}])
+    assert build.chat_after(other, CONVERSATION) == build.chat(CONVERSATION)
+
+
+def test_chat_after_drops_a_reply_cut_inside_a_character(build, tiny_tokenizer):
+    asked = build.chat(CONVERSATION[:1])
+    reply = tiny_tokenizer.encode("jumps over", add_special_tokens=False)
+    e_acute = tiny_tokenizer.encode("é", add_special_tokens=False)
+    assert len(e_acute) == 2  # one token per UTF-8 byte
+    cut = e_acute[:1]  # half of the character
+    ids = build.chat_after(asked + reply + cut, CONVERSATION)
+    assert ids[: len(asked + reply)] == asked + reply
+    assert tiny_tokenizer.decode(ids, skip_special_tokens=False) == tiny_tokenizer.decode(
+        build.chat(CONVERSATION), skip_special_tokens=False
+    )

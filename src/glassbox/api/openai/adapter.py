@@ -105,13 +105,9 @@ class OpenAIService:
             return None
         if self.steering is None:
             raise Unsupported("variant", "this server has no feature dictionaries")
-        plan = None
-        if wants_variant:
-            plan = await self.steering.plan(owner, req.variant, req.session_id, req.variant_id)
-        if coefficients is not None:
-            emotion = await self.steering.emotion_plan(coefficients)
-            plan = emotion if plan is None else plan.combined(emotion)
-        return plan
+        return await self.steering.request_plan(
+            owner, req.variant, req.session_id, req.variant_id, coefficients
+        )
 
     def _grammar(self, req: ChatCompletionRequest | CompletionRequest) -> Grammar | None:
         """The constraint of `response_format` or a guided_* field (compiled, cached)."""
