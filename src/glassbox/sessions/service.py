@@ -87,6 +87,7 @@ class ChatSession:
     created_at: datetime
     last_active: datetime
     message_count: int
+    context_start: int  # the first message the model still reads (see `_fit`)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class SessionService:
         )
         return ChatSession(
             row.session_id, row.user_id, SessionSettings.from_json(row.settings), row.state_id,
-            _utc(row.created_at), _utc(row.updated_at), int(count or 0),
+            _utc(row.created_at), _utc(row.updated_at), int(count or 0), row.context_start,
         )  # fmt: skip
 
     def _messages(self, s: SqlSession, session_id: str) -> list[ChatMessage]:
@@ -257,7 +258,7 @@ class SessionService:
         async with self._lock(session_id):
             session, messages = await asyncio.to_thread(self._load, owner, session_id)
             state = self._state(owner, session.state_id)
-            ids = self._prompt(session.settings, messages, user_message, state)
+            start, ids = self._fit(session, messages, user_message, state)
             params = await self._params(owner, session.settings, len(ids))
             prefix = await self._warm_prefix(owner, state, ids)
             reply = Generation()
@@ -283,7 +284,13 @@ class SessionService:
                     "session_id": session_id})  # fmt: skip
                 state_id = state.state_id
             message, updated = await asyncio.to_thread(
-                self._store_turn, session_id, len(messages), user_message, reply.text, state_id
+                self._store_turn,
+                session_id,
+                len(messages),
+                user_message,
+                reply.text,
+                state_id,
+                start,
             )
             await self._drop_state(owner, session.state_id)
         yield Turn(message, updated, len(ids), cached, reply.num_output_tokens)
@@ -296,6 +303,31 @@ class SessionService:
             return self.states.get(owner, state_id)
         except NotFound:
             return None
+
+    def _fit(
+        self,
+        session: ChatSession,
+        messages: list[ChatMessage],
+        user_message: str,
+        state: State | None,
+    ) -> tuple[int, list[int]]:
+        """(the first message the model reads, the prompt's token ids) under the context
+        policy, truncate_oldest: when the conversation and room for a reply (max_tokens, at
+        most a quarter of the context) no longer fit the context, the oldest messages are
+        dropped, a user/assistant pair at a time and never the system prompt, until the
+        prompt fills at most half of the context. Dropping that much at once keeps the
+        conversation's start, and so its warm KV, the same for the turns that follow. The
+        history keeps every message."""
+        limit = self.requests.max_model_len
+        room = min(session.settings.sampling.get("max_tokens") or DEFAULT_MAX_TOKENS, limit // 4)
+        start = session.context_start
+        ids = self._prompt(session.settings, messages[start:], user_message, state)
+        if len(ids) + room <= limit:
+            return start, ids
+        while start < len(messages) and len(ids) > limit // 2:
+            start = min(start + 2, len(messages))
+            ids = self._prompt(session.settings, messages[start:], user_message, None)
+        return start, ids
 
     def _prompt(
         self,
@@ -374,7 +406,13 @@ class SessionService:
             return None  # recomputed from the messages instead
 
     def _store_turn(
-        self, session_id: str, position: int, user: str, reply: str, state_id: str | None
+        self,
+        session_id: str,
+        position: int,
+        user: str,
+        reply: str,
+        state_id: str | None,
+        context_start: int,
     ) -> tuple[ChatMessage, ChatSession]:
         now = datetime.now(UTC)
         with self.db.session() as s, s.begin():
@@ -390,6 +428,7 @@ class SessionService:
             )  # fmt: skip
             s.add(answer)
             row.state_id = state_id
+            row.context_start = context_start
             row.updated_at = now
             s.flush()
             message = ChatMessage(answer.message_id, session_id, "assistant", reply, now)

@@ -64,8 +64,8 @@ class StateRow(Base):
 
 class ChatSessionRow(Base):
     """A chat session of one owner: its settings (system prompt, variant, sampling defaults,
-    response_format, context policy as JSON) and the KV state that holds its conversation so
-    far (`state_id`, None until the first reply or once that state is gone)."""
+    response_format as JSON) and the KV state that holds its conversation so far
+    (`state_id`, None until the first reply or once that state is gone)."""
 
     __tablename__ = "chat_sessions"
 
@@ -74,6 +74,9 @@ class ChatSessionRow(Base):
     user_id: Mapped[str] = mapped_column(String(128), index=True)
     settings: Mapped[str] = mapped_column(Text, default="{}")
     state_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The position of the first message the model still reads (the context policy dropped
+    # the ones before it); the history keeps them all.
+    context_start: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

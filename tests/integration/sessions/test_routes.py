@@ -166,3 +166,27 @@ def test_a_restart_keeps_sessions_and_their_warm_start(tiny_model_dir, tmp_path)
         # warm from the state's file (this random model's replies may end inside a UTF-8
         # character, whose last tokens the next prompt's text no longer has)
         assert turn["usage"]["cached_tokens"] >= known - 4
+
+
+def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(http: httpx.Client):
+    """truncate_oldest: the tiny model's context is 512 tokens, about as many characters."""
+    system = "be brief"
+    sid = start(http, "first message " * 4, system_prompt=system)["session_id"]
+    starts, usages = [], []
+    for i in range(12):
+        turn = send(http, sid, f"message {i} " + "words " * 12)
+        starts.append(turn["session"]["context_start"])
+        usages.append(turn["usage"])
+        assert turn["usage"]["prompt_tokens"] + 6 <= 512
+    assert starts[-1] > 0 and starts[-1] % 2 == 0  # pairs dropped
+    assert starts == sorted(starts)
+    # Dropped at once to half the context: the start then stays put for several turns.
+    kept = [k for k in range(1, 12) if starts[k] == starts[k - 1] != 0]
+    assert kept
+    for k in kept:  # and the turns after a truncation are warm again (less a reply's last
+        # tokens when this random model cut it inside a UTF-8 character: builder.TAIL_TOKENS)
+        known = usages[k - 1]["prompt_tokens"] + usages[k - 1]["completion_tokens"]
+        assert usages[k]["cached_tokens"] >= known - 8
+    messages = history(http, sid)
+    assert len(messages) == 2 + 2 * 12  # the history keeps every message
+    assert messages[0]["content"] == "first message " * 4

@@ -31,6 +31,7 @@ def session_out(s: ChatSession) -> ChatSessionSchema:
     return ChatSessionSchema(
         session_id=s.session_id, user_id=s.user_id, created_at=s.created_at,
         last_active=s.last_active, message_count=s.message_count, state_id=s.state_id,
+        context_start=s.context_start,
     )  # fmt: skip
 
 

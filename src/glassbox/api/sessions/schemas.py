@@ -36,6 +36,11 @@ class ChatSessionSchema(BaseModel):
     last_active: datetime
     message_count: int
     state_id: str | None = Field(None, description="The KV state holding the conversation")
+    context_start: int = Field(
+        0,
+        description="The first message the model still reads (older ones were dropped to "
+        "fit the context: truncate_oldest); the history keeps them all",
+    )
 
 
 class ChatMessageSchema(BaseModel):
