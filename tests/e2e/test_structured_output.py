@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 from helpers.live_server import serve_in_thread
@@ -168,3 +169,23 @@ def test_schema_with_a_path_error_is_a_400(client: openai.OpenAI) -> None:
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": bad}},
         )  # fmt: skip
     assert "'/properties/a/items/type'" in exc.value.body["message"]
+
+
+def test_a_session_with_a_schema_answers_json_on_every_turn(url: str) -> None:
+    model, prompt = SCHEMAS[4]  # Reading
+    fmt = response_format(model)
+    with httpx.Client(base_url=url, timeout=300) as http:
+        r = http.post("/llm/chat/", json={
+            "user_id": "e2e", "initial_message": prompt, "response_format": fmt,
+            "temperature": 1.0, "seed": 3, "max_tokens": 300,
+        })  # fmt: skip
+        assert r.status_code == 200, r.text
+        sid = r.json()["session_id"]
+        replies = [r.json()["message"]]
+        for text in ["Now the station in Bergen.", "And one in Tromsø, please.", "Once more."]:
+            r = http.post(f"/llm/chat/{sid}/message/", json={"user_message": text})
+            assert r.status_code == 200, r.text
+            replies.append(r.json()["response_message"])
+            assert r.json()["usage"]["cached_tokens"] > 0
+        for reply in replies:
+            model.model_validate_json(reply)
