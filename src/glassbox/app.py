@@ -38,6 +38,7 @@ from glassbox.models.loader import ResolvedModel
 from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
 from glassbox.runtime import resolve, start_engine
+from glassbox.sessions.locks import LocalLocks, RedisLocks
 from glassbox.sessions.service import SessionService
 from glassbox.states.analysis import StateAnalysis
 from glassbox.states.service import StateService
@@ -114,6 +115,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         features = None
         warmup = None
         states = None
+        locks = None
         try:
             generation = GenerationService(aengine, app.state.metrics)
             app.state.generation = generation
@@ -145,8 +147,9 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             )
             app.state.states = states
             app.state.analysis = StateAnalysis(states)
+            locks = RedisLocks(settings.redis_url) if settings.redis_url else LocalLocks()
             app.state.sessions = SessionService(
-                db, states, generation, app.state.grammars, app.state.steering
+                db, states, generation, app.state.grammars, app.state.steering, locks
             )
             if settings.warm_features:
                 delay = settings.warm_features_after
@@ -161,6 +164,8 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 await encoder_import  # a thread: it cannot be cancelled
             if states is not None:
                 await states.flush()
+            if locks is not None and isinstance(locks, RedisLocks):
+                await locks.close()
             if db is not None:
                 db.close()
             if engine is None:

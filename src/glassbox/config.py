@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the store: variants and state records (default: sqlite "
         "in cache_dir; postgresql+psycopg://... for PostgreSQL)",
     )
+    redis_url: str | None = Field(
+        None,
+        description="redis://... shared by every server process: chat sessions take their "
+        "per-session lock there (with database_url on PostgreSQL, any number of processes "
+        "serve the same sessions)",
+    )
     features_layer: int | None = Field(
         None, description="Layer of the concept vectors and vector files (default: the middle)"
     )

@@ -13,7 +13,9 @@ messages strictly alternate):
 
 The state is spilled and reloaded like any state and survives a restart (the state service
 writes resident states to their files at shutdown); a session whose state is gone is
-recomputed from its messages, never lost.
+recomputed from its messages, never lost. With a Redis (`locks.RedisLocks`) and a shared
+database, any number of processes serve the same sessions: a process that does not hold a
+session's state computes its prompt from the stored messages.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from sqlalchemy.orm import Session as SqlSession
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.grammar import Grammar
 from glassbox.engine.llm_engine import StepOutput
-from glassbox.errors import GlassboxError, InvalidRequest, NotFound, Unavailable
+from glassbox.errors import Conflict, GlassboxError, InvalidRequest, NotFound, Unavailable
 from glassbox.features.emotion import EmotionalState
 from glassbox.features.steering import SteeringService
 from glassbox.principal import Principal
 from glassbox.requests.generation import Generation, GenerationService
+from glassbox.sessions.locks import LocalLocks, RedisLocks
 from glassbox.states.records import State
 from glassbox.states.service import StateService, common_prefix
 from glassbox.steering.plan import SteeringPlan
@@ -119,6 +122,7 @@ class SessionService:
         generation: GenerationService,
         grammars: GrammarCompiler,
         steering: SteeringService | None = None,
+        locks: LocalLocks | RedisLocks | None = None,
     ):
         """`steering` resolves a session's variant and emotional state (None: a server
         without feature dictionaries, whose sessions cannot steer)."""
@@ -128,7 +132,7 @@ class SessionService:
         self.requests = generation.requests
         self.grammars = grammars
         self.steering = steering
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.locks = locks or LocalLocks()
 
     # --- rows -----------------------------------------------------------------------------
 
@@ -210,11 +214,11 @@ class SessionService:
             s.add(row)
 
     async def delete(self, owner: Principal, session_id: str) -> None:
-        async with self._lock(session_id):
+        async with self.locks.hold(session_id):
             session = await asyncio.to_thread(self.get, owner, session_id)
             await asyncio.to_thread(self._delete_rows, session_id)
             await self._drop_state(owner, session.state_id)
-        self._locks.pop(session_id, None)
+        self.locks.forget(session_id)
 
     def _delete_rows(self, session_id: str) -> None:
         with self.db.session() as s, s.begin():
@@ -236,9 +240,6 @@ class SessionService:
 
     # --- turns ----------------------------------------------------------------------------
 
-    def _lock(self, session_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(session_id, asyncio.Lock())
-
     async def send(self, owner: Principal, session_id: str, user_message: str) -> Turn:
         """The assistant's reply to `user_message`, and the session after it."""
         result = None
@@ -255,7 +256,7 @@ class SessionService:
         """The reply's text pieces as they are generated, then the `Turn` once both messages
         are stored. Turns of one session run one at a time, in arrival order."""
         _check_message(user_message, "user_message")
-        async with self._lock(session_id):
+        async with self.locks.hold(session_id) as token:
             session, messages = await asyncio.to_thread(self._load, owner, session_id)
             state = self._state(owner, session.state_id)
             start, ids = self._fit(session, messages, user_message, state)
@@ -283,7 +284,7 @@ class SessionService:
                 state = await self.states.commit(owner, kv, parent_id="", meta={
                     "session_id": session_id})  # fmt: skip
                 state_id = state.state_id
-            message, updated = await asyncio.to_thread(
+            store = asyncio.to_thread(
                 self._store_turn,
                 session_id,
                 len(messages),
@@ -291,7 +292,13 @@ class SessionService:
                 reply.text,
                 state_id,
                 start,
+                token,
             )
+            try:
+                message, updated = await store
+            except Conflict:
+                await self._drop_state(owner, state_id)
+                raise
             await self._drop_state(owner, session.state_id)
         yield Turn(message, updated, len(ids), cached, reply.num_output_tokens)
 
@@ -413,12 +420,20 @@ class SessionService:
         reply: str,
         state_id: str | None,
         context_start: int,
+        token: int,
     ) -> tuple[ChatMessage, ChatSession]:
         now = datetime.now(UTC)
         with self.db.session() as s, s.begin():
-            row = s.get(ChatSessionRow, session_id)
+            row = s.get(ChatSessionRow, session_id, with_for_update=True)
             if row is None:
                 raise _not_found(session_id)
+            if row.fence >= token:
+                raise Conflict(
+                    f"session '{session_id}' moved on while this turn ran (its lock expired); "
+                    "send the message again",
+                    param="session_id",
+                )
+            row.fence = token
             s.add(ChatMessageRow(message_id=uuid.uuid4().hex, session_id=session_id,
                                  position=position, sender="user", content=user,
                                  created_at=now))  # fmt: skip

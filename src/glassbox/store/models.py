@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from glassbox.principal import LOCAL_TENANT  # rows stored without an owner are the local one's
@@ -77,6 +77,9 @@ class ChatSessionRow(Base):
     # The position of the first message the model still reads (the context policy dropped
     # the ones before it); the history keeps them all.
     context_start: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The fencing token of the last turn stored (sessions/locks.py): a turn holding a smaller
+    # one lost its lock and may not write.
+    fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from helpers.server import running, tiny_settings
 
+from glassbox.errors import Conflict
+
 SAMPLING = {"temperature": 0.0, "max_tokens": 6}
 
 
@@ -190,3 +192,12 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(http: htt
     messages = history(http, sid)
     assert len(messages) == 2 + 2 * 12  # the history keeps every message
     assert messages[0]["content"] == "first message " * 4
+
+
+def test_a_turn_whose_lock_was_lost_cannot_store(tiny_server, http: httpx.Client) -> None:
+    """The fence: a turn holding an older token than the last stored turn's is refused."""
+    sid = start(http)["session_id"]
+    sessions = tiny_server.app.state.sessions
+    with pytest.raises(Conflict):
+        sessions._store_turn(sid, 2, "late", "late reply", None, 0, token=1)
+    assert [m["content"] for m in history(http, sid)].count("late") == 0
