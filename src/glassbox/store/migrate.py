@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -43,10 +43,20 @@ def current(url_or_engine: str | Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+# pg_advisory_xact_lock's key for migrating: any fixed number, the same in every process.
+MIGRATION_LOCK = 0x676C617373626F78  # "glassbox"
+
+
 def upgrade(url_or_engine: str | Engine) -> None:
     """Migrate the database to head (in one transaction on PostgreSQL; SQLite's driver runs
-    DDL outside of one). At head, reading the database's revision is all it does."""
+    DDL outside of one). At head, reading the database's revision is all it does.
+
+    On PostgreSQL the transaction first takes an advisory lock: server processes that start
+    together on a new database migrate it one after the other (the first to head, the others
+    then find it there), instead of all creating the same tables at once."""
     with _connection(url_or_engine, begin=True) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         revision = MigrationContext.configure(conn).get_current_revision()
         if revision == head():
             return
