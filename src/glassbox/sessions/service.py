@@ -91,6 +91,7 @@ class ChatSession:
     last_active: datetime
     message_count: int
     context_start: int  # the first message the model still reads (see `_fit`)
+    fence: int  # the fencing token of the last turn stored (sessions/locks.py)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class SessionService:
         return ChatSession(
             row.session_id, row.user_id, SessionSettings.from_json(row.settings), row.state_id,
             _utc(row.created_at), _utc(row.updated_at), int(count or 0), row.context_start,
+            row.fence,
         )  # fmt: skip
 
     def _messages(self, s: SqlSession, session_id: str) -> list[ChatMessage]:
@@ -258,6 +260,10 @@ class SessionService:
         _check_message(user_message, "user_message")
         async with self.locks.hold(session_id) as token:
             session, messages = await asyncio.to_thread(self._load, owner, session_id)
+            # A Redis that lost its counters (restarted without persistence) counts from 1
+            # again: the token is raised above the last stored one. A holder whose lock
+            # expired read an older fence, so a later holder's token is still at least its.
+            token = max(token, session.fence + 1)
             state = self._state(owner, session.state_id)
             start, ids = self._fit(session, messages, user_message, state)
             params = await self._params(owner, session.settings, len(ids))
@@ -374,7 +380,9 @@ class SessionService:
         if not wants:
             return None
         if self.steering is None:
-            raise InvalidRequest("this server cannot steer: it has no feature dictionaries")
+            raise InvalidRequest(
+                "this server cannot steer: it has no feature dictionaries", param="variant"
+            )
         coefficients = None
         if settings.emotional_state is not None:
             state = EmotionalState(**settings.emotional_state)

@@ -75,3 +75,23 @@ async def test_a_crashed_holders_lock_expires(redis_url: str) -> None:
     finally:
         await crashed.close()
         await later.close()
+
+
+def test_a_redis_that_lost_its_counters_does_not_lock_sessions_out(
+    redis_url: str, tiny_server, http
+) -> None:
+    """Redis restarted without persistence: its tokens count from 1 again, far below the fence
+    the database keeps (a time_ns token of the in-process locks here); turns still store."""
+    sessions = tiny_server.app.state.sessions
+    body = {"user_id": "reset", "initial_message": "hi", "temperature": 0, "max_tokens": 3}
+    sid = http.post("/llm/chat/", json=body).json()["session_id"]
+    local = sessions.locks
+    # Its client connects in the server's event loop on first use; the Redis server stops
+    # with this module, which closes those connections.
+    sessions.locks = RedisLocks(redis_url)
+    try:
+        r = http.post(f"/llm/chat/{sid}/message/", json={"user_message": "again"})
+        assert r.status_code == 200, r.text
+        assert r.json()["session"]["message_count"] == 4
+    finally:
+        sessions.locks = local
