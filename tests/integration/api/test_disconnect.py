@@ -43,3 +43,18 @@ def test_non_stream_disconnect_aborts(slow_server, n: int) -> None:
     stats = slow_server.wait_idle(baseline, timeout=1.5)
     assert stats["running"] == 0 and stats["kv_blocks_used"] == baseline
     assert aborted(slow_server) == aborts + n
+
+
+def test_a_session_start_that_the_client_leaves_is_aborted_and_not_kept(slow_server) -> None:
+    baseline = slow_server.wait_idle()["kv_blocks_used"]
+    aborts = aborted(slow_server)
+    body = {"user_id": "leaver", "initial_message": "Tell me a long story", "max_tokens": 400}
+    with httpx.Client(base_url=slow_server.base_url, timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/llm/chat/", json=body)
+    stats = slow_server.wait_idle(baseline, timeout=1.5)
+    assert stats["running"] == 0 and stats["kv_blocks_used"] == baseline
+    assert aborted(slow_server) == aborts + 1
+    with httpx.Client(base_url=slow_server.base_url, timeout=10) as http:
+        listed = http.get("/llm/chat/sessions/", params={"user_id": "leaver"}).json()
+    assert listed["total"] == 0  # the half-started session was removed

@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from glassbox.api.deps import PrincipalDep, SessionsDep
 from glassbox.api.sessions.schemas import (
@@ -20,7 +20,7 @@ from glassbox.api.sessions.schemas import (
     StartChatResponse,
     TurnUsage,
 )
-from glassbox.api.streaming import sse_response
+from glassbox.api.streaming import sse_response, until_disconnected
 from glassbox.sessions.service import ChatMessage, ChatSession, SessionSettings, Turn
 
 router = APIRouter(prefix="/llm/chat", tags=["sessions"])
@@ -74,9 +74,12 @@ def settings_of(req: StartChatRequest) -> SessionSettings:
 
 @router.post("/", response_model=StartChatResponse)
 async def start_chat(
-    req: StartChatRequest, sessions: SessionsDep, principal: PrincipalDep
-) -> StartChatResponse:
-    turn = await sessions.start(principal, req.user_id, req.initial_message, settings_of(req))
+    req: StartChatRequest, request: Request, sessions: SessionsDep, principal: PrincipalDep
+):
+    work = sessions.start(principal, req.user_id, req.initial_message, settings_of(req))
+    turn = await until_disconnected(request, work)
+    if not isinstance(turn, Turn):
+        return turn  # the client left: the generation was aborted, nothing was stored
     return StartChatResponse(
         session_id=turn.session.session_id, message=turn.reply.content,
         session=session_out(turn.session), usage=usage_of(turn),
@@ -99,10 +102,16 @@ async def list_sessions(
 
 @router.post("/{session_id}/message/", response_model=SendMessageResponse, responses=_SSE)
 async def send_message(
-    session_id: str, req: SendMessageRequest, sessions: SessionsDep, principal: PrincipalDep
+    session_id: str,
+    req: SendMessageRequest,
+    request: Request,
+    sessions: SessionsDep,
+    principal: PrincipalDep,
 ):
     if not req.stream:
-        return reply_of(await sessions.send(principal, session_id, req.user_message))
+        work = sessions.send(principal, session_id, req.user_message)
+        turn = await until_disconnected(request, work)
+        return reply_of(turn) if isinstance(turn, Turn) else turn
     pieces = sessions.stream(principal, session_id, req.user_message)
     first = await anext(pieces)  # errors before the first piece are ordinary 4xx responses
     return sse_response(_events(first, pieces))
