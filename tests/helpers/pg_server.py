@@ -18,12 +18,15 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from sqlalchemy import create_engine, make_url
+from sqlalchemy import text as sql
 
 USER = "postgres"  # the database superuser initdb makes (trust authentication, loopback only)
 UNPRIVILEGED = "nobody"
@@ -124,3 +127,19 @@ def running_postgres() -> Iterator[str]:
                 server.kill()
                 server.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server at `server_url`, dropped afterwards
+    (with any connections still open to it)."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sql(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sql(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

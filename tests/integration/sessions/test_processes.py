@@ -9,32 +9,21 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from helpers.live_server import free_port
+from helpers.pg_server import fresh_database
 from helpers.redis_server import running_redis
 from helpers.server import TINY_MAX_LEN, TINY_NAME
-from sqlalchemy import create_engine, make_url
-from sqlalchemy import text as sql
 
 
 @pytest.fixture
 def database_url(postgres_url: str) -> Iterator[str]:
-    """A new, empty database on the session's PostgreSQL server."""
-    name = f"sessions_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sql(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sql(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(postgres_url) as url:
+        yield url
 
 
 def serve(tmp: Path, model_dir: Path, database_url: str, redis_url: str) -> tuple:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from array import array
 from collections.abc import Iterator
 from contextlib import closing
@@ -19,9 +18,10 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from helpers.pg_server import fresh_database
 from sqlalchemy import Connection, MetaData, Table, create_engine, event, insert, inspect, select
 from sqlalchemy import text as sql
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from glassbox.cli import main as cli_main
 from glassbox.features.variants import VariantService
@@ -142,18 +142,12 @@ def _schema_differences(engine: Engine) -> list[Any]:
 @pytest.fixture
 def pg_engine(postgres_url: str) -> Iterator[Engine]:
     """An engine on a new, empty database of the session's PostgreSQL server."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sql(f'CREATE DATABASE "{name}"'))
-    engine = create_engine(make_url(postgres_url).set(database=name))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sql(f'DROP DATABASE "{name}"'))
-        admin.dispose()
+    with fresh_database(postgres_url) as url:
+        engine = create_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 # --- SQLite -------------------------------------------------------------------------------
