@@ -50,6 +50,11 @@ from glassbox.structured.grammar import GrammarCompiler
 
 MAX_MESSAGE_CHARS = 32_000
 DEFAULT_MAX_TOKENS = 256
+SUMMARY_TOKENS = 96
+SUMMARY_INSTRUCTION = (
+    "Summarize the conversation below in a few sentences: who said what, and every fact, "
+    "name and number that matters for what follows. Write only the summary."
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class SessionSettings:
     emotional_state: dict[str, float] | None = None  # {"valence", "arousal"}
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed, max_tokens
     response_format: dict[str, Any] | None = None  # OpenAI's json_object / json_schema
+    context_policy: str = "truncate_oldest"  # or "summarize" (see SessionService._fit)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -92,6 +98,7 @@ class ChatSession:
     message_count: int
     context_start: int  # the first message the model still reads (see `_fit`)
     fence: int  # the fencing token of the last turn stored (sessions/locks.py)
+    summary: str | None  # context_policy "summarize": the dropped messages, summarized
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,7 @@ class SessionService:
         return ChatSession(
             row.session_id, row.user_id, SessionSettings.from_json(row.settings), row.state_id,
             _utc(row.created_at), _utc(row.updated_at), int(count or 0), row.context_start,
-            row.fence,
+            row.fence, row.summary,
         )  # fmt: skip
 
     def _messages(self, s: SqlSession, session_id: str) -> list[ChatMessage]:
@@ -265,7 +272,7 @@ class SessionService:
             # expired read an older fence, so a later holder's token is still at least its.
             token = max(token, session.fence + 1)
             state = self._state(owner, session.state_id)
-            start, ids = self._fit(session, messages, user_message, state)
+            start, summary, ids = await self._fit(session, messages, user_message, state)
             params = await self._params(owner, session.settings, len(ids))
             prefix = await self._warm_prefix(owner, state, ids)
             reply = Generation()
@@ -298,6 +305,7 @@ class SessionService:
                 reply.text,
                 state_id,
                 start,
+                summary,
                 token,
             )
             try:
@@ -317,34 +325,63 @@ class SessionService:
         except NotFound:
             return None
 
-    def _fit(
+    async def _fit(
         self,
         session: ChatSession,
         messages: list[ChatMessage],
         user_message: str,
         state: State | None,
-    ) -> tuple[int, list[int]]:
-        """(the first message the model reads, the prompt's token ids) under the context
-        policy, truncate_oldest: when the conversation and room for a reply (max_tokens, at
-        most a quarter of the context) no longer fit the context, the oldest messages are
-        dropped, a user/assistant pair at a time and never the system prompt, until the
-        prompt fills at most half of the context. Dropping that much at once keeps the
-        conversation's start, and so its warm KV, the same for the turns that follow. The
-        history keeps every message."""
+    ) -> tuple[int, str | None, list[int]]:
+        """(the first message the model reads, the summary of the ones before it, the
+        prompt's token ids) under the session's context policy.
+
+        When the conversation and room for a reply (max_tokens, at most a quarter of the
+        context) no longer fit the context, the oldest messages are dropped, a user/assistant
+        pair at a time and never the system prompt, until the prompt fills at most half of
+        the context. Dropping that much at once keeps the conversation's start, and so its
+        warm KV, the same for the turns that follow. `truncate_oldest` forgets them;
+        `summarize` has the model summarize them (with the earlier summary) into a system
+        message that opens the conversation. The history keeps every message."""
+        settings = session.settings
         limit = self.requests.max_model_len
-        room = min(session.settings.sampling.get("max_tokens") or DEFAULT_MAX_TOKENS, limit // 4)
-        start = session.context_start
-        ids = self._prompt(session.settings, messages[start:], user_message, state)
+        room = min(settings.sampling.get("max_tokens") or DEFAULT_MAX_TOKENS, limit // 4)
+        start, summary = session.context_start, session.summary
+        ids = self._prompt(settings, summary, messages[start:], user_message, state)
         if len(ids) + room <= limit:
-            return start, ids
+            return start, summary, ids
+        dropped_from = start
         while start < len(messages) and len(ids) > limit // 2:
             start = min(start + 2, len(messages))
-            ids = self._prompt(session.settings, messages[start:], user_message, None)
-        return start, ids
+            ids = self._prompt(settings, summary, messages[start:], user_message, None)
+        if settings.context_policy == "summarize":
+            summary = await self._summarize(summary, messages[dropped_from:start])
+            ids = self._prompt(settings, summary, messages[start:], user_message, None)
+        return start, summary, ids
+
+    async def _summarize(self, earlier: str | None, messages: list[ChatMessage]) -> str:
+        """The model's summary (greedy, at most SUMMARY_TOKENS) of the earlier summary and
+        the dropped messages."""
+        transcript = "\n".join(f"{m.sender}: {m.content}" for m in messages)
+        if earlier:
+            transcript = f"(earlier: {earlier})\n{transcript}"
+        budget = self.requests.max_model_len // 2 - SUMMARY_TOKENS
+        ids = self.requests.text(transcript, add_special_tokens=False)[-budget:]
+        transcript = self.requests.decode(ids, skip_special_tokens=True)
+        prompt = self.requests.chat([
+            {"role": "system", "content": SUMMARY_INSTRUCTION},
+            {"role": "user", "content": transcript},
+        ])  # fmt: skip
+        request = self.requests.request(
+            prompt, prompt_param="messages", max_tokens=SUMMARY_TOKENS, cap=True,
+            temperature=0.0,
+        )  # fmt: skip
+        [result] = await self.generation.generate_many([request])
+        return result.text.strip()
 
     def _prompt(
         self,
         settings: SessionSettings,
+        summary: str | None,
         messages: list[ChatMessage],
         user_message: str,
         state: State | None,
@@ -353,8 +390,11 @@ class SessionService:
         then the template's text around the new message (`RequestBuilder.chat_after`)."""
         turns = [{"role": m.sender, "content": m.content} for m in messages]
         turns.append({"role": "user", "content": user_message})
-        if settings.system_prompt:
-            turns.insert(0, {"role": "system", "content": settings.system_prompt})
+        system = [settings.system_prompt] if settings.system_prompt else []
+        if summary:
+            system.append(f"Summary of the conversation so far: {summary}")
+        if system:
+            turns.insert(0, {"role": "system", "content": "\n\n".join(system)})
         if state is None:
             return self.requests.chat(turns, param="user_message")
         return self.requests.chat_after(state.token_ids, turns, param="user_message")
@@ -428,6 +468,7 @@ class SessionService:
         reply: str,
         state_id: str | None,
         context_start: int,
+        summary: str | None,
         token: int,
     ) -> tuple[ChatMessage, ChatSession]:
         now = datetime.now(UTC)
@@ -452,6 +493,7 @@ class SessionService:
             s.add(answer)
             row.state_id = state_id
             row.context_start = context_start
+            row.summary = summary
             row.updated_at = now
             s.flush()
             message = ChatMessage(answer.message_id, session_id, "assistant", reply, now)

@@ -80,6 +80,8 @@ class ChatSessionRow(Base):
     # The fencing token of the last turn stored (sessions/locks.py): a turn holding a smaller
     # one lost its lock and may not write.
     fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # context_policy "summarize": the model's summary of the messages before context_start.
+    summary: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -170,10 +170,14 @@ def test_a_restart_keeps_sessions_and_their_warm_start(tiny_model_dir, tmp_path)
         assert turn["usage"]["cached_tokens"] >= known - 4
 
 
-def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(http: httpx.Client):
-    """truncate_oldest: the tiny model's context is 512 tokens, about as many characters."""
+@pytest.mark.parametrize("policy", ["truncate_oldest", "summarize"])
+def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(
+    http: httpx.Client, policy: str
+):
+    """The tiny model's context is 512 tokens, about as many characters."""
     system = "be brief"
-    sid = start(http, "first message " * 4, system_prompt=system)["session_id"]
+    first = start(http, "first message " * 4, system_prompt=system, context_policy=policy)
+    sid = first["session_id"]
     starts, usages = [], []
     for i in range(12):
         turn = send(http, sid, f"message {i} " + "words " * 12)
@@ -192,6 +196,11 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(http: htt
     messages = history(http, sid)
     assert len(messages) == 2 + 2 * 12  # the history keeps every message
     assert messages[0]["content"] == "first message " * 4
+    session = send(http, sid, "last one")["session"]
+    if policy == "summarize":  # the dropped turns live on as the model's summary
+        assert session["summary"]
+    else:
+        assert session["summary"] is None
 
 
 def test_a_turn_whose_lock_was_lost_cannot_store(tiny_server, http: httpx.Client) -> None:
@@ -199,5 +208,5 @@ def test_a_turn_whose_lock_was_lost_cannot_store(tiny_server, http: httpx.Client
     sid = start(http)["session_id"]
     sessions = tiny_server.app.state.sessions
     with pytest.raises(Conflict):
-        sessions._store_turn(sid, 2, "late", "late reply", None, 0, token=1)
+        sessions._store_turn(sid, 2, "late", "late reply", None, 0, None, token=1)
     assert [m["content"] for m in history(http, sid)].count("late") == 0

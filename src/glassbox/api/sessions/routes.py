@@ -31,7 +31,7 @@ def session_out(s: ChatSession) -> ChatSessionSchema:
     return ChatSessionSchema(
         session_id=s.session_id, user_id=s.user_id, created_at=s.created_at,
         last_active=s.last_active, message_count=s.message_count, state_id=s.state_id,
-        context_start=s.context_start,
+        context_start=s.context_start, summary=s.summary,
     )  # fmt: skip
 
 
@@ -69,6 +69,7 @@ def settings_of(req: StartChatRequest) -> SessionSettings:
         response_format=req.response_format.model_dump(by_alias=True, exclude_none=True)
         if req.response_format
         else None,
+        context_policy=req.context_policy,
     )
 
 

@@ -27,6 +27,11 @@ class StartChatRequest(StrictRequest):
     response_format: ResponseFormat | None = Field(
         None, description="Every reply of the session follows it (json_object, json_schema)"
     )
+    context_policy: Literal["truncate_oldest", "summarize"] = Field(
+        "truncate_oldest",
+        description="When the conversation outgrows the context: drop the oldest messages, "
+        "or replace them with the model's summary",
+    )
 
 
 class ChatSessionSchema(BaseModel):
@@ -39,7 +44,10 @@ class ChatSessionSchema(BaseModel):
     context_start: int = Field(
         0,
         description="The first message the model still reads (older ones were dropped to "
-        "fit the context: truncate_oldest); the history keeps them all",
+        "fit the context); the history keeps them all",
+    )
+    summary: str | None = Field(
+        None, description="context_policy summarize: the summary of the messages before it"
     )
 
 

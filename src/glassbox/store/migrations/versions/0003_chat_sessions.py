@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("state_id", sa.String(64), nullable=True),
         sa.Column("context_start", sa.Integer(), server_default="0", nullable=False),
         sa.Column("fence", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("summary", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
