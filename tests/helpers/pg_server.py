@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,8 @@ from typing import Any
 import psycopg
 from sqlalchemy import create_engine, make_url
 from sqlalchemy import text as sql
+
+from helpers.live_server import free_port
 
 USER = "postgres"  # the database superuser initdb makes (trust authentication, loopback only)
 UNPRIVILEGED = "nobody"
@@ -68,12 +69,6 @@ def _run_as() -> dict[str, Any]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_ready(server: subprocess.Popen, port: int, log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -108,7 +103,7 @@ def running_postgres() -> Iterator[str]:
         )  # fmt: skip
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb exited with {initdb.returncode}:\n{initdb.stderr}")
-        port = _free_port()
+        port = free_port()
         with open(log, "wb") as out:
             # -F: no fsync; the data lives for one test session.
             server = subprocess.Popen(

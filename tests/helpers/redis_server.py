@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from helpers.live_server import free_port
+
 
 def _binary() -> str:
     found = shutil.which("redis-server")
@@ -27,17 +29,11 @@ def _binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_redis() -> Iterator[str]:
     """A started server's URL (`redis://127.0.0.1:PORT/0`)."""
     root = Path(tempfile.mkdtemp(prefix="glassbox-redis-"))
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(root),
          "--save", "", "--appendonly", "no"],

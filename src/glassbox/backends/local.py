@@ -140,12 +140,7 @@ class LocalBackend(InferenceEngine):
     async def format_grammar(self, response_format: ResponseFormat | None) -> Grammar | None:
         """The compiled grammar of a `response_format` (None for none or "text")."""
         fmt = self.json_format(response_format)
-        if fmt is None:
-            return None
-        if fmt["type"] == "json_object":
-            return await asyncio.to_thread(self.grammars.json_object)
-        spec = fmt["json_schema"]
-        return await asyncio.to_thread(self.grammars.json_schema, spec.get("schema") or {})
+        return await asyncio.to_thread(self.grammars.response_format, fmt)
 
     async def _outputs(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
         async with aclosing(self.engine.submit(request.prompt_ids, request.params)) as outputs:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ from glassbox.errors import Conflict, InvalidRequest, NotFound
 from glassbox.features.variant import Edit, EditMode, FeatureRef, VariantSpec
 from glassbox.principal import Principal
 from glassbox.store import Database, VariantRow
+from glassbox.store.models import as_utc
 
 DEFAULT_VARIANT = "default"
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -51,18 +52,14 @@ def check_id(value: str, param: str) -> str:
     return value
 
 
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)  # SQLite drops the zone
-
-
 def _stored(row: VariantRow) -> StoredVariant:
     return StoredVariant(
         row.namespace,
         row.variant_id,
         VariantSpec.model_validate_json(row.spec),
         row.parent_variant_id,
-        _utc(row.created_at),
-        _utc(row.updated_at),
+        as_utc(row.created_at),
+        as_utc(row.updated_at),
     )
 
 

@@ -45,7 +45,7 @@ from glassbox.states.records import State
 from glassbox.states.service import StateService, common_prefix
 from glassbox.steering.plan import SteeringPlan
 from glassbox.store import Database
-from glassbox.store.models import ChatMessageRow, ChatSessionRow
+from glassbox.store.models import ChatMessageRow, ChatSessionRow, as_utc
 from glassbox.structured.grammar import GrammarCompiler
 
 MAX_MESSAGE_CHARS = 32_000
@@ -114,10 +114,6 @@ class Turn:
     completion_tokens: int
 
 
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 def _not_found(session_id: str) -> NotFound:
     return NotFound("session", session_id, param="session_id")
 
@@ -158,7 +154,7 @@ class SessionService:
         )
         return ChatSession(
             row.session_id, row.user_id, SessionSettings.from_json(row.settings), row.state_id,
-            _utc(row.created_at), _utc(row.updated_at), int(count or 0), row.context_start,
+            as_utc(row.created_at), as_utc(row.updated_at), int(count or 0), row.context_start,
             row.fence, row.summary,
         )  # fmt: skip
 
@@ -169,7 +165,7 @@ class SessionService:
             .order_by(ChatMessageRow.position)
         )
         return [
-            ChatMessage(r.message_id, r.session_id, r.sender, r.content, _utc(r.created_at))
+            ChatMessage(r.message_id, r.session_id, r.sender, r.content, as_utc(r.created_at))
             for r in rows
         ]
 
@@ -432,13 +428,7 @@ class SessionService:
         )
 
     async def _grammar(self, settings: SessionSettings) -> Grammar | None:
-        fmt = settings.response_format
-        if not fmt or fmt.get("type") == "text":
-            return None
-        if fmt.get("type") == "json_object":
-            return await asyncio.to_thread(self.grammars.json_object)
-        schema = (fmt.get("json_schema") or {}).get("schema") or {}
-        return await asyncio.to_thread(self.grammars.json_schema, schema)
+        return await asyncio.to_thread(self.grammars.response_format, settings.response_format)
 
     async def _check(self, owner: Principal, settings: SessionSettings) -> None:
         """Refuse settings that would fail every turn, before the session exists."""

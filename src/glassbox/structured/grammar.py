@@ -26,7 +26,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jsonschema
@@ -115,6 +115,15 @@ class GrammarCompiler:
             )
 
         return self._compile("json", key, build, param, schema)
+
+    def response_format(self, fmt: Mapping[str, Any] | None) -> CompiledGrammar | None:
+        """The grammar of OpenAI's `response_format` as JSON (`{"type": "json_object"}` or
+        `{"type": "json_schema", "json_schema": {"schema": ...}}`); None for none or "text"."""
+        if not fmt or fmt.get("type") == "text":
+            return None
+        if fmt.get("type") == "json_object":
+            return self.json_object()
+        return self.json_schema((fmt.get("json_schema") or {}).get("schema") or {})
 
     def json_object(self) -> CompiledGrammar:
         """Any JSON object (OpenAI's `json_object`)."""

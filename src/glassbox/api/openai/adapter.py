@@ -112,12 +112,8 @@ class OpenAIService:
     def _grammar(self, req: ChatCompletionRequest | CompletionRequest) -> Grammar | None:
         """The constraint of `response_format` or a guided_* field (compiled, cached)."""
         compile_ = self.grammars
-        fmt = req.response_format
-        if fmt is not None and fmt.type == "json_object":
-            return compile_.json_object()
-        if fmt is not None and fmt.type == "json_schema":
-            spec = fmt.json_schema
-            return compile_.json_schema(spec.schema_)
+        if req.response_format is not None and req.response_format.type != "text":
+            return compile_.response_format(req.response_format.model_dump(by_alias=True))
         guided = req.guided()
         if guided is None:
             return None
