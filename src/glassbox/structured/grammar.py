@@ -190,15 +190,16 @@ def check_schema(schema: dict, param: str) -> None:
 
 
 def closed_schema(schema: Any, in_all_of: bool = False) -> Any:
-    """The schema with `additionalProperties: false` on every object schema that does not
-    set it, except the parts of an `allOf` (each names only some of the object's keys)."""
+    """The schema with `additionalProperties: false` on every object schema that lists its
+    `properties` and does not set it, except the parts of an `allOf` (each names only some
+    of the object's keys). An object without `properties` (`{"type": "object"}`, OpenAI's
+    `json_object`) is any object and stays open."""
     if isinstance(schema, list):
         return [closed_schema(s, in_all_of) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = {k: closed_schema(v, k == "allOf") for k, v in schema.items()}
-    is_object = schema.get("type") == "object" or "properties" in schema
-    if is_object and "additionalProperties" not in schema and not in_all_of:
+    if "properties" in schema and "additionalProperties" not in schema and not in_all_of:
         out["additionalProperties"] = False
     return out
 

@@ -61,7 +61,11 @@ def test_a_property_named_like_a_keyword_is_not_blamed() -> None:
 def test_every_object_is_closed_unless_it_says_otherwise() -> None:
     schema = {
         "type": "object",
-        "properties": {"a": {"type": "object", "properties": {}}, "b": {"type": "string"}},
+        "properties": {
+            "a": {"type": "object", "properties": {}},
+            "b": {"type": "string"},
+            "c": {"type": "object"},
+        },
         "$defs": {"d": {"properties": {"x": {}}, "additionalProperties": True}},
         "allOf": [{"properties": {"y": {}}}],
     }
@@ -69,6 +73,7 @@ def test_every_object_is_closed_unless_it_says_otherwise() -> None:
     assert out["additionalProperties"] is False
     assert out["properties"]["a"]["additionalProperties"] is False
     assert "additionalProperties" not in out["properties"]["b"]
+    assert "additionalProperties" not in out["properties"]["c"]  # any object
     assert out["$defs"]["d"]["additionalProperties"] is True
     assert "additionalProperties" not in out["allOf"][0]
 
@@ -80,6 +85,13 @@ def test_extra_keys_only_where_the_schema_allows_them(grammars, tiny_tokenizer) 
     assert accepts(grammars.json_schema(schema), tiny_tokenizer, '{"a":1}')
     open_ = {**schema, "additionalProperties": True}
     assert accepts(grammars.json_schema(open_), tiny_tokenizer, extra)
+
+
+def test_json_object_is_any_object(grammars, tiny_tokenizer) -> None:
+    grammar = grammars.json_object()
+    assert accepts(grammar, tiny_tokenizer, '{"a":1,"b":{"c":[true,null]}}')
+    assert accepts(grammar, tiny_tokenizer, "{}")
+    assert not accepts(grammar, tiny_tokenizer, "[1]")
 
 
 def test_schema_features_of_openai_strict_mode_compile_and_hold(grammars, tiny_tokenizer) -> None:
