@@ -6,10 +6,57 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from glassbox.models import BUNDLED_MODEL
+
+
+class UpstreamSpec(BaseModel):
+    """One OpenAI-compatible server in a model's fallback chain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="As the openai package takes it: http://host:8000/v1")
+    model: str | None = Field(None, description="The upstream's name (default: the served name)")
+    api_key: str | None = Field(None, description="Sent as Authorization: Bearer")
+
+
+class ModelSpec(BaseModel):
+    """A model served by another backend than the local engine (which serves `model`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The name clients use")
+    backend: Literal["openai-upstream", "llama-cpp"]
+    aliases: list[str] = Field(default_factory=list)
+    upstreams: list[UpstreamSpec] = Field(
+        default_factory=list,
+        description="openai-upstream: the fallback chain, tried in this order",
+    )
+    path: Path | None = Field(None, description="llama-cpp: the GGUF file")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length (llama-cpp: its n_ctx, default 4096)"
+    )
+    timeout: float = Field(120.0, gt=0, description="Seconds an upstream may take to answer")
+    connect_timeout: float = Field(5.0, gt=0)
+    retries: int = Field(
+        2, ge=0, description="Retries per upstream on a failed connection, 429, 502, 503 or 504"
+    )
+    backoff: float = Field(0.25, ge=0, description="Seconds before the first retry, then doubled")
+    max_connections: int = Field(64, ge=1, description="The pooled client's connection limit")
+    supports_json_schema: bool = Field(
+        True, description="The upstream enforces response_format (vLLM, SGLang, glassbox do)"
+    )
+    supports_tools: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.backend == "openai-upstream" and not self.upstreams:
+            raise ValueError(f"model {self.name!r}: an openai-upstream model needs 'upstreams'")
+        if self.backend == "llama-cpp" and self.path is None:
+            raise ValueError(f"model {self.name!r}: a llama-cpp model needs 'path' (a GGUF file)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -30,6 +77,13 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Public model names served by the local model, e.g. "
         '{"meta-llama/Llama-3.3-70B-Instruct": "SmolLM2-135M-Instruct"}',
+    )
+    models: list[ModelSpec] = Field(
+        default_factory=list,
+        description="Models served by other backends beside the local one, as JSON: "
+        '[{"name": "big", "backend": "openai-upstream", "upstreams": [{"base_url": '
+        '"http://gpu:8000/v1", "model": "meta-llama/Llama-3.3-70B-Instruct"}]}, {"name": '
+        '"smol-cpp", "backend": "llama-cpp", "path": "/models/smol.gguf"}]',
     )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "glassbox",

@@ -40,6 +40,12 @@ class Unsupported(InvalidRequest):
         )
 
 
+class NotCapable(InvalidRequest):
+    """The model's backend cannot do what the request asks (steering on an upstream, say)."""
+
+    default_code = "unsupported_capability"
+
+
 class ContextLengthExceeded(InvalidRequest):
     """The prompt, or the prompt plus the tokens asked for, does not fit the context."""
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from glassbox.config import Settings
+from glassbox.backends import InferenceEngine, create_backend
+from glassbox.backends.openai_upstream import Upstream
+from glassbox.config import ModelSpec, Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.models import kernels
 from glassbox.models.layers import PrefillWeights, WeightFormat
 from glassbox.models.loader import ResolvedModel, resolve_model
+from glassbox.requests.registry import ServedModel
+
+LLAMA_CPP_CONTEXT = 4096
 
 
 def resolve(settings: Settings) -> ResolvedModel:
@@ -65,3 +70,45 @@ def start_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
         return engine
 
     return AsyncLLMEngine(load), resolved[0]
+
+
+def served_models(settings: Settings) -> list[ServedModel]:
+    """The models of `settings.models` as the registry lists them: other backends reach no
+    activations, KV or tokenizer, so they have none of the local capabilities."""
+    return [
+        ServedModel(
+            spec.name,
+            spec.backend,
+            spec.max_model_len or (LLAMA_CPP_CONTEXT if spec.backend == "llama-cpp" else None),
+            frozenset(),
+            tuple(spec.aliases),
+        )
+        for spec in settings.models
+    ]
+
+
+def build_backend(spec: ModelSpec, settings: Settings) -> InferenceEngine:
+    """The backend of one model of `settings.models` (a llama-cpp model is loaded here)."""
+    if spec.backend == "llama-cpp":
+        return create_backend(
+            "llama-cpp",
+            model_path=spec.path,
+            n_ctx=spec.max_model_len or LLAMA_CPP_CONTEXT,
+            n_threads=settings.num_threads,
+        )
+    first, *rest = spec.upstreams
+    return create_backend(
+        "openai-upstream",
+        base_url=first.base_url,
+        model=first.model or spec.name,
+        api_key=first.api_key,
+        timeout=spec.timeout,
+        supports_json_schema=spec.supports_json_schema,
+        supports_tools=spec.supports_tools,
+        fallbacks=[Upstream(u.base_url, u.model or spec.name, u.api_key) for u in rest],
+        retries=spec.retries,
+        backoff=spec.backoff,
+        connect_timeout=spec.connect_timeout,
+        max_connections=spec.max_connections,
+        served_name=spec.name,
+    )

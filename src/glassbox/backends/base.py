@@ -10,6 +10,11 @@ declares as class attributes:
   and maps them back to a valence/arousal state that shifts temperature and top_p
   (`modulate_sampling`; llama.cpp, OpenAI-compatible upstreams).
 
+The server also relays OpenAI's own requests to a backend that is not the local engine
+(`chat_completions`, `completions` and their streams): the body as the client sent it, with
+glassbox's extensions taken out and `model` set to the backend's name, and the answer in
+OpenAI's shape. Backends that can do that override them.
+
 `max_tokens=None` means "until the model stops or the context ends"; `temperature` and
 `top_p` default to the backend's own defaults (0.7 and 0.9 unless configured).
 
@@ -34,7 +39,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Literal
 
-from glassbox.errors import InvalidRequest, Unsupported
+from glassbox.errors import InvalidRequest, NotCapable, Unsupported
 from glassbox.features.emotion import EmotionalState
 from glassbox.structured.calls import (
     FunctionCall,
@@ -153,6 +158,27 @@ class InferenceEngine(ABC):
                 "false); glassbox.structured.outputs.generate_model validates and retries",
             )
         return dict(response_format)
+
+    async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's POST /chat/completions, unstreamed: the ChatCompletion as a dict."""
+        raise self._cannot_relay()
+
+    def chat_completions_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI's POST /chat/completions with `stream`: the chunks as dicts (no [DONE]).
+        Errors before the first chunk are raised; a failure later ends the iteration with
+        the error raised."""
+        raise self._cannot_relay()
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's POST /completions, unstreamed."""
+        raise self._cannot_relay()
+
+    def completions_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI's POST /completions with `stream`: the chunks as dicts."""
+        raise self._cannot_relay()
+
+    def _cannot_relay(self) -> NotCapable:
+        return NotCapable(f"{type(self).__name__} does not serve OpenAI requests", param="model")
 
     async def aclose(self) -> None:
         """Release what the backend owns (clients, models); a no-op by default."""

@@ -1,5 +1,6 @@
-"""Any OpenAI-compatible server as a backend (vLLM, SGLang, llama.cpp's server, another
-glassbox): POST /chat/completions over httpx, streamed as server-sent events.
+"""Any OpenAI-compatible server as a backend (vLLM, SGLang, llama.cpp's server, OpenAI,
+another glassbox): POST /chat/completions and /completions over httpx, streamed as
+server-sent events.
 
 The upstream's activations are out of reach, so emotions modulate sampling (temperature,
 top_p) and the coefficients are logged.
@@ -9,12 +10,29 @@ enforces them: vLLM, SGLang, llama.cpp's server and glassbox all do. For a serve
 not, turn the flags off (`supports_json_schema=False`, `supports_tools=False`): then
 `generate_model` puts the schema in the prompt and validates and retries, and
 `function_call` offers the tools in glassbox's documented prompt format and parses the text.
+
+Failures. A backend has a chain of upstreams (`base_url` first, then `fallbacks`), one pooled
+client for all of them, and a request goes to the first that answers:
+
+- a connection that cannot be made (refused, connect or pool timeout) or an answer of 429,
+  502, 503 or 504 is retried on the same upstream `retries` times, after `backoff` seconds
+  doubled each time (or the upstream's `Retry-After`, up to `MAX_RETRY_AFTER`);
+- any other failure (another 5xx, 401/403/404: the upstream is misconfigured; a read
+  timeout or a broken connection) moves on to the next upstream at once;
+- 400, 413 and 422 are the request's fault: every upstream would refuse it, so it is
+  refused (`UpstreamRejected`, a 400 carrying the upstream's message);
+- with no upstream left, `UpstreamError` (503) lists what each one answered.
+
+A stream is committed once an upstream has answered with its headers: a failure after that
+ends the stream with an error, as a broken stream from the upstream itself would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -27,6 +45,7 @@ from glassbox.backends.base import (
     ResponseFormat,
     ToolSpec,
 )
+from glassbox.errors import InvalidRequest, Unavailable
 from glassbox.structured.calls import (
     FunctionCall,
     choice_name,
@@ -37,9 +56,49 @@ from glassbox.structured.calls import (
 )
 from glassbox.structured.tools import ToolCall
 
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+CLIENT_FAULT = frozenset({400, 413, 422})
+MAX_RETRY_AFTER = 10.0  # seconds; an upstream that asks for longer is skipped instead
 
-class UpstreamError(RuntimeError):
-    """The upstream answered with an error or with something that is not a completion."""
+
+class UpstreamError(Unavailable):
+    """No upstream gave an answer, or one broke off its stream (503)."""
+
+    default_code = "upstream_unavailable"
+
+
+class UpstreamRejected(InvalidRequest):
+    """An upstream refused the request itself (400, 413, 422): the client's to fix."""
+
+    default_code = "upstream_rejected"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    base_url: str  # as the openai package takes it: "http://host:8000/v1"
+    model: str  # the upstream's name for the model
+    api_key: str | None = None
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key or 'none'}"}
+
+
+class _Retry(Exception):
+    """This upstream failed in a way worth another try after `delay` seconds."""
+
+    def __init__(self, reason: str, delay: float | None = None):
+        self.reason, self.delay = reason, delay
+
+
+class _Next(Exception):
+    """This upstream failed; go on to the next one."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 class OpenAIUpstreamBackend(InferenceEngine):
@@ -52,26 +111,45 @@ class OpenAIUpstreamBackend(InferenceEngine):
         self,
         base_url: str,
         model: str,
-        api_key: str = "none",
+        api_key: str | None = None,
         timeout: float = 120.0,
         temperature: float = DEFAULT_TEMPERATURE,
         top_p: float = DEFAULT_TOP_P,
         client: httpx.AsyncClient | None = None,
         supports_json_schema: bool = True,
         supports_tools: bool = True,
+        *,
+        fallbacks: Sequence[Upstream] = (),
+        retries: int = 2,
+        backoff: float = 0.25,
+        connect_timeout: float = 5.0,
+        max_connections: int = 64,
+        served_name: str | None = None,
     ):
-        """`base_url` as the `openai` package takes it, e.g. "http://host:8000/v1". A
-        `client` passed in (for its transport, timeouts or event hooks) is not closed by
-        `aclose`; requests go to absolute URLs built from `base_url`. The `supports_*`
-        flags say what the upstream enforces (see the module's docstring)."""
+        """`base_url` as the `openai` package takes it, e.g. "http://host:8000/v1"; `model`
+        the upstream's name for the model; `fallbacks` the upstreams tried after it, in
+        order. A `client` passed in (for its transport, timeouts or event hooks) is not
+        closed by `aclose`; otherwise one pooled client (at most `max_connections`, `timeout`
+        seconds for an answer, `connect_timeout` to connect) serves every upstream. The
+        `supports_*` flags say what the upstreams enforce (see the module's docstring);
+        `served_name`, the model's name in error messages (default: `model`)."""
         super().__init__(temperature, top_p)
         self.SUPPORTS_JSON_SCHEMA = supports_json_schema
         self.SUPPORTS_TOOLS = supports_tools
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.upstreams = [Upstream(base_url, model, api_key), *fallbacks]
         self.model = model
-        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.served_name = served_name or model
+        self.retries = retries
+        self.backoff = backoff
         self._owns_client = client is None
-        self.client = client or httpx.AsyncClient(timeout=timeout)
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    # --- the reference's interface ------------------------------------------------------
 
     async def chat_completion(
         self,
@@ -144,11 +222,46 @@ class OpenAIUpstreamBackend(InferenceEngine):
         body = self._body(
             messages, max_tokens, temperature, top_p, emotion_coefficients, response_format
         )
-        body["stream"] = True
-        async with self.client.stream("POST", self.url, json=body, headers=self.headers) as r:
-            if r.is_error:
-                raise UpstreamError(_error_message(r.status_code, (await r.aread()).decode()))
-            async for line in r.aiter_lines():
+        async for event in self.chat_completions_stream(body):
+            for choice in event.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield text
+
+    # --- OpenAI's requests, relayed -----------------------------------------------------
+
+    async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._answer("/chat/completions", body, "a chat completion")
+
+    def chat_completions_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._events("/chat/completions", body)
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._answer("/completions", body, "a completion")
+
+    def completions_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._events("/completions", body)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    # --- the chain ----------------------------------------------------------------------
+
+    async def _answer(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        response = await self._send(path, {**body, "stream": False})
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"{response.url}: the answer is not JSON: {exc}") from exc
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise UpstreamError(f"{response.url}: the answer is not {what}")
+        return answer
+
+    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        response = await self._send(path, {**body, "stream": True}, stream=True)
+        try:
+            async for line in response.aiter_lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -157,26 +270,83 @@ class OpenAIUpstreamBackend(InferenceEngine):
                 try:
                     event = json.loads(data)
                 except ValueError as exc:
-                    raise UpstreamError(f"the upstream sent a malformed event: {data!r}") from exc
+                    raise UpstreamError(
+                        f"{response.url} sent a malformed event: {data[:200]!r}"
+                    ) from exc
+                if not isinstance(event, dict):
+                    raise UpstreamError(f"{response.url} sent a malformed event: {data[:200]!r}")
                 if "error" in event:
-                    raise UpstreamError(_error_message(r.status_code, data))
-                for choice in event.get("choices", []):
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield text
+                    raise UpstreamError(_error_message(response.status_code, data))
+                yield event
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{response.url} broke off its stream: {_describe(exc)}") from exc
+        finally:
+            await response.aclose()
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+    async def _send(self, path: str, body: dict[str, Any], stream: bool = False) -> httpx.Response:
+        """The first answer of the chain that is not a failure (streamed: headers read,
+        body not yet)."""
+        failures = []
+        for upstream in self.upstreams:
+            try:
+                return await self._try(upstream, path, body, stream)
+            except (_Retry, _Next) as failure:
+                failures.append(f"{upstream.base_url}: {failure.reason}")
+        raise UpstreamError(
+            f"no upstream of model '{self.served_name}' answered: " + "; ".join(failures)
+        )
+
+    async def _try(
+        self, upstream: Upstream, path: str, body: dict[str, Any], stream: bool
+    ) -> httpx.Response:
+        """The upstream's answer, retried while it fails in a way worth retrying; `_Retry`
+        once the retries are spent, `_Next` for a failure not worth retrying."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._once(upstream, path, body, stream)
+            except _Retry as failure:
+                if attempt == self.retries:
+                    raise
+                wait = delay if failure.delay is None else failure.delay
+                if wait > MAX_RETRY_AFTER:
+                    raise _Next(f"{failure.reason}, retry after {wait:g} s") from None
+                await asyncio.sleep(wait)
+                delay *= 2
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _once(
+        self, upstream: Upstream, path: str, body: dict[str, Any], stream: bool
+    ) -> httpx.Response:
+        request = self.client.build_request(
+            "POST", upstream.url(path), json={**body, "model": upstream.model},
+            headers=upstream.headers,
+        )  # fmt: skip
+        try:
+            response = await self.client.send(request, stream=stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _Retry(_describe(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise _Next(_describe(exc)) from exc
+        if not response.is_error:
+            return response
+        text = (await response.aread()).decode(errors="replace")
+        await response.aclose()
+        status = response.status_code
+        message = _error_message(status, text)
+        if status in CLIENT_FAULT:
+            param = _error_field(text, "param")
+            raise UpstreamRejected(f"{upstream.base_url}: {message}", param=param)
+        if status in RETRY_STATUS:
+            raise _Retry(message, _retry_after(response))
+        raise _Next(message)
 
     async def _message(self, body: dict[str, Any]) -> dict[str, Any]:
         """The message of the upstream's first choice to an unstreamed request."""
-        response = await self.client.post(self.url, json=body, headers=self.headers)
-        if response.is_error:
-            raise UpstreamError(_error_message(response.status_code, response.text))
+        answer = await self.chat_completions(body)
         try:
-            message = response.json()["choices"][0]["message"]
-        except (ValueError, LookupError, TypeError) as exc:
+            message = answer["choices"][0]["message"]
+        except (LookupError, TypeError) as exc:
             raise UpstreamError(f"the upstream's answer is not a chat completion: {exc}") from exc
         if not isinstance(message, dict):
             raise UpstreamError("the upstream's answer is not a chat completion: no message")
@@ -206,9 +376,26 @@ class OpenAIUpstreamBackend(InferenceEngine):
         return body
 
 
-def _error_message(status: int, text: str) -> str:
+def _error_field(text: str, name: str) -> Any:
     try:
-        message = json.loads(text)["error"]["message"]
+        return json.loads(text)["error"][name]
     except (ValueError, LookupError, TypeError):
+        return None
+
+
+def _error_message(status: int, text: str) -> str:
+    message = _error_field(text, "message")
+    if not isinstance(message, str):
         message = text[:500]
     return f"upstream error {status}: {message}"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None  # absent, or an HTTP date: the backoff decides
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

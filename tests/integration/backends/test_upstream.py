@@ -57,6 +57,7 @@ async def test_answers_and_streams_the_same_text(upstream, tiny_server):
         "temperature": 0.0,
         "top_p": 0.9,
         "max_tokens": 8,
+        "stream": False,
     }
     assert upstream.sent[1]["stream"] is True
 

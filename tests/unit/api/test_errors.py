@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 import glassbox
 from glassbox.api.errors import install_error_handlers
+from glassbox.backends.openai_upstream import UpstreamError, UpstreamRejected
 from glassbox.engine.errors import EngineDeadError, OutOfBlocks, PromptTooLong, RequestRejected
 from glassbox.errors import (
     Aborted,
@@ -26,6 +27,7 @@ from glassbox.errors import (
     InvalidOutput,
     InvalidRequest,
     ModelNotFound,
+    NotCapable,
     NotFound,
     TooLarge,
     Unavailable,
@@ -51,6 +53,22 @@ CASES: dict[type[GlassboxError], Case] = {
         lambda: Unsupported("tools", "tool calls"),
         400, "invalid_request_error", "unsupported_parameter", "tools",
         "'tools' is not supported yet: tool calls; remove it from the request",
+    ),
+    NotCapable: Case(
+        lambda: NotCapable("model 'big' is served by the 'openai-upstream' backend, which "
+                           "cannot do 'steering'", param="variant"),
+        400, "invalid_request_error", "unsupported_capability", "variant",
+        "model 'big' is served by the 'openai-upstream' backend, which cannot do 'steering'",
+    ),
+    UpstreamRejected: Case(
+        lambda: UpstreamRejected("http://gpu:8000/v1: upstream error 400: bad", param="n"),
+        400, "invalid_request_error", "upstream_rejected", "n",
+        "http://gpu:8000/v1: upstream error 400: bad",
+    ),
+    UpstreamError: Case(
+        lambda: UpstreamError("no upstream of model 'big' answered: ..."),
+        503, "service_unavailable_error", "upstream_unavailable", None,
+        "no upstream of model 'big' answered: ...",
     ),
     ContextLengthExceeded: Case(
         lambda: ContextLengthExceeded("40 prompt tokens + 10 new exceed 32", param="max_tokens"),
