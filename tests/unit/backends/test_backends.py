@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import math
 
@@ -257,22 +256,7 @@ async def test_local_stream_closed_early_frees_the_engine(aengine):
     assert await async_wait_until(freed)
 
 
-# --- LlamaCppBackend on the bundled GGUF --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def llama_backend():
-    pytest.importorskip("llama_cpp")
-    from glassbox.backends.llama_cpp import LlamaCppBackend
-    from glassbox.models.loader import ModelNotFoundError, bundled_gguf
-
-    try:
-        path = bundled_gguf()
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
-    backend = LlamaCppBackend(path, n_ctx=512, seed=0)
-    yield backend
-    asyncio.run(backend.aclose())
+# --- LlamaCppBackend on the bundled GGUF (the llama_backend fixture: conftest.py) ----------
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ SCHEMA = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type":
 
 def test_capability_flags():
     assert (LocalBackend.SUPPORTS_JSON_SCHEMA, LocalBackend.SUPPORTS_TOOLS) == (True, True)
-    assert (LlamaCppBackend.SUPPORTS_JSON_SCHEMA, LlamaCppBackend.SUPPORTS_TOOLS) == (False, False)
+    assert (LlamaCppBackend.SUPPORTS_JSON_SCHEMA, LlamaCppBackend.SUPPORTS_TOOLS) == (True, False)
     upstream = OpenAIUpstreamBackend("http://127.0.0.1:1/v1", "m")
     assert (upstream.SUPPORTS_JSON_SCHEMA, upstream.SUPPORTS_TOOLS) == (True, True)
     plain = OpenAIUpstreamBackend(
