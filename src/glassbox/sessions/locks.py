@@ -10,7 +10,7 @@ The Redis lock is the usual single-instance one: `SET key token NX PX ttl` to ta
 script that deletes the key only if it still holds our token to give it back, and the same
 check to extend it while a turn runs (a turn may take longer than the timeout; a crashed
 holder's lock expires after `ttl`). Tokens come from `INCR` on a per-session counter, taken
-once the lock is held.
+once the lock is held. The same client serves the session lookups (`cache.py`).
 """
 
 from __future__ import annotations

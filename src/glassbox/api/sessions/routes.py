@@ -31,7 +31,7 @@ def session_out(s: ChatSession) -> ChatSessionSchema:
     return ChatSessionSchema(
         session_id=s.session_id, user_id=s.user_id, created_at=s.created_at,
         last_active=s.last_active, message_count=s.message_count, state_id=s.state_id,
-        context_start=s.context_start, summary=s.summary,
+        context_start=s.context_start, summary=s.summary, model=s.model,
     )  # fmt: skip
 
 
@@ -60,6 +60,7 @@ def settings_of(req: StartChatRequest) -> SessionSettings:
     sampling = {"temperature": req.temperature, "top_p": req.top_p,
                 "max_tokens": req.max_tokens, "seed": req.seed}  # fmt: skip
     return SessionSettings(
+        model=req.model,
         system_prompt=req.system_prompt,
         variant=req.variant,
         variant_namespace=req.variant_namespace,
@@ -137,7 +138,7 @@ async def _chain(first, rest: AsyncIterator) -> AsyncIterator:
 async def history(
     session_id: str, sessions: SessionsDep, principal: PrincipalDep
 ) -> list[ChatMessageSchema]:
-    messages = await asyncio.to_thread(sessions.history, principal, session_id)
+    messages = await sessions.history(principal, session_id)
     return [message_out(m) for m in messages]
 
 

@@ -15,6 +15,13 @@ from glassbox.api.openai.schemas import EmotionalStateIn, ResponseFormat
 class StartChatRequest(StrictRequest):
     user_id: str = Field(min_length=1, max_length=128)
     initial_message: str = Field(min_length=1)
+    model: str | None = Field(
+        None,
+        description="A model this server serves (GET /v1/models; default: the local model). "
+        "On a model of another backend (an OpenAI-compatible upstream, llama.cpp) variants "
+        "are refused, emotional_state modulates temperature and top_p, and the whole "
+        "conversation is sent every turn",
+    )
     system_prompt: str | None = Field(None, description="The system message of every turn")
     variant: dict[str, Any] | None = Field(None, description="An inline Ember Variant.json()")
     variant_namespace: str | None = Field(None, description="With variant_id: a stored variant")
@@ -49,6 +56,7 @@ class ChatSessionSchema(BaseModel):
     summary: str | None = Field(
         None, description="context_policy summarize: the summary of the messages before it"
     )
+    model: str | None = Field(None, description="The model the session runs on")
 
 
 class ChatMessageSchema(BaseModel):
@@ -60,9 +68,14 @@ class ChatMessageSchema(BaseModel):
 
 
 class TurnUsage(BaseModel):
-    prompt_tokens: int
-    cached_tokens: int = Field(description="Prompt tokens that came warm, not computed")
-    completion_tokens: int
+    """The turn's token counts. null on a model of another backend: its text interface
+    reports none, and glassbox does not estimate them."""
+
+    prompt_tokens: int | None = Field(description="null on a model of another backend")
+    cached_tokens: int | None = Field(
+        description="Prompt tokens that came warm, not computed (null on another backend)"
+    )
+    completion_tokens: int | None = Field(description="null on a model of another backend")
 
 
 class StartChatResponse(BaseModel):
