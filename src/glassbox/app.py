@@ -19,6 +19,7 @@ from glassbox.api.features import variants as variant_routes
 from glassbox.api.middleware import RequestContextMiddleware
 from glassbox.api.openai import routes as openai_routes
 from glassbox.api.openai.adapter import OpenAIService
+from glassbox.api.openai.relay import RelayService
 from glassbox.api.sessions import routes as session_routes
 from glassbox.api.states import analysis as analysis_routes
 from glassbox.api.states import beam as beam_routes
@@ -26,6 +27,7 @@ from glassbox.api.states import routes as state_routes
 from glassbox.api.system import routes as system_routes
 from glassbox.api.system import tokenize as tokenize_routes
 from glassbox.api.tasks import routes as task_routes
+from glassbox.backends import InferenceEngine
 from glassbox.config import Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.features.label_encoder import import_library
@@ -37,7 +39,7 @@ from glassbox.metrics import Metrics
 from glassbox.models.loader import ResolvedModel
 from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
-from glassbox.runtime import resolve, start_engine
+from glassbox.runtime import build_backend, resolve, served_models, start_engine
 from glassbox.sessions.locks import LocalLocks, RedisLocks
 from glassbox.sessions.service import SessionService
 from glassbox.states.analysis import StateAnalysis
@@ -97,6 +99,21 @@ async def _warm_features(features: FeatureService, delay: float) -> None:
         await features.index()
 
 
+def _build_backends(settings: Settings) -> dict[str, InferenceEngine]:
+    """The backends of `settings.models`, by served name (llama-cpp models load here)."""
+    backends: dict[str, InferenceEngine] = {}
+    for spec in settings.models:
+        backends[spec.name] = build_backend(spec, settings)
+        log.info("backend ready", model=spec.name, backend=spec.backend)
+    return backends
+
+
+async def _close_backends(backends: dict[str, InferenceEngine]) -> None:
+    for backend in backends.values():
+        with contextlib.suppress(Exception):  # shutting down: the others still get closed
+            await backend.aclose()
+
+
 def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> FastAPI:
     """The server. Without `engine` the lifespan loads the configured model and stops the
     engine at shutdown; a given engine belongs to the caller (who shuts it down)."""
@@ -116,11 +133,16 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         warmup = None
         states = None
         locks = None
+        backends: dict[str, InferenceEngine] = {}
         try:
+            backends = await asyncio.to_thread(_build_backends, settings)
             generation = GenerationService(aengine, app.state.metrics)
             app.state.generation = generation
-            registry = ModelRegistry(name, settings.model_aliases, aengine.max_model_len)
+            registry = ModelRegistry(
+                name, settings.model_aliases, aengine.max_model_len, served_models(settings)
+            )
             app.state.registry = registry
+            app.state.relay = RelayService(registry, backends)
             features = FeatureService(
                 aengine,
                 settings.cache_dir,
@@ -149,8 +171,9 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.analysis = StateAnalysis(states)
             locks = RedisLocks(settings.redis_url) if settings.redis_url else LocalLocks()
             app.state.sessions = SessionService(
-                db, states, generation, app.state.grammars, app.state.steering, locks
-            )
+                db, states, generation, app.state.grammars, app.state.steering, locks,
+                models=registry, backends=backends,
+            )  # fmt: skip
             if settings.warm_features:
                 delay = settings.warm_features_after
                 warmup = asyncio.create_task(_warm_features(features, delay))
@@ -166,6 +189,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 await states.flush()
             if locks is not None and isinstance(locks, RedisLocks):
                 await locks.close()
+            await _close_backends(backends)
             if db is not None:
                 db.close()
             if engine is None:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from glassbox.api.openai.adapter import OpenAIService
+from glassbox.api.openai.relay import RelayService
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -32,6 +33,10 @@ PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 def openai_service(request: Request) -> OpenAIService:
     return request.app.state.openai
+
+
+def relay_service(request: Request) -> RelayService:
+    return request.app.state.relay
 
 
 def generation_service(request: Request) -> GenerationService:
@@ -59,6 +64,7 @@ def feature_service(request: Request) -> FeatureService:
 
 
 OpenAIDep = Annotated[OpenAIService, Depends(openai_service)]
+RelayDep = Annotated[RelayService, Depends(relay_service)]
 GenerationDep = Annotated[GenerationService, Depends(generation_service)]
 RegistryDep = Annotated[ModelRegistry, Depends(model_registry)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]

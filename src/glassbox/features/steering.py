@@ -22,7 +22,7 @@ from glassbox.features.variant import FeatureRef, VariantSpec
 from glassbox.features.variants import DEFAULT_VARIANT, StoredVariant, VariantService
 from glassbox.features.vectors import SteeringVectors
 from glassbox.principal import Principal
-from glassbox.requests.registry import ModelRegistry
+from glassbox.requests.registry import STEERING, ModelRegistry
 from glassbox.steering.plan import SteeringPlan
 
 
@@ -53,6 +53,7 @@ class SteeringService:
                 "serve; use one of " + ", ".join(repr(n) for n in self.registry.names()),
                 param=f"{param}.base_model",
             )
+        self.registry.require(spec.base_model, STEERING, param=f"{param}.base_model")
         await self.features.resolve(spec)
         return spec
 

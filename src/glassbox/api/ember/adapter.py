@@ -66,7 +66,7 @@ from glassbox.features.variant import VariantSpec
 from glassbox.logs import get_logger
 from glassbox.requests.builder import EngineRequest
 from glassbox.requests.generation import Generation, GenerationService
-from glassbox.requests.registry import ModelRegistry
+from glassbox.requests.registry import FEATURES, ModelRegistry
 
 log = get_logger(__name__)
 
@@ -136,6 +136,7 @@ class EmberService:
 
     def model(self, name: str | None) -> str:
         """404 for a model this server does not serve; else the name to report back."""
+        self.registry.require(name, FEATURES)
         return self.registry.resolve(name)
 
     async def catalog(self) -> FeatureCatalog:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
-from glassbox.api.deps import OpenAIDep, PrincipalDep, RegistryDep
+from glassbox.api.deps import OpenAIDep, PrincipalDep, RegistryDep, RelayDep
 from glassbox.api.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -25,10 +26,16 @@ async def chat_completions(
     req: ChatCompletionRequest,
     request: Request,
     service: OpenAIDep,
+    relay: RelayDep,
     models: RegistryDep,
     principal: PrincipalDep,
 ):
     model = models.resolve(req.model)
+    served = models.served(req.model)
+    if not served.local:  # another backend: relayed (api/openai/relay.py)
+        if req.stream:
+            return sse_response(await relay.chat_stream(req, served, model))
+        return _relayed(await until_disconnected(request, relay.chat(req, served, model)))
     if req.stream:
         return sse_response(await service.chat_stream(principal, req, model))
     return await until_disconnected(request, service.chat(principal, req, model))
@@ -39,13 +46,24 @@ async def completions(
     req: CompletionRequest,
     request: Request,
     service: OpenAIDep,
+    relay: RelayDep,
     models: RegistryDep,
     principal: PrincipalDep,
 ):
     model = models.resolve(req.model)
+    served = models.served(req.model)
+    if not served.local:
+        if req.stream:
+            return sse_response(await relay.completion_stream(req, served, model))
+        return _relayed(await until_disconnected(request, relay.completion(req, served, model)))
     if req.stream:
         return sse_response(await service.completion_stream(principal, req, model))
     return await until_disconnected(request, service.completion(principal, req, model))
+
+
+def _relayed(answer: dict | Response) -> Response:
+    """The backend's answer as it gave it (its fields may go beyond glassbox's schema)."""
+    return answer if isinstance(answer, Response) else JSONResponse(answer)
 
 
 @router.get("/models", response_model=ModelList)
@@ -60,6 +78,12 @@ async def get_model(model_id: str, models: RegistryDep) -> ModelCard:
 
 
 def model_card(models: ModelRegistry, name: str) -> ModelCard:
+    served = models.served(name)
     return ModelCard(
-        id=name, created=models.created, root=models.served_name, max_model_len=models.max_model_len
+        id=name,
+        created=models.created,
+        root=served.name,
+        max_model_len=served.max_model_len,
+        backend=served.backend,
+        capabilities=sorted(served.capabilities),
     )

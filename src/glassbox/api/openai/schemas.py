@@ -473,6 +473,14 @@ class ModelCard(BaseModel):
     owned_by: str = "glassbox"
     root: str | None = None
     max_model_len: int | None = None
+    backend: str = Field(
+        "local",
+        description="What serves it: 'local' (glassbox's engine), 'openai-upstream', 'llama-cpp'",
+    )
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="What it can do beyond OpenAI's API: steering, features, states, tokenize",
+    )
 
 
 class ModelList(BaseModel):

@@ -37,6 +37,7 @@ from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import InvalidRequest, TooLarge
 from glassbox.features.steering import SteeringService
 from glassbox.principal import Principal
+from glassbox.requests.registry import STATES
 from glassbox.states.records import State
 from glassbox.states.service import StateService
 
@@ -78,6 +79,7 @@ def state_summary(states: StateService, s: State) -> StateSummary:
 async def create_state(
     req: StateCreateRequest, states: StatesDep, principal: PrincipalDep, models: RegistryDep
 ) -> StateObject:
+    models.require(req.model_id, STATES, param="model_id")
     model = models.resolve(req.model_id)
     state = await states.create_from(
         principal,

@@ -11,6 +11,7 @@ from glassbox.api.system.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from glassbox.requests.registry import TOKENIZE
 
 router = APIRouter(tags=["tokenize"])
 
@@ -21,7 +22,7 @@ async def tokenize(
     service: OpenAIDep,
     models: RegistryDep,
 ) -> TokenizeResponse:
-    models.resolve(req.model)
+    models.require(req.model, TOKENIZE)
     return service.tokenize(req)
 
 
@@ -31,5 +32,5 @@ async def detokenize(
     service: OpenAIDep,
     models: RegistryDep,
 ) -> DetokenizeResponse:
-    models.resolve(req.model)
+    models.require(req.model, TOKENIZE)
     return service.detokenize(req)
