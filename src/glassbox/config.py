@@ -34,7 +34,9 @@ class ModelSpec(BaseModel):
         default_factory=list,
         description="openai-upstream: the fallback chain, tried in this order",
     )
-    path: Path | None = Field(None, description="llama-cpp: the GGUF file")
+    path: Path | None = Field(
+        None, description="llama-cpp: the GGUF file ('bundled': the bundled model's)"
+    )
     max_model_len: int | None = Field(
         None, ge=16, description="Context length (llama-cpp: its n_ctx, default 4096)"
     )

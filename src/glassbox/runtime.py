@@ -10,9 +10,9 @@ from glassbox.backends.openai_upstream import Upstream
 from glassbox.config import ModelSpec, Settings
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
-from glassbox.models import kernels
+from glassbox.models import BUNDLED_MODEL, kernels
 from glassbox.models.layers import PrefillWeights, WeightFormat
-from glassbox.models.loader import ResolvedModel, resolve_model
+from glassbox.models.loader import ResolvedModel, bundled_gguf, resolve_model
 from glassbox.requests.registry import ServedModel
 
 LLAMA_CPP_CONTEXT = 4096
@@ -90,9 +90,10 @@ def served_models(settings: Settings) -> list[ServedModel]:
 def build_backend(spec: ModelSpec, settings: Settings) -> InferenceEngine:
     """The backend of one model of `settings.models` (a llama-cpp model is loaded here)."""
     if spec.backend == "llama-cpp":
+        path = bundled_gguf() if str(spec.path) == BUNDLED_MODEL else spec.path
         return create_backend(
             "llama-cpp",
-            model_path=spec.path,
+            model_path=path,
             n_ctx=spec.max_model_len or LLAMA_CPP_CONTEXT,
             n_threads=settings.num_threads,
         )
