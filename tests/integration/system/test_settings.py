@@ -321,7 +321,10 @@ def test_an_alias_pointing_elsewhere_refuses_start_up(
         log_level="WARNING",
     )
     app = serve_command(monkeypatch, *flags)["app"]
-    message = f"model alias '{alias}' points to '{target}', but this server serves '{SERVED}'"
+    message = (
+        f"model alias '{alias}' points to '{target}', which this server does not serve; "
+        f"point aliases at one of '{SERVED}'"
+    )
 
     async def start() -> None:
         async with app.router.lifespan_context(app):
