@@ -7,10 +7,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from glassbox import __version__
+from glassbox.api.embeddings import routes as embedding_routes
 from glassbox.api.ember import routes as ember_routes
 from glassbox.api.ember.adapter import EmberService
 from glassbox.api.errors import install_error_handlers
@@ -29,8 +32,8 @@ from glassbox.api.system import tokenize as tokenize_routes
 from glassbox.api.tasks import routes as task_routes
 from glassbox.backends import InferenceEngine
 from glassbox.config import Settings
+from glassbox.embeddings.embedder import import_library
 from glassbox.engine.async_engine import AsyncLLMEngine
-from glassbox.features.label_encoder import import_library
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -39,7 +42,13 @@ from glassbox.metrics import Metrics
 from glassbox.models.loader import ResolvedModel
 from glassbox.requests.generation import GenerationService
 from glassbox.requests.registry import ModelRegistry
-from glassbox.runtime import build_backend, resolve, served_models, start_engine
+from glassbox.runtime import (
+    build_backend,
+    build_embeddings,
+    resolve,
+    served_models,
+    start_engine,
+)
 from glassbox.sessions.locks import LocalLocks, RedisLocks
 from glassbox.sessions.service import SessionService
 from glassbox.states.analysis import StateAnalysis
@@ -64,6 +73,7 @@ ROUTES = [
     ember_routes,
     task_routes,
     session_routes,
+    embedding_routes,
 ]
 
 
@@ -134,8 +144,17 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         states = None
         locks = None
         backends: dict[str, InferenceEngine] = {}
+        embeddings = None
+        embedding_redis = None
         try:
             backends = await asyncio.to_thread(_build_backends, settings)
+            if settings.redis_url:
+                embedding_redis = aioredis.from_url(
+                    settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+                )
+                app.state.redis = embedding_redis
+            embeddings = build_embeddings(settings, aengine.call, embedding_redis)
+            app.state.embeddings = embeddings
             generation = GenerationService(aengine, app.state.metrics)
             app.state.generation = generation
             registry = ModelRegistry(
@@ -155,6 +174,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.features = features
             app.state.ember = EmberService(features, generation, registry)
             db = Database(settings.database_url or default_url(settings.cache_dir))
+            app.state.db = db
             app.state.variants = VariantService(db, name)
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.grammars = GrammarCompiler(aengine.tokenizer, aengine.vocab_size)
@@ -190,6 +210,10 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             if locks is not None and isinstance(locks, RedisLocks):
                 await locks.close()
             await _close_backends(backends)
+            if embeddings is not None:
+                await embeddings.aclose()
+            if embedding_redis is not None:
+                await embedding_redis.aclose()
             if db is not None:
                 db.close()
             if engine is None:
@@ -202,7 +226,11 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         generation = getattr(app.state, "generation", None)
         return generation.stats() if generation is not None else {}
 
-    app.state.metrics = Metrics(engine_stats)
+    def embedding_stats() -> dict[str, Any]:
+        embeddings = getattr(app.state, "embeddings", None)
+        return embeddings.metrics() if embeddings is not None else {}
+
+    app.state.metrics = Metrics(engine_stats, embedding_stats)
     install_error_handlers(app)
     for module in ROUTES:
         app.include_router(module.router)

