@@ -27,6 +27,7 @@ import time
 import torch
 
 from glassbox.config import Settings
+from glassbox.embeddings.embedder import LocalEmbedder
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.engine.sequence import SamplingParams
 from glassbox.features.autosteer import autosteer
@@ -38,8 +39,7 @@ from glassbox.features.concepts import (
     load_dictionary,
     save_dictionary,
 )
-from glassbox.features.label_encoder import LabelEncoder
-from glassbox.features.search import FeatureIndex
+from glassbox.features.search import EmbedderEncoder, FeatureIndex
 from glassbox.runtime import load_engine
 from glassbox.steering.plan import SteeringPlan
 
@@ -95,7 +95,7 @@ def main() -> None:
     settings = Settings()
     engine, resolved = load_engine(settings)
     d, data = train_dictionary(engine, settings, resolved.fingerprint)
-    embedder = LabelEncoder.default()
+    embedder = EmbedderEncoder(LocalEmbedder(call=None))  # encode only: in this thread
     index = FeatureIndex([d], embedder)
     heldout = [c for c in data.concepts if c.split == "heldout"]
     tok = engine.tokenizer

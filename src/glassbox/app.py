@@ -92,7 +92,7 @@ def _build_engine(settings: Settings) -> tuple[AsyncLLMEngine, ResolvedModel]:
 
 
 def _import_encoder_library() -> None:
-    """Import the label encoder's library (seconds of Python, no tensors) while the model
+    """Import the embedding model's library (seconds of Python, no tensors) while the model
     loads, so the feature warm-up need not wait for it after start-up."""
     with contextlib.suppress(Exception):  # the warm-up imports it again and reports why not
         import_library()
@@ -170,6 +170,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 sae_paths=settings.feature_saes,
                 vector_dirs=settings.steering_vector_dirs,
                 layer=settings.features_layer,
+                embedder=embeddings.local,  # one model for /v1/embeddings and the search
             )
             app.state.features = features
             app.state.ember = EmberService(features, generation, registry)

@@ -125,7 +125,9 @@ class LocalEmbedder:
         result (`AsyncLLMEngine.call`). `model_name` is the name clients use, `aliases`
         other names for it."""
         self._call = call
-        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        # The bundled model's path is looked up when it is needed: without its package, the
+        # server still starts (and says how to install it when an embedding is asked for).
+        self._model_path = Path(model_path) if model_path is not None else None
         self.model_name = model_name
         self.names = frozenset({model_name, *aliases})
         self.max_batch_tokens = max_batch_tokens
@@ -162,6 +164,12 @@ class LocalEmbedder:
         if self._cache_key is None:
             self._cache_key = model_key(self.model_path)
         return self._cache_key
+
+    @property
+    def model_path(self) -> Path:
+        if self._model_path is None:
+            self._model_path = default_model_path()
+        return self._model_path
 
     @property
     def loaded(self) -> bool:
@@ -206,6 +214,8 @@ class LocalEmbedder:
 
     async def embed(self, texts: list[str], model: str) -> ProviderResult:
         """[len(texts), dimensions] L2-normalized float32 rows, in the order given."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of strings, not a string")
         await self.load()
         if not texts:
             return ProviderResult(np.zeros((0, self.dimensions), np.float32), 0)

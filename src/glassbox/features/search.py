@@ -17,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from glassbox.features.dictionary import Feature, FeatureDictionary
 from glassbox.features.steps import Steps
+
+if TYPE_CHECKING:
+    from glassbox.embeddings.embedder import LocalEmbedder
 
 MAX_TOP_K = 1000
 
@@ -35,6 +38,22 @@ class TextEncoder(Protocol):
     def embed(self, texts: list[str]) -> torch.Tensor:
         """[n, dim] L2-normalized rows."""
         ...
+
+
+class EmbedderEncoder:
+    """The `TextEncoder` of the search: the embedding service's local model (`LocalEmbedder`,
+    loaded), its `encode` run in the calling thread, which must be the one that runs torch
+    (the server calls the index inside engine calls)."""
+
+    def __init__(self, embedder: LocalEmbedder) -> None:
+        self.embedder = embedder
+
+    @property
+    def cache_key(self) -> str:
+        return self.embedder.cache_key
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self.embedder.encode(texts))
 
 
 def feature_text(label: str, description: str) -> str:

@@ -2,10 +2,11 @@
 logits under a variant, and the resolution of variants into steering plans.
 
 Every tensor computation runs on the engine thread (DESIGN.md: one thread runs torch):
-`AsyncLLMEngine.call` for captures, dictionary builds, loading the label encoder, embedding
-labels and queries, search; `submit` for generation. Long builds (the concept vectors, once
-per model; the search index's label embeddings) run one step per call (steps.py), so running
-generations are stepped in between.
+`AsyncLLMEngine.call` for captures, dictionary builds, loading the embedding model (the one
+`/v1/embeddings` serves, when the server shares it), embedding labels and queries, search;
+`submit` for generation. Long builds (the concept vectors, once per model; the search index's
+label embeddings) run one step per call (steps.py), so running generations are stepped in
+between.
 
 The dictionaries and the search index are built once: in the background at start-up
 (`index()` from app.py's warm-up) or by the first request that needs them; a request that
@@ -24,6 +25,7 @@ from typing import Literal, TypeVar
 
 import torch
 
+from glassbox.embeddings.embedder import LocalEmbedder, import_library
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
 from glassbox.errors import InvalidRequest, NotFound
@@ -32,7 +34,7 @@ from glassbox.features.catalog import FeatureCatalog
 from glassbox.features.concepts import concept_dictionary_steps
 from glassbox.features.dictionary import Feature, FeatureDictionary
 from glassbox.features.sae import load_sae
-from glassbox.features.search import FeatureIndex, TextEncoder
+from glassbox.features.search import EmbedderEncoder, FeatureIndex, TextEncoder
 from glassbox.features.steps import Steps, step
 from glassbox.features.variant import Condition, ConditionGroup, Edit, FeatureRef, VariantSpec
 from glassbox.features.vector_files import load_vector_folder
@@ -99,8 +101,12 @@ class FeatureService:
         sae_paths: list[Path] | None = None,
         vector_dirs: list[Path] | None = None,
         layer: int | None = None,
-        encoder: TextEncoder | None = None,
+        *,
+        embedder: LocalEmbedder | None = None,
     ):
+        """`embedder`: the embedding model that embeds the labels and queries (the server's,
+        shared with /v1/embeddings); without it the service makes its own when it first needs
+        it."""
         self.engine = engine
         self.requests = RequestBuilder.for_engine(engine)
         self.cache_dir = Path(cache_dir)
@@ -109,7 +115,8 @@ class FeatureService:
         self.sae_paths = list(sae_paths or [])
         self.vector_dirs = list(vector_dirs or [])
         self.layer = layer
-        self._encoder = encoder
+        self._embedder = embedder
+        self._encoder: TextEncoder | None = None
         self._lock = asyncio.Lock()
         self._dictionaries: list[FeatureDictionary] | None = None
         self._index: FeatureIndex | None = None
@@ -216,20 +223,22 @@ class FeatureService:
         return index
 
     async def _load_encoder(self) -> TextEncoder:
-        """The bundled label encoder: its library imported on a worker thread (Python only,
-        no tensors), the model loaded on the engine thread."""
-        from glassbox.features.label_encoder import LabelEncoder, import_library
-
+        """The search's encoder over the embedding model: its library imported on a worker
+        thread (Python only, no tensors), the model loaded on the engine thread (`load`; at
+        once if /v1/embeddings loaded it already). Made here, not in __init__, when none was
+        given: a missing model package fails the features build, not the server's start."""
+        if self._embedder is None:
+            self._embedder = LocalEmbedder(self.engine.call)
         t0 = time.perf_counter()
-        await asyncio.to_thread(import_library)
+        await asyncio.to_thread(import_library)  # what `load` does first, timed on its own
         t1 = time.perf_counter()
-        encoder = await self.engine.call(lambda _: LabelEncoder.default())
+        await self._embedder.load()
         log.info(
             "feature encoder loaded",
             import_ms=round((t1 - t0) * 1000, 1),
             load_ms=_ms_since(t1),
         )
-        return encoder
+        return EmbedderEncoder(self._embedder)
 
     async def feature(self, uuid: str) -> tuple[FeatureDictionary, Feature]:
         for d in await self.dictionaries():

@@ -16,8 +16,8 @@ import pytest
 import torch
 from helpers.server import TINY_NAME, LiveServer, live, running, tiny_settings
 
+from glassbox.embeddings.embedder import LocalEmbedder
 from glassbox.features.concepts import ConceptDictionary, load_concept_data
-from glassbox.features.label_encoder import LabelEncoder
 from glassbox.features.search import EMBED_CHUNK, FeatureIndex
 
 ENGINE_THREAD = "glassbox-engine"
@@ -38,29 +38,24 @@ class Recorder:
         return [c for c in self.calls if c[0] == what]
 
 
-class RecordingEncoder:
-    """The bundled label encoder, recording each embed call."""
-
-    def __init__(self, inner: LabelEncoder, recorder: Recorder) -> None:
-        self.inner, self.recorder = inner, recorder
-
-    def embed(self, texts: list[str]):
-        self.recorder.add("embed", list(texts))
-        return self.inner.embed(texts)
-
-
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    """Records where the server gets its label encoder, embeds, builds the index and runs
-    search, rerank and neighbours."""
+    """Records where the server loads its embedding model ("encoder"), embeds labels and
+    queries with it (`encode`), builds the index and runs search, rerank and neighbours."""
     rec = Recorder()
-    encoder = RecordingEncoder(LabelEncoder.default(), rec)
+    load_here, encode = LocalEmbedder.load_here, LocalEmbedder.encode
 
-    def default() -> RecordingEncoder:
-        rec.add("encoder")
-        return encoder
+    def loading(self: LocalEmbedder) -> None:
+        if not self.loaded:
+            rec.add("encoder")
+        load_here(self)
 
-    monkeypatch.setattr(LabelEncoder, "default", staticmethod(default))
+    def encoding(self: LocalEmbedder, texts: list[str]):
+        rec.add("embed", list(texts))
+        return encode(self, texts)
+
+    monkeypatch.setattr(LocalEmbedder, "load_here", loading)
+    monkeypatch.setattr(LocalEmbedder, "encode", encoding)
     for name in ("__init__", "search", "rerank", "neighbors"):
         real = getattr(FeatureIndex, name)
 
@@ -73,8 +68,9 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
 
 @pytest.fixture
-def server(tiny_model_dir, tmp_path) -> Iterator[LiveServer]:
-    """A server of its own (features not built yet), 20 ms per engine step."""
+def server(tiny_model_dir, tmp_path, recorder: Recorder) -> Iterator[LiveServer]:
+    """A server of its own (features not built yet), 20 ms per engine step, started with the
+    recorder in place."""
     yield from live(tiny_settings(tiny_model_dir, tmp_path), step_delay=0.02)
 
 
@@ -161,7 +157,7 @@ def test_requests_during_the_start_up_build_share_it(
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(search, ["pirate", "ocean", "anger", "cooking"]))
     assert [len(r) for r in results] == [5, 5, 5, 5]
-    # one build: the encoder asked for once, each label embedded once, one index
+    # one build: the model loaded once, each label embedded once, one index
     assert len(recorder.of("encoder")) == 1
     labels = label_texts(recorder)
     assert len(labels) == len(set(labels)) == len(load_concept_data().concepts)

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from glassbox.features.label_encoder import LabelEncoder
+from glassbox.embeddings.embedder import LocalEmbedder
+from glassbox.features.search import EmbedderEncoder
+
+
+def _no_engine(fn):
+    raise AssertionError("the features unit tests call encode directly, never the engine")
 
 
 @pytest.fixture(scope="session")
-def embedder() -> LabelEncoder:
-    """The bundled all-MiniLM-L6-v2, loaded once for the session."""
-    return LabelEncoder.default()
+def embedder() -> LocalEmbedder:
+    """The bundled all-MiniLM-L6-v2, loaded once for the session in the test's thread."""
+    embedder = LocalEmbedder(_no_engine)
+    embedder.load_here()
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def encoder(embedder: LocalEmbedder) -> EmbedderEncoder:
+    """The search's encoder over it, as the feature service makes it."""
+    return EmbedderEncoder(embedder)
