@@ -1,6 +1,7 @@
 """The `glassbox` command: `serve` runs the HTTP server, `chat` asks one question,
 `features build` (re)builds the concept vectors, `states` lists, shows, deletes, exports
-and imports the KV states of a running server, `db` upgrades the database's schema.
+and imports the KV states of a running server, `db` upgrades the database's schema,
+`worker` runs the embedding job stages from Redis.
 
 Flags given on the command line override GLASSBOX_* environment variables (they are passed
 to Settings as init arguments, which pydantic-settings ranks above the environment).
@@ -106,7 +107,84 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="migrate it to the newest revision")
     db_sub.add_parser("current", help="print its revision")
+
+    worker = sub.add_parser(
+        "worker",
+        help="run the embedding job pipeline's stages, taken from Redis streams (scale-out: "
+        "any number of workers on one database and one Redis; the server only queues)",
+    )
+    worker.add_argument("--database-url", help="the servers' database (SQLAlchemy URL)")
+    worker.add_argument("--redis-url", help="the servers' Redis (redis://...)")
+    worker.add_argument("--stages", type=_stages, metavar="STAGE[,STAGE]",
+                        help="chunking, embedding, storage (default: all three)")  # fmt: skip
+    worker.add_argument("--name", help="this consumer's name in the group (default: host-pid)")
+    worker.add_argument("--visibility-timeout", type=float, metavar="SECONDS",
+                        help="idle time after which another worker takes an entry over "
+                        "(default 60; longer than one batch takes)")  # fmt: skip
+    worker.add_argument(
+        "--max-deliveries",
+        type=int,
+        help="deliveries of an entry before the dead-letter stream (default 5)",
+    )
+    worker.add_argument("--log-level")
     return parser
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    stages = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stages if s not in ("chunking", "embedding", "storage")]
+    if not stages or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected stages among chunking, embedding, storage, got {text!r}"
+        )
+    return stages
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """Load the embedding model (on a thread of its own: the one thread that runs torch
+    here) and consume the stages until SIGTERM or SIGINT."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from glassbox.embeddings.chunks import ChunkStore
+    from glassbox.embeddings.jobs_worker import StageWorker, run_until_signalled
+    from glassbox.logs import configure_logging
+    from glassbox.runtime import build_embeddings
+    from glassbox.store import Database
+    from glassbox.store.db import default_url
+
+    settings = _settings(args, ["database_url", "redis_url", "log_level"])
+    if not settings.redis_url:
+        print("error: a worker takes its work from Redis: give --redis-url (or "
+              "GLASSBOX_REDIS_URL)", file=sys.stderr)  # fmt: skip
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    options: dict[str, Any] = {"consumer": args.name, "stages": args.stages,
+                               "visibility_timeout": args.visibility_timeout,
+                               "max_deliveries": args.max_deliveries}  # fmt: skip
+    db = Database(settings.database_url or default_url(settings.cache_dir))
+    torch_thread = ThreadPoolExecutor(1, thread_name_prefix="glassbox-torch")
+
+    def call(fn: Any) -> Any:
+        return asyncio.get_running_loop().run_in_executor(torch_thread, fn, None)
+
+    embedder = build_embeddings(settings, call)
+    worker = StageWorker.create(db, embedder, ChunkStore(db), settings.redis_url,
+                                **{k: v for k, v in options.items() if v is not None})  # fmt: skip
+
+    async def run() -> None:
+        try:
+            await embedder.load()
+            await run_until_signalled(worker)
+        finally:
+            await worker.close()
+            await embedder.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        torch_thread.shutdown()
+        db.close()
+    return 0
 
 
 def bench_kernels(args: argparse.Namespace) -> int:
@@ -303,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         return db_command(args)
     if args.command == "bench":
         return bench_kernels(args)
+    if args.command == "worker":
+        return worker_command(args)
     if args.url:
         return _chat_remote(args)
     return _chat_local(args)

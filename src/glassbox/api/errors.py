@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from glassbox.embeddings.jobs import QuotaExceeded
 from glassbox.errors import (
     Aborted,
     Conflict,
@@ -52,6 +53,7 @@ ERROR_STATUS: dict[type[GlassboxError], tuple[int, str]] = {
     Aborted: (422, "invalid_request_error"),
     InvalidOutput: (422, "invalid_request_error"),  # the model could not give what was asked
     Unavailable: (503, "service_unavailable_error"),
+    QuotaExceeded: (429, "rate_limit_error"),  # the message says when the quota resets
 }
 
 

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 import glassbox
 from glassbox.api.errors import install_error_handlers
 from glassbox.backends.openai_upstream import UpstreamError, UpstreamRejected
+from glassbox.embeddings.jobs import QuotaExceeded
 from glassbox.embeddings.providers import CircuitOpen, ProviderError
 from glassbox.engine.errors import EngineDeadError, OutOfBlocks, PromptTooLong, RequestRejected
 from glassbox.errors import (
@@ -129,6 +130,12 @@ CASES: dict[type[GlassboxError], Case] = {
         lambda: OutOfBlocks("no free KV blocks for 40 tokens"),
         503, "service_unavailable_error", "kv_cache_full", None,
         "no free KV blocks for 40 tokens; try again when running requests have finished",
+    ),
+    QuotaExceeded: Case(
+        lambda: QuotaExceeded("user 'u1' (free tier) may embed 100 chunks a day and has 10 "
+                              "left today; ...", retry_after=3600),
+        429, "rate_limit_error", "quota_exceeded", None,
+        "user 'u1' (free tier) may embed 100 chunks a day and has 10 left today; ...",
     ),
     EngineDeadError: Case(
         lambda: EngineDeadError("the engine thread has stopped"),
