@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from glassbox import __version__
+from glassbox.api.embeddings import jobs as job_routes
 from glassbox.api.embeddings import routes as embedding_routes
 from glassbox.api.ember import routes as ember_routes
 from glassbox.api.ember.adapter import EmberService
@@ -30,9 +31,14 @@ from glassbox.api.states import routes as state_routes
 from glassbox.api.system import routes as system_routes
 from glassbox.api.system import tokenize as tokenize_routes
 from glassbox.api.tasks import routes as task_routes
+from glassbox.api.vector_stores import routes as vector_store_routes
 from glassbox.backends import InferenceEngine
 from glassbox.config import Settings
+from glassbox.embeddings.chunks import ChunkStore
 from glassbox.embeddings.embedder import import_library
+from glassbox.embeddings.files import FileService
+from glassbox.embeddings.jobs import JobService
+from glassbox.embeddings.vector_stores import VectorStoreService
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
@@ -74,6 +80,8 @@ ROUTES = [
     task_routes,
     session_routes,
     embedding_routes,
+    job_routes,
+    vector_store_routes,
 ]
 
 
@@ -146,6 +154,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         backends: dict[str, InferenceEngine] = {}
         embeddings = None
         embedding_redis = None
+        jobs = None
         try:
             backends = await asyncio.to_thread(_build_backends, settings)
             if settings.redis_url:
@@ -189,6 +198,21 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 settings.state_memory_bytes or settings.kv_cache_bytes // 2,
             )
             app.state.states = states
+            app.state.chunks = ChunkStore(db)
+            redis_jobs = settings.embedding_jobs_queue == "redis"
+            jobs = JobService(
+                db, embeddings, app.state.chunks,
+                quotas=settings.embedding_jobs_quotas, tiers=settings.embedding_jobs_tiers,
+                redis_url=settings.redis_url if redis_jobs else None,
+                batch_size=settings.embedding_jobs_batch_size,
+                workers=settings.embedding_jobs_workers,
+            )  # fmt: skip
+            app.state.jobs = jobs
+            files = FileService(db, settings.files_dir or settings.cache_dir / "files")
+            app.state.vector_stores = VectorStoreService(
+                db, files, app.state.chunks, jobs, embeddings
+            )
+            await jobs.start()
             app.state.analysis = StateAnalysis(states)
             locks = RedisLocks(settings.redis_url) if settings.redis_url else LocalLocks()
             app.state.sessions = SessionService(
@@ -210,6 +234,8 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 await states.flush()
             if locks is not None and isinstance(locks, RedisLocks):
                 await locks.close()
+            if jobs is not None:
+                await jobs.stop()
             await _close_backends(backends)
             if embeddings is not None:
                 await embeddings.aclose()
@@ -229,7 +255,9 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
 
     def embedding_stats() -> dict[str, Any]:
         embeddings = getattr(app.state, "embeddings", None)
-        return embeddings.metrics() if embeddings is not None else {}
+        jobs = getattr(app.state, "jobs", None)
+        stats = embeddings.metrics() if embeddings is not None else {}
+        return {**stats, "jobs": jobs.stats()} if jobs is not None else stats
 
     app.state.metrics = Metrics(engine_stats, embedding_stats)
     install_error_handlers(app)

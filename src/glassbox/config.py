@@ -194,8 +194,24 @@ class Settings(BaseSettings):
     embeddings_max_batch_size: int = Field(128, ge=1, description="Most rows in one batch")
     embeddings_allowlist: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="Tenant -> the embedding models it may use (a tenant not listed may use "
-        "all)",
+        description="Tenant -> the embedding models it may use (a tenant not listed may use all)",
+    )
+    embedding_jobs_queue: Literal["in-process", "redis"] = Field(
+        "in-process",
+        description="Who runs the embedding job stages: the server's own workers, or "
+        "`glassbox worker` processes reading them from GLASSBOX_REDIS_URL",
+    )
+    embedding_jobs_quotas: dict[str, int] = Field(
+        default_factory=dict,
+        description="Tier -> chunks per user per UTC day (a tier not listed has no limit)",
+    )
+    embedding_jobs_tiers: dict[str, str] = Field(
+        default_factory=dict, description="User id -> tier (everyone else: 'free')"
+    )
+    embedding_jobs_batch_size: int = Field(32, ge=1, description="Chunks per embedding batch")
+    embedding_jobs_workers: int = Field(1, ge=1, description="In-process workers")
+    files_dir: Path | None = Field(
+        None, description="Uploaded files (POST /v1/files; default: cache_dir/files)"
     )
     features_layer: int | None = Field(
         None, description="Layer of the concept vectors and vector files (default: the middle)"
@@ -222,3 +238,9 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="after")
+    def _check_queue(self) -> Settings:
+        if self.embedding_jobs_queue == "redis" and not self.redis_url:
+            raise ValueError("embedding_jobs_queue 'redis' needs redis_url")
+        return self

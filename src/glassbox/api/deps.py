@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from glassbox.api.openai.adapter import OpenAIService
 from glassbox.api.openai.relay import RelayService
 from glassbox.embeddings.service import EmbeddingService
+from glassbox.embeddings.vector_stores import VectorStoreService
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -107,3 +108,10 @@ def embedding_service(request: Request) -> EmbeddingService:
 
 
 EmbeddingsDep = Annotated[EmbeddingService, Depends(embedding_service)]
+
+
+def vector_store_service(request: Request) -> VectorStoreService:
+    return request.app.state.vector_stores
+
+
+VectorStoresDep = Annotated[VectorStoreService, Depends(vector_store_service)]

@@ -157,7 +157,7 @@ def test_fresh_sqlite_reaches_head_and_a_second_upgrade_changes_nothing(tmp_path
     url = _sqlite_url(tmp_path / "glassbox.db")
     db = Database(url)
     try:
-        assert migrate.current(db.engine) == migrate.head() == "0003_chat_sessions"
+        assert migrate.current(db.engine) == migrate.head() == "0005_vector_stores"
         schema = inspect(db.engine)
         assert set(schema.get_table_names()) == {
             "alembic_version",
@@ -165,6 +165,14 @@ def test_fresh_sqlite_reaches_head_and_a_second_upgrade_changes_nothing(tmp_path
             "states",
             "chat_sessions",
             "chat_messages",
+            "embedding_jobs",
+            "embedding_job_documents",
+            "embedding_job_batches",
+            "embedding_quota_use",
+            "files",
+            "vector_stores",
+            "vector_store_files",
+            "chunks",
         }
         for table in Base.metadata.sorted_tables:
             columns = {c["name"]: c["nullable"] for c in schema.get_columns(table.name)}
@@ -302,7 +310,7 @@ def test_cli_db_upgrade_and_current(
     assert capsys.readouterr().out.split() == [migrate.head(), "(head)", url]
     assert cli_main(["db", "current"]) == 0
     assert capsys.readouterr().out.split() == [migrate.head(), "(head)", url]
-    assert migrate.current(url) == "0003_chat_sessions"
+    assert migrate.current(url) == "0005_vector_stores"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
