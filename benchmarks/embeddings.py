@@ -3,8 +3,9 @@
 Starts `glassbox serve` on a loopback port and embeds --texts short texts (default 1,000)
 two ways, on the bundled all-MiniLM-L6-v2 with the same batch size (--batch, default 32):
 
-- peer: `SentenceTransformer.encode(texts, batch_size=B)` in this process (no server
-  running while it is timed: the server is started afterwards);
+- peer: `SentenceTransformer.encode(texts, batch_size=B)` in this process, timed after the
+  server has stopped (and this process runs no torch op before: an idle OpenMP team of this
+  process would spin on the cores the server needs);
 - glassbox: `POST /v1/embeddings` through the official openai package (base64 vectors, its
   default), one request per B texts, --concurrency requests in flight (default 4), the
   cache cleared first so every text is computed.
@@ -138,8 +139,6 @@ def main() -> None:
 
     print(describe_cpu())
     sentences = texts(args.texts)
-    peer_s, peer_vectors = peer(sentences, args.batch, args.repeats)
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,6 +159,7 @@ def main() -> None:
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+    peer_s, peer_vectors = peer(sentences, args.batch, args.repeats)
 
     cosines = (ours_vectors * peer_vectors).sum(1) / (
         np.linalg.norm(ours_vectors, axis=1) * np.linalg.norm(peer_vectors, axis=1)

@@ -191,7 +191,12 @@ class Settings(BaseSettings):
     embeddings_max_batch_tokens: int = Field(
         8192, ge=1, description="Most tokens (rows x longest row) in one embedding batch"
     )
-    embeddings_max_batch_size: int = Field(128, ge=1, description="Most rows in one batch")
+    embeddings_max_batch_size: int = Field(32, ge=1, description="Most rows in one batch")
+    embeddings_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="The local embedding model's precision: auto = bfloat16 where it is "
+        "measured faster on this CPU and keeps every vector within cosine 0.9999 of float32's",
+    )
     embeddings_allowlist: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Tenant -> the embedding models it may use (a tenant not listed may use all)",

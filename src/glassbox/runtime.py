@@ -136,6 +136,7 @@ def build_embeddings(
         aliases=settings.embeddings_aliases,
         max_batch_tokens=settings.embeddings_max_batch_tokens,
         max_batch_size=settings.embeddings_max_batch_size,
+        dtype=settings.embeddings_dtype,
     )
     specs = settings.embeddings_providers
     available = {

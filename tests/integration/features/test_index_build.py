@@ -40,18 +40,25 @@ class Recorder:
 
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    """Records where the server loads its embedding model ("encoder"), embeds labels and
-    queries with it (`encode`), builds the index and runs search, rerank and neighbours."""
+    """Records where the server loads its embedding model ("encoder"), measures its
+    precision while loading ("probe": once per process), embeds labels and queries with it
+    (`encode`), builds the index and runs search, rerank and neighbours."""
     rec = Recorder()
     load_here, encode = LocalEmbedder.load_here, LocalEmbedder.encode
+    loading_now = threading.Event()
 
     def loading(self: LocalEmbedder) -> None:
-        if not self.loaded:
-            rec.add("encoder")
-        load_here(self)
+        if self.loaded:  # encode() calls it too, also from within the load
+            return load_here(self)
+        rec.add("encoder")
+        loading_now.set()
+        try:
+            load_here(self)
+        finally:
+            loading_now.clear()
 
     def encoding(self: LocalEmbedder, texts: list[str]):
-        rec.add("embed", list(texts))
+        rec.add("probe" if loading_now.is_set() else "embed", list(texts))
         return encode(self, texts)
 
     monkeypatch.setattr(LocalEmbedder, "load_here", loading)
@@ -96,7 +103,7 @@ def test_encoder_index_search_rerank_neighbours_run_on_the_engine_thread(
         ok(http.post(f"{EMBER}/attributions/neighbors", json=body))
         body = {"specification": "talk like a pirate", "model": TINY_NAME}
         assert ok(http.post(f"{EMBER}/features/auto-edits", json=body))["edits"]
-    whats = {c[0] for c in recorder.calls}
+    whats = {c[0] for c in recorder.calls} - {"probe"}
     assert whats == {"encoder", "embed", "__init__", "search", "rerank", "neighbors"}
     threads = {(what, thread) for what, thread, _, _ in recorder.calls}
     assert {thread for _, thread in threads} == {ENGINE_THREAD}, sorted(threads)

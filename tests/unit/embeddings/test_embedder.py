@@ -29,7 +29,8 @@ def on(pool: ThreadPoolExecutor) -> Callable[[Callable[[Any], Any]], Any]:
 
 @pytest.fixture(scope="module")
 def embedder(engine_thread) -> LocalEmbedder:
-    embedder = LocalEmbedder(on(engine_thread), model_name="minilm")
+    # float32: a text's vector is then the same in any batch (see test_bfloat16_* for bf16)
+    embedder = LocalEmbedder(on(engine_thread), model_name="minilm", dtype="float32")
     engine_thread.submit(embedder.load_here).result()
     return embedder
 
@@ -37,7 +38,7 @@ def embedder(engine_thread) -> LocalEmbedder:
 @pytest.fixture(scope="module")
 def small(engine_thread) -> LocalEmbedder:
     """A second one whose batches hold at most 3 rows and 24 padded tokens."""
-    small = LocalEmbedder(on(engine_thread), max_batch_tokens=24, max_batch_size=3)
+    small = LocalEmbedder(on(engine_thread), max_batch_tokens=24, max_batch_size=3, dtype="float32")
     engine_thread.submit(small.load_here).result()
     return small
 
@@ -51,8 +52,8 @@ def encode(engine_thread) -> Callable[[LocalEmbedder, list[str]], np.ndarray]:
 def test_the_bundled_model(embedder):
     assert embedder.model_path == default_model_path()
     assert embedder.dimensions == 384
-    assert embedder.cache_key == model_key(embedder.model_path)
-    assert len(embedder.cache_key) == 16
+    assert embedder.cache_key == model_key(embedder.model_path) + "-float32"
+    assert len(model_key(embedder.model_path)) == 16
 
 
 def test_shapes_dtype_and_unit_norm(embedder, encode):
@@ -127,3 +128,29 @@ async def test_concurrent_requests_are_batched_together_each_in_its_order(embedd
         np.testing.assert_allclose(result.vectors, want, atol=1e-5)
         assert result.prompt_tokens == sum(len(ids) for ids in embedder.tokenize(texts))
     assert 1 <= embedder.stats.batches - before < len(requests)
+
+
+@pytest.mark.parametrize(
+    ("speedup", "cosine", "chosen"),
+    [(0.0, 0.0, "bfloat16"), (1e9, 0.0, "float32"), (0.0, 1.01, "float32")],
+)
+def test_precision_is_chosen_by_measured_speed_and_quality(
+    embedder, monkeypatch, speedup, cosine, chosen
+):
+    """bfloat16 only when it is measured faster by BF16_MIN_SPEEDUP and keeps every probe
+    vector within BF16_MIN_COSINE of float32's (thresholds forced here to each outcome)."""
+    monkeypatch.setattr(embedder_module, "_PRECISIONS", {})
+    monkeypatch.setattr(embedder_module, "BF16_MIN_SPEEDUP", speedup)
+    monkeypatch.setattr(embedder_module, "BF16_MIN_COSINE", cosine)
+    monkeypatch.setattr(embedder, "dtype", embedder.dtype)  # restored after the test
+    assert embedder.choose_precision() == chosen
+    assert embedder.cache_key.endswith(f"-{embedder.dtype}")
+
+
+def test_bfloat16_vectors_stay_within_the_cosine_bound(embedder, monkeypatch):
+    texts = [f"sentence {i} about " + "rivers and markets " * (i % 7) for i in range(40)]
+    exact = embedder.encode(texts)
+    monkeypatch.setattr(embedder, "dtype", "bfloat16")
+    fast = embedder.encode(texts)
+    assert (fast * exact).sum(1).min() >= embedder_module.BF16_MIN_COSINE
+    assert not np.array_equal(fast, exact)  # it did run in bfloat16

@@ -14,8 +14,10 @@ def _no_engine(fn):
 
 @pytest.fixture(scope="session")
 def embedder() -> LocalEmbedder:
-    """The bundled all-MiniLM-L6-v2, loaded once for the session in the test's thread."""
-    embedder = LocalEmbedder(_no_engine)
+    """The bundled all-MiniLM-L6-v2, loaded once for the session in the test's thread; in
+    float32, so that a text's vector does not depend on the batch it was in (bfloat16 rounds
+    differently per batch shape) and the tests can compare scores to 1e-5."""
+    embedder = LocalEmbedder(_no_engine, dtype="float32")
     embedder.load_here()
     return embedder
 

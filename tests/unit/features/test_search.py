@@ -134,8 +134,9 @@ def test_label_embeddings_are_cached_per_encoder_and_texts(concepts_dict, encode
 
 
 def test_the_bundled_encoders_cache_key_names_its_model(encoder, embedder):
-    assert encoder.cache_key == embedder.cache_key == model_key(embedder.model_path)
-    assert len(encoder.cache_key) == 16
+    key = model_key(embedder.model_path)
+    assert encoder.cache_key == embedder.cache_key == f"{key}-float32"
+    assert len(key) == 16
 
 
 def test_given_embeddings_must_have_one_row_per_feature(concepts_dict, encoder, embedder):
