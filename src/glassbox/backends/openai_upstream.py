@@ -14,8 +14,8 @@ not, turn the flags off (`supports_json_schema=False`, `supports_tools=False`): 
 Failures. A backend has a chain of upstreams (`base_url` first, then `fallbacks`), one pooled
 client for all of them, and a request goes to the first that answers:
 
-- a connection that cannot be made (refused, connect or pool timeout) or an answer of 429,
-  502, 503 or 504 is retried on the same upstream `retries` times, after `backoff` seconds
+- a connection that cannot be made (refused, connect or pool timeout) or an answer of 408,
+  429, 502, 503 or 504 is retried on the same upstream `retries` times, after `backoff` seconds
   doubled each time (or the upstream's `Retry-After`, up to `MAX_RETRY_AFTER`);
 - any other failure (another 5xx, 401/403/404: the upstream is misconfigured; a read
   timeout or a broken connection) moves on to the next upstream at once;
@@ -46,6 +46,16 @@ from glassbox.backends.base import (
     ToolSpec,
 )
 from glassbox.errors import InvalidRequest, Unavailable
+from glassbox.remote import (
+    CLIENT_FAULT,
+    MAX_RETRY_AFTER,
+    RETRY_STATUS,
+    Retry,
+    describe,
+    error_field,
+    error_message,
+    retry_after,
+)
 from glassbox.structured.calls import (
     FunctionCall,
     choice_name,
@@ -55,10 +65,6 @@ from glassbox.structured.calls import (
     wire_tool,
 )
 from glassbox.structured.tools import ToolCall
-
-RETRY_STATUS = frozenset({429, 502, 503, 504})
-CLIENT_FAULT = frozenset({400, 413, 422})
-MAX_RETRY_AFTER = 10.0  # seconds; an upstream that asks for longer is skipped instead
 
 
 class UpstreamError(Unavailable):
@@ -85,13 +91,6 @@ class Upstream:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key or 'none'}"}
-
-
-class _Retry(Exception):
-    """This upstream failed in a way worth another try after `delay` seconds."""
-
-    def __init__(self, reason: str, delay: float | None = None):
-        self.reason, self.delay = reason, delay
 
 
 class _Next(Exception):
@@ -276,10 +275,10 @@ class OpenAIUpstreamBackend(InferenceEngine):
                 if not isinstance(event, dict):
                     raise UpstreamError(f"{response.url} sent a malformed event: {data[:200]!r}")
                 if "error" in event:
-                    raise UpstreamError(_error_message(response.status_code, data))
+                    raise UpstreamError(error_message(response.status_code, data, "upstream error"))
                 yield event
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"{response.url} broke off its stream: {_describe(exc)}") from exc
+            raise UpstreamError(f"{response.url} broke off its stream: {describe(exc)}") from exc
         finally:
             await response.aclose()
 
@@ -290,7 +289,7 @@ class OpenAIUpstreamBackend(InferenceEngine):
         for upstream in self.upstreams:
             try:
                 return await self._try(upstream, path, body, stream)
-            except (_Retry, _Next) as failure:
+            except (Retry, _Next) as failure:
                 failures.append(f"{upstream.base_url}: {failure.reason}")
         raise UpstreamError(
             f"no upstream of model '{self.served_name}' answered: " + "; ".join(failures)
@@ -299,13 +298,13 @@ class OpenAIUpstreamBackend(InferenceEngine):
     async def _try(
         self, upstream: Upstream, path: str, body: dict[str, Any], stream: bool
     ) -> httpx.Response:
-        """The upstream's answer, retried while it fails in a way worth retrying; `_Retry`
+        """The upstream's answer, retried while it fails in a way worth retrying; `Retry`
         once the retries are spent, `_Next` for a failure not worth retrying."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
                 return await self._once(upstream, path, body, stream)
-            except _Retry as failure:
+            except Retry as failure:
                 if attempt == self.retries:
                     raise
                 wait = delay if failure.delay is None else failure.delay
@@ -325,20 +324,20 @@ class OpenAIUpstreamBackend(InferenceEngine):
         try:
             response = await self.client.send(request, stream=stream)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise _Retry(_describe(exc)) from exc
+            raise Retry(describe(exc)) from exc
         except httpx.HTTPError as exc:
-            raise _Next(_describe(exc)) from exc
+            raise _Next(describe(exc)) from exc
         if not response.is_error:
             return response
         text = (await response.aread()).decode(errors="replace")
         await response.aclose()
         status = response.status_code
-        message = _error_message(status, text)
+        message = error_message(status, text, "upstream error")
         if status in CLIENT_FAULT:
-            param = _error_field(text, "param")
+            param = error_field(text, "param")
             raise UpstreamRejected(f"{upstream.base_url}: {message}", param=param)
         if status in RETRY_STATUS:
-            raise _Retry(message, _retry_after(response))
+            raise Retry(message, retry_after(response))
         raise _Next(message)
 
     async def _message(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -374,28 +373,3 @@ class OpenAIUpstreamBackend(InferenceEngine):
         if fmt is not None:
             body["response_format"] = fmt
         return body
-
-
-def _error_field(text: str, name: str) -> Any:
-    try:
-        return json.loads(text)["error"][name]
-    except (ValueError, LookupError, TypeError):
-        return None
-
-
-def _error_message(status: int, text: str) -> str:
-    message = _error_field(text, "message")
-    if not isinstance(message, str):
-        message = text[:500]
-    return f"upstream error {status}: {message}"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
-        return None  # absent, or an HTTP date: the backoff decides
-
-
-def _describe(exc: httpx.HTTPError) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -19,7 +19,6 @@ Failures, as the reference (tldw_server) handles them:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,12 +30,18 @@ import numpy as np
 
 from glassbox.errors import InvalidRequest, ModelNotFound, Unavailable
 from glassbox.logs import get_logger
+from glassbox.remote import (
+    CLIENT_FAULT,
+    MAX_RETRY_AFTER,
+    RETRY_STATUS,
+    Retry,
+    describe,
+    error_field,
+    error_message,
+    retry_after,
+)
 
 log = get_logger(__name__)
-
-RETRY_STATUS = frozenset({408, 429, 502, 503, 504})
-CLIENT_FAULT = frozenset({400, 413, 422})
-MAX_RETRY_AFTER = 10.0  # seconds; a remote that asks for longer is given up on instead
 
 
 class ProviderError(Unavailable):
@@ -216,7 +221,7 @@ class ProviderChain:
                 continue
             except Exception as exc:
                 log.warning("embedding provider failed", provider=provider.name, error=str(exc))
-                reasons.append(f"{provider.name}: {_describe(exc)}")
+                reasons.append(f"{provider.name}: {describe(exc)}")
                 continue
             return result, provider.name
         raise Unavailable(
@@ -226,13 +231,6 @@ class ProviderChain:
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: breaker.snapshot() for name, breaker in self.breakers.items()}
-
-
-class _Retry(Exception):
-    """A failure worth another try, after `delay` seconds (None: the backoff decides)."""
-
-    def __init__(self, reason: str, delay: float | None = None):
-        self.reason, self.delay = reason, delay
 
 
 class RemoteProvider:
@@ -280,7 +278,7 @@ class RemoteProvider:
         while True:
             try:
                 return self._parse(await self._once(body), len(texts))
-            except _Retry as failure:
+            except Retry as failure:
                 wait = delay if failure.delay is None else failure.delay
                 if attempt == self.retries or wait > MAX_RETRY_AFTER:
                     tries = f"after {attempt + 1} attempts" if attempt else "not retried"
@@ -297,19 +295,19 @@ class RemoteProvider:
         try:
             response = await self.client.post(self.url, json=body, headers=self.headers)
         except httpx.TransportError as exc:
-            raise _Retry(_describe(exc)) from exc
+            raise Retry(describe(exc)) from exc
         status = response.status_code
         if not response.is_error:
             try:
                 return response.json()
             except ValueError as exc:
                 raise ProviderError(f"{self.url}: the answer is not JSON: {exc}") from exc
-        message = _error_message(status, response.text)
+        message = error_message(status, response.text)
         if status in CLIENT_FAULT:
-            param = _error_field(response.text, "param")
+            param = error_field(response.text, "param")
             raise InvalidRequest(f"{self.name}: {message}", param=param)
         if status in RETRY_STATUS:
-            raise _Retry(message, _retry_after(response))
+            raise Retry(message, retry_after(response))
         raise ProviderError(f"{self.url}: {message}")
 
     def _parse(self, answer: Any, n: int) -> ProviderResult:
@@ -335,28 +333,3 @@ class RemoteProvider:
         if not np.isfinite(vectors).all():
             raise ProviderError(f"{self.url}: an embedding has values that are not finite")
         return ProviderResult(vectors, prompt_tokens)
-
-
-def _error_field(text: str, name: str) -> Any:
-    try:
-        return json.loads(text)["error"][name]
-    except (ValueError, LookupError, TypeError):
-        return None
-
-
-def _error_message(status: int, text: str) -> str:
-    message = _error_field(text, "message")
-    if not isinstance(message, str):
-        message = text[:500]
-    return f"error {status}: {message}"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
-        return None  # absent, or an HTTP date: the backoff decides
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +32,6 @@ from sqlalchemy import func, select
 from glassbox.api.deps import current_principal
 from glassbox.api.embeddings import jobs as job_routes
 from glassbox.api.errors import install_error_handlers
-from glassbox.config import Settings
 from glassbox.embeddings.chunking import Chunker, ChunkingOptions
 from glassbox.embeddings.chunks import ChunkStore
 from glassbox.embeddings.jobs import STAGES, JobDocument, JobService
@@ -41,7 +39,6 @@ from glassbox.embeddings.jobs_worker import StageWorker
 from glassbox.embeddings.queue_redis import BANDS
 from glassbox.embeddings.service import EmbeddingService
 from glassbox.principal import Principal
-from glassbox.runtime import build_embeddings
 from glassbox.store import Database
 from glassbox.store.embedding_jobs import EmbeddingJobDocumentRow
 from glassbox.store.vector_stores import ChunkRow
@@ -65,21 +62,6 @@ def documents(n: int, words: int = 60, seed: int = 0) -> list[dict[str, Any]]:
         {"id": f"doc-{i}", "text": t, "attributes": {"n": i}}
         for i, t in enumerate(texts(n, words, seed))
     ]
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[EmbeddingService]:
-    """The server's embedding service, its model on one thread of its own (as `glassbox
-    worker` runs it); loaded once for the module, before any test's event loop uses it."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="test-torch")
-
-    def call(fn):
-        return asyncio.get_running_loop().run_in_executor(pool, fn, None)
-
-    service = build_embeddings(Settings(), call)
-    asyncio.run(service.load())
-    yield service
-    pool.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,12 @@ from sqlalchemy import select
 from glassbox.api.deps import current_principal
 from glassbox.api.errors import install_error_handlers
 from glassbox.api.vector_stores import routes
-from glassbox.config import Settings
 from glassbox.embeddings.chunks import ChunkStore
 from glassbox.embeddings.files import FileService
 from glassbox.embeddings.jobs import JobService
 from glassbox.embeddings.service import EmbeddingService
 from glassbox.embeddings.vector_stores import VectorStoreService
 from glassbox.principal import Principal
-from glassbox.runtime import build_embeddings
 from glassbox.store import Database
 from glassbox.store.vector_stores import VectorStoreFileRow
 
@@ -82,21 +79,6 @@ QUESTIONS = [
 SMALL_CHUNKS = {"type": "static", "static": {"max_chunk_size_tokens": 100,
                                              "chunk_overlap_tokens": 20}}  # fmt: skip
 MAX_BYTES = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[EmbeddingService]:
-    """The server's embedding service, its model on one thread of its own (the engine
-    thread's stand-in), loaded once for the module."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="test-torch")
-
-    def call(fn):
-        return asyncio.get_running_loop().run_in_executor(pool, fn, None)
-
-    service = build_embeddings(Settings(), call)
-    asyncio.run(service.load())
-    yield service
-    pool.shutdown()
 
 
 def tenant_principal(request: Request) -> Principal:
