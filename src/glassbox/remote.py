@@ -26,6 +26,18 @@ class Retry(Exception):
         self.reason, self.delay = reason, delay
 
 
+def pooled_client(
+    timeout: float, connect_timeout: float, max_connections: int
+) -> httpx.AsyncClient:
+    """One client whose connections are kept and reused across requests (and servers)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+    )
+
+
 def error_field(text: str, name: str) -> Any:
     """A field of OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`."""
     try:

@@ -54,6 +54,7 @@ from glassbox.remote import (
     describe,
     error_field,
     error_message,
+    pooled_client,
     retry_after,
 )
 from glassbox.structured.calls import (
@@ -141,12 +142,7 @@ class OpenAIUpstreamBackend(InferenceEngine):
         self.retries = retries
         self.backoff = backoff
         self._owns_client = client is None
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
+        self.client = client or pooled_client(timeout, connect_timeout, max_connections)
 
     # --- the reference's interface ------------------------------------------------------
 

@@ -38,6 +38,7 @@ from glassbox.remote import (
     describe,
     error_field,
     error_message,
+    pooled_client,
     retry_after,
 )
 
@@ -261,12 +262,7 @@ class RemoteProvider:
         self.retries = retries
         self.backoff = backoff
         self._owns_client = client is None
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
+        self.client = client or pooled_client(timeout, connect_timeout, max_connections)
 
     def serves(self, model: str) -> bool:
         return self.model_map is None or model in self.model_map
