@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from glassbox import __version__
+from glassbox.api.admin import routes as admin_routes
+from glassbox.api.deps import require_key
 from glassbox.api.embeddings import jobs as job_routes
 from glassbox.api.embeddings import routes as embedding_routes
 from glassbox.api.ember import routes as ember_routes
@@ -32,6 +35,7 @@ from glassbox.api.system import routes as system_routes
 from glassbox.api.system import tokenize as tokenize_routes
 from glassbox.api.tasks import routes as task_routes
 from glassbox.api.vector_stores import routes as vector_store_routes
+from glassbox.auth import KeyService, load_secret
 from glassbox.backends import InferenceEngine
 from glassbox.config import Settings
 from glassbox.embeddings.chunks import ChunkStore
@@ -82,6 +86,7 @@ ROUTES = [
     embedding_routes,
     job_routes,
     vector_store_routes,
+    admin_routes,
 ]
 
 
@@ -132,9 +137,27 @@ async def _close_backends(backends: dict[str, InferenceEngine]) -> None:
             await backend.aclose()
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+
+
 def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> FastAPI:
     """The server. Without `engine` the lifespan loads the configured model and stops the
-    engine at shutdown; a given engine belongs to the caller (who shuts it down)."""
+    engine at shutdown; a given engine belongs to the caller (who shuts it down).
+
+    Refuses (ValueError) to serve a host other than loopback with API keys off: every caller
+    would be the local tenant, with its data and the admin scope."""
+    if settings.api_keys == "off" and not _loopback(settings.host):
+        raise ValueError(
+            f"refusing to serve on {settings.host} with API keys off: anyone who can reach it "
+            "would act as the local admin. Set GLASSBOX_API_KEYS=required (make keys with "
+            "`glassbox keys create --tenant NAME`), or bind 127.0.0.1"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -185,6 +208,12 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             app.state.ember = EmberService(features, generation, registry)
             db = Database(settings.database_url or default_url(settings.cache_dir))
             app.state.db = db
+            secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
+            app.state.keys = KeyService(
+                db,
+                load_secret(secret, settings.cache_dir),
+                cache_seconds=settings.api_keys_cache_seconds,
+            )
             app.state.variants = VariantService(db, name)
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.grammars = GrammarCompiler(aengine.tokenizer, aengine.vocab_size)
@@ -246,7 +275,13 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
             if engine is None:
                 aengine.shutdown()
 
-    app = FastAPI(title="glassbox", version=__version__, lifespan=lifespan)
+    # require_key: with API keys required, every route needs one (see api/deps.py).
+    app = FastAPI(
+        title="glassbox",
+        version=__version__,
+        lifespan=lifespan,
+        dependencies=[Depends(require_key)],
+    )
     app.state.settings = settings
 
     def engine_stats() -> dict[str, int]:

@@ -1,7 +1,7 @@
 """The `glassbox` command: `serve` runs the HTTP server, `chat` asks one question,
 `features build` (re)builds the concept vectors, `states` lists, shows, deletes, exports
 and imports the KV states of a running server, `db` upgrades the database's schema,
-`worker` runs the embedding job stages from Redis.
+`worker` runs the embedding job stages from Redis, `keys` creates, lists and revokes API keys.
 
 Flags given on the command line override GLASSBOX_* environment variables (they are passed
 to Settings as init arguments, which pydantic-settings ranks above the environment).
@@ -108,6 +108,23 @@ def _parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="migrate it to the newest revision")
     db_sub.add_parser("current", help="print its revision")
 
+    keys = sub.add_parser("keys", help="API keys, in the configured database (no server needed)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key and print it (the only time)")
+    create.add_argument("--tenant", required=True, help="whose data the key reaches")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=["admin", "user", "read"],
+        dest="scopes",
+        help="repeatable (default: user); read: GET and HEAD only",
+    )
+    create.add_argument("--name", default="", help="a label for lists")
+    create.add_argument("--expires-in", type=float, metavar="DAYS", help="default: never")
+    listing = keys_sub.add_parser("list", help="keys without their secrets")
+    listing.add_argument("--tenant", help="only this tenant's")
+    keys_sub.add_parser("revoke", help="stop a key from working").add_argument("key_id")
+
     worker = sub.add_parser(
         "worker",
         help="run the embedding job pipeline's stages, taken from Redis streams (scale-out: "
@@ -183,6 +200,51 @@ def worker_command(args: argparse.Namespace) -> int:
         asyncio.run(run())
     finally:
         torch_thread.shutdown()
+        db.close()
+    return 0
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    """On the database directly: whoever can read it may manage every tenant's keys. A key
+    revoked here stops working in running servers within GLASSBOX_API_KEYS_CACHE_SECONDS."""
+    from datetime import datetime, timedelta
+
+    from glassbox.auth import KeyService, load_secret
+    from glassbox.errors import GlassboxError
+    from glassbox.store import Database
+    from glassbox.store.db import default_url
+
+    settings = Settings()
+    secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
+    db = Database(settings.database_url or default_url(settings.cache_dir))
+    service = KeyService(db, load_secret(secret, settings.cache_dir))
+
+    def day(t: datetime | None) -> str:
+        return t.strftime("%Y-%m-%d %H:%M") if t is not None else "-"
+
+    try:
+        if args.keys_command == "create":
+            expires = timedelta(days=args.expires_in) if args.expires_in is not None else None
+            created = service.create(args.tenant, args.scopes or ["user"], args.name, expires)
+            print(created.key)
+            k = created.record
+            note = (
+                f"{k.id} tenant={k.tenant} scopes={','.join(k.scopes)} expires={day(k.expires_at)}"
+            )
+            print(f"{note}: the key is shown only this once", file=sys.stderr)
+        elif args.keys_command == "list":
+            print(f"{'id':28} {'prefix':8} {'tenant':16} {'scopes':16} {'created':16} "
+                  f"{'expires':16} {'last used':16} {'status':8} name")  # fmt: skip
+            for k in service.list(args.tenant):
+                print(f"{k.id:28} {k.prefix:8} {k.tenant:16} {','.join(k.scopes):16} "
+                      f"{day(k.created_at):16} {day(k.expires_at):16} {day(k.last_used_at):16} "
+                      f"{k.status():8} {k.name}")  # fmt: skip
+        else:
+            print(f"revoked {service.revoke(args.key_id).id}")
+    except GlassboxError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
         db.close()
     return 0
 
@@ -383,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_kernels(args)
     if args.command == "worker":
         return worker_command(args)
+    if args.command == "keys":
+        return keys_command(args)
     if args.url:
         return _chat_remote(args)
     return _chat_local(args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from glassbox.models import BUNDLED_MODEL
@@ -240,6 +240,26 @@ class Settings(BaseSettings):
         description="Seconds after start-up (the warm-up runs on the engine thread in short "
         "calls between generation steps; a features request starts it at once)",
     )
+
+    api_keys: Literal["off", "required"] = Field(
+        "off",
+        description="'required': every request needs 'Authorization: Bearer <key>' (keys from "
+        "`glassbox keys create`), but /health and /metrics where open_health/open_metrics "
+        "say so, and /docs; 'off': every caller is the local tenant (loopback hosts only)",
+    )
+    auth_secret: SecretStr | None = Field(
+        None,
+        description="The HMAC secret keys are stored under (32+ characters; every process on "
+        "one database needs the same); default: made once in cache_dir/auth-secret",
+    )
+    api_keys_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds a verified key is trusted without reading the database: a key "
+        "revoked by the CLI or another process stops working within this time",
+    )
+    open_health: bool = Field(True, description="/health needs no key")
+    open_metrics: bool = Field(True, description="/metrics needs no key")
 
     log_level: str = "INFO"
     log_json: bool = True

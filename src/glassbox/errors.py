@@ -85,6 +85,20 @@ class ModelNotFound(NotFound):
         super().__init__("model", name, message, param=param)
 
 
+class Unauthenticated(GlassboxError):
+    """No API key, or one that is unknown, expired or revoked, where the server requires keys.
+    The message never echoes the key."""
+
+    default_code = "invalid_api_key"
+
+
+class Forbidden(GlassboxError):
+    """A valid key whose scopes do not allow this request (a read-only key on a POST, a
+    non-admin key on an admin route). Another tenant's object is a NotFound, never this."""
+
+    default_code = "insufficient_scope"
+
+
 class Conflict(GlassboxError):
     """The object exists already, or is in a state that forbids the change."""
 

@@ -4,7 +4,8 @@ A `Principal` is a tenant id and scopes. Every service call that reads or writes
 objects (variants, states and their exports; sessions, files and jobs next) takes the
 caller's principal: objects carry their owner's tenant id, reads filter by it, and another
 tenant's id is reported as not found. The HTTP layer produces the principal
-(glassbox.api.deps); until API keys exist, every caller is the local anonymous principal.
+(glassbox.api.deps): from the request's API key when keys are required (glassbox.auth),
+else the local anonymous principal.
 """
 
 from __future__ import annotations

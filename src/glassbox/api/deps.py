@@ -1,5 +1,5 @@
-"""FastAPI dependencies: the caller's principal, and the services create_app put on
-app.state."""
+"""FastAPI dependencies: the caller's principal (from its API key when keys are required), and
+the services create_app put on app.state."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from fastapi import Depends, Request
 
 from glassbox.api.openai.adapter import OpenAIService
 from glassbox.api.openai.relay import RelayService
+from glassbox.auth.keys import ADMIN, WRITE_SCOPES, KeyService
+from glassbox.config import Settings
 from glassbox.embeddings.service import EmbeddingService
 from glassbox.embeddings.vector_stores import VectorStoreService
+from glassbox.errors import Forbidden
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -24,13 +27,53 @@ from glassbox.states.service import StateService
 from glassbox.structured.tasks import TaskService
 
 
-def current_principal(request: Request) -> Principal:
-    """Who is calling. Every caller is the local anonymous principal until API keys exist;
-    authentication only has to replace this function's body."""
-    return LOCAL
+def _bearer(request: Request) -> str | None:
+    """The key of 'Authorization: Bearer <key>' (what the openai and goodfire SDKs send)."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return (key.strip() or None) if scheme.lower() == "bearer" else None
+
+
+async def current_principal(request: Request) -> Principal:
+    """Who is calling: the local principal when API keys are off; otherwise the tenant and
+    scopes of the request's key (401 without a valid one; 403 when a read-only key asks for
+    anything but GET or HEAD). Made once per request: `require_key` and the route both ask."""
+    settings: Settings = request.app.state.settings
+    if settings.api_keys == "off":
+        return LOCAL
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        keys: KeyService = request.app.state.keys
+        principal = await keys.authenticate(_bearer(request))
+        if request.method not in ("GET", "HEAD") and not principal.scopes & WRITE_SCOPES:
+            raise Forbidden(f"this API key is read-only: it may GET and HEAD, not {request.method}")
+        request.state.principal = principal
+    return principal
+
+
+def _open_path(path: str, settings: Settings) -> bool:
+    if path == "/health" or path.startswith("/health/"):
+        return settings.open_health
+    return path == "/metrics" and settings.open_metrics
+
+
+async def require_key(request: Request) -> None:
+    """The app-wide dependency: with API keys required, every route needs a valid key (routes
+    that take no principal too), except /health and /metrics where the settings open them.
+    /docs and /openapi.json are not API routes and stay open."""
+    if not _open_path(request.url.path, request.app.state.settings):
+        await current_principal(request)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def require_admin(principal: PrincipalDep) -> Principal:
+    if ADMIN not in principal.scopes:
+        raise Forbidden("this route needs an API key with the 'admin' scope")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
 def openai_service(request: Request) -> OpenAIService:
@@ -115,3 +158,10 @@ def vector_store_service(request: Request) -> VectorStoreService:
 
 
 VectorStoresDep = Annotated[VectorStoreService, Depends(vector_store_service)]
+
+
+def key_service(request: Request) -> KeyService:
+    return request.app.state.keys
+
+
+KeysDep = Annotated[KeyService, Depends(key_service)]

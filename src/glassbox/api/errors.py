@@ -18,12 +18,14 @@ from glassbox.embeddings.jobs import QuotaExceeded
 from glassbox.errors import (
     Aborted,
     Conflict,
+    Forbidden,
     GlassboxError,
     InvalidOutput,
     InvalidRequest,
     ModelNotFound,
     NotFound,
     TooLarge,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -49,6 +51,8 @@ ERROR_STATUS: dict[type[GlassboxError], tuple[int, str]] = {
     TooLarge: (413, "invalid_request_error"),
     NotFound: (404, "not_found_error"),
     ModelNotFound: (404, "invalid_request_error"),  # as OpenAI answers an unknown model
+    Unauthenticated: (401, "authentication_error"),
+    Forbidden: (403, "permission_error"),
     Conflict: (409, "conflict_error"),
     Aborted: (422, "invalid_request_error"),
     InvalidOutput: (422, "invalid_request_error"),  # the model could not give what was asked
@@ -73,7 +77,9 @@ def domain_error_body(exc: GlassboxError) -> dict[str, Any]:
 
 
 def error_response(exc: GlassboxError) -> JSONResponse:
-    return JSONResponse(domain_error_body(exc), status_code=status_of(exc)[0])
+    # RFC 6750: a 401 names the scheme the client should authenticate with.
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    return JSONResponse(domain_error_body(exc), status_code=status_of(exc)[0], headers=headers)
 
 
 def _field_path(loc: tuple) -> str:

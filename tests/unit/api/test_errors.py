@@ -25,6 +25,7 @@ from glassbox.errors import (
     Aborted,
     Conflict,
     ContextLengthExceeded,
+    Forbidden,
     GlassboxError,
     InvalidOutput,
     InvalidRequest,
@@ -32,6 +33,7 @@ from glassbox.errors import (
     NotCapable,
     NotFound,
     TooLarge,
+    Unauthenticated,
     Unavailable,
     Unsupported,
 )
@@ -89,6 +91,15 @@ CASES: dict[type[GlassboxError], Case] = {
         lambda: ModelNotFound("gpt-9", "The model 'gpt-9' does not exist"),
         404, "invalid_request_error", "model_not_found", "model",
         "The model 'gpt-9' does not exist",
+    ),
+    Unauthenticated: Case(
+        lambda: Unauthenticated("the API key is not valid"),
+        401, "authentication_error", "invalid_api_key", None, "the API key is not valid",
+    ),
+    Forbidden: Case(
+        lambda: Forbidden("this key is read-only: it may only GET"),
+        403, "permission_error", "insufficient_scope", None,
+        "this key is read-only: it may only GET",
     ),
     Conflict: Case(
         lambda: Conflict("a variant named 'pirate' exists already", param="name"),
@@ -194,3 +205,8 @@ def test_error_becomes_its_status_and_body(client: TestClient, cls: type[Glassbo
             "code": case.code,
         }
     }
+
+
+def test_a_401_names_the_bearer_scheme_and_other_errors_no_scheme(client: TestClient):
+    assert client.get("/raise/Unauthenticated").headers["www-authenticate"] == "Bearer"
+    assert "www-authenticate" not in client.get("/raise/Forbidden").headers

@@ -1,0 +1,1 @@
+"""Administration routes (/admin/...): they need an API key with the 'admin' scope."""

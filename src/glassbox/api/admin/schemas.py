@@ -1,0 +1,41 @@
+"""Wire shapes of the API key routes. Times are Unix seconds, as in OpenAI's objects."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scope = Literal["admin", "user", "read"]
+
+
+class CreateKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str | None = Field(None, description="The caller's own tenant (the default)")
+    scopes: list[Scope] = Field(["user"], min_length=1)
+    name: str = Field("", max_length=256)
+    expires_in_days: float | None = Field(None, gt=0, description="None: it never expires")
+
+
+class KeyObject(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    prefix: str = Field(description="The first characters of the key's random part")
+    tenant: str
+    scopes: list[Scope]
+    name: str
+    status: Literal["active", "expired", "revoked"]
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+    last_used_at: int | None
+
+
+class CreatedKeyObject(KeyObject):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyObject]
