@@ -137,6 +137,7 @@ def build_embeddings(
         max_batch_tokens=settings.embeddings_max_batch_tokens,
         max_batch_size=settings.embeddings_max_batch_size,
         dtype=settings.embeddings_dtype,
+        choice_dir=settings.cache_dir / "kernels",
     )
     specs = settings.embeddings_providers
     available = {

@@ -24,8 +24,10 @@ the batches fill themselves (dynamic batching), and a lone request goes at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -132,12 +134,15 @@ class LocalEmbedder:
         max_batch_tokens: int = 8192,
         max_batch_size: int = 32,
         dtype: Precision = "auto",
+        choice_dir: Path | None = None,
     ):
         """`call(fn)` runs `fn(engine)` on the engine thread and returns an awaitable of its
         result (`AsyncLLMEngine.call`). `model_name` is the name clients use, `aliases`
         other names for it. `max_batch_size` 32: on the 2-core machines measured, batches of
         32 rows ran ~20% faster per row than batches of 128 or 16. `dtype`: float32,
-        bfloat16 (autocast), or auto (`choose_precision`)."""
+        bfloat16 (autocast), or auto (`choose_precision`, whose result is kept in
+        `choice_dir` when given: measured once per CPU and model, so that every process
+        embeds alike and label embeddings cached under `cache_key` stay valid)."""
         self._call = call
         # The bundled model's path is looked up when it is needed: without its package, the
         # server still starts (and says how to install it when an embedding is asked for).
@@ -147,6 +152,7 @@ class LocalEmbedder:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.dtype: Precision = dtype
+        self.choice_dir = choice_dir
         self.stats = BatchStats()
         self._model: Any = None
         self._cache_key: str | None = None
@@ -182,6 +188,12 @@ class LocalEmbedder:
         AVX512-BF16 or AMX and slow with AVX2 alone (DESIGN.md): never chosen by a flag.
         Measured once per process and model (`_PRECISIONS`), best of two runs each."""
         key = str(self.model_path)
+        path = self._choice_file()
+        if key not in _PRECISIONS and path is not None and path.is_file():
+            with contextlib.suppress(ValueError, KeyError, OSError):  # unreadable: measured again
+                chosen = json.loads(path.read_text())["dtype"]
+                if chosen in ("float32", "bfloat16"):
+                    _PRECISIONS[key] = chosen
         if key not in _PRECISIONS:
             probe = [f"{WORDS[i % len(WORDS)]} " * (4 + i % 24) for i in range(PROBE_TEXTS)]
             timings, vectors = {}, {}
@@ -197,11 +209,28 @@ class LocalEmbedder:
             speedup = timings["float32"] / timings["bfloat16"]
             fast = speedup >= BF16_MIN_SPEEDUP and cosine >= BF16_MIN_COSINE
             _PRECISIONS[key] = "bfloat16" if fast else "float32"
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                record = {"dtype": _PRECISIONS[key], "bf16_speedup": speedup,
+                          "bf16_min_cosine": cosine}  # fmt: skip
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(record))
+                tmp.replace(path)
             log.info(
                 "embedding precision chosen", dtype=_PRECISIONS[key],
                 bf16_speedup=round(speedup, 2), bf16_min_cosine=round(cosine, 6),
             )  # fmt: skip
         return _PRECISIONS[key]
+
+    def _choice_file(self) -> Path | None:
+        """Where the precision measured for this CPU and model is kept."""
+        if self.choice_dir is None:
+            return None
+        from glassbox.models.kernels import cpu_signature
+
+        signature = json.dumps([cpu_signature(), model_key(self.model_path)], sort_keys=True)
+        digest = hashlib.sha256(signature.encode()).hexdigest()[:20]
+        return Path(self.choice_dir) / f"embeddings-{digest}.json"
 
     @property
     def cache_key(self) -> str:

@@ -154,3 +154,23 @@ def test_bfloat16_vectors_stay_within_the_cosine_bound(embedder, monkeypatch):
     fast = embedder.encode(texts)
     assert (fast * exact).sum(1).min() >= embedder_module.BF16_MIN_COSINE
     assert not np.array_equal(fast, exact)  # it did run in bfloat16
+
+
+def test_the_measured_precision_is_kept_per_cpu_and_model(embedder, monkeypatch, tmp_path):
+    """Measured once, then read back by every process: embeddings (and label embeddings
+    cached under cache_key) do not change with the noise of a measurement."""
+    monkeypatch.setattr(embedder_module, "_PRECISIONS", {})
+    monkeypatch.setattr(embedder, "dtype", embedder.dtype)
+    monkeypatch.setattr(embedder, "choice_dir", tmp_path)
+    monkeypatch.setattr(embedder_module, "BF16_MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(embedder_module, "BF16_MIN_COSINE", 0.0)
+    assert embedder.choose_precision() == "bfloat16"
+    [kept] = tmp_path.glob("embeddings-*.json")
+    monkeypatch.setattr(embedder_module, "_PRECISIONS", {})  # a new process
+    monkeypatch.setattr(embedder_module, "BF16_MIN_SPEEDUP", 1e9)  # would measure float32
+
+    def no_measuring(texts):
+        raise AssertionError("the kept choice must be read, not measured again")
+
+    monkeypatch.setattr(embedder, "encode", no_measuring)
+    assert embedder.choose_precision() == "bfloat16"
