@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from glassbox import __version__
 from glassbox.api.admin import routes as admin_routes
@@ -23,7 +24,12 @@ from glassbox.api.ember.adapter import EmberService
 from glassbox.api.errors import install_error_handlers
 from glassbox.api.features import routes as feature_routes
 from glassbox.api.features import variants as variant_routes
-from glassbox.api.middleware import RequestContextMiddleware
+from glassbox.api.limits import RateLimits, enforce_limits
+from glassbox.api.middleware import (
+    REQUEST_ID_HEADER,
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+)
 from glassbox.api.openai import routes as openai_routes
 from glassbox.api.openai.adapter import OpenAIService
 from glassbox.api.openai.relay import RelayService
@@ -270,17 +276,19 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 await embeddings.aclose()
             if embedding_redis is not None:
                 await embedding_redis.aclose()
+            await app.state.limits.aclose()
             if db is not None:
                 db.close()
             if engine is None:
                 aengine.shutdown()
 
-    # require_key: with API keys required, every route needs one (see api/deps.py).
+    # require_key: with API keys required, every route needs one (see api/deps.py); then
+    # enforce_limits: the tenant's rate limits and back-pressure (see api/limits.py).
     app = FastAPI(
         title="glassbox",
         version=__version__,
         lifespan=lifespan,
-        dependencies=[Depends(require_key)],
+        dependencies=[Depends(require_key), Depends(enforce_limits)],
     )
     app.state.settings = settings
 
@@ -295,8 +303,23 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         return {**stats, "jobs": jobs.stats()} if jobs is not None else stats
 
     app.state.metrics = Metrics(engine_stats, embedding_stats)
+    app.state.limits = RateLimits(settings, app.state.metrics)
     install_error_handlers(app)
     for module in ROUTES:
         app.include_router(module.router)
+    # Inside the request context, so that a 413 has its request id, log line and metrics.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    if settings.cors_origins:
+        # Outermost, so that preflights (which carry no key) are answered before the key
+        # check, and errors carry the CORS headers a browser needs to read them. Any request
+        # header: the openai SDK in a browser adds its own (x-stainless-*) to Authorization
+        # and Content-Type; the origin list is what guards.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", REQUEST_ID_HEADER],
+        )
     return app

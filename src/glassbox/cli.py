@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -330,20 +331,34 @@ def features_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(args: argparse.Namespace) -> None:
+    """Run uvicorn until SIGTERM or Ctrl-C. Uvicorn then stops accepting, waits up to
+    `shutdown_grace_seconds` for in-flight requests, cancels the rest (their sequences are
+    aborted) and runs the app's shutdown (states and jobs flushed). sse-starlette would cut
+    every SSE stream at the signal: it is told not to, so streams get the grace too. Uvicorn
+    re-raises the signal once done; the handler installed here makes that an exit with 0, so a
+    supervisor sees a clean stop."""
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     from glassbox.app import create_app
     from glassbox.logs import configure_logging
 
     settings = _settings(args, _SERVE_FLAGS)
     configure_logging(settings.log_level, settings.log_json)
+    AppStatus.disable_automatic_graceful_drain()
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

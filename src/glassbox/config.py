@@ -83,6 +83,15 @@ class EmbeddingProviderSpec(BaseModel):
     recovery_seconds: float = Field(30.0, gt=0, description="Open this long before one probe")
 
 
+class TenantLimits(BaseModel):
+    """One tenant's rate limits, replacing the defaults it names (0: no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int | None = Field(None, ge=0, description="Requests per minute")
+    tokens: int | None = Field(None, ge=0, description="Tokens per minute")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLASSBOX_", env_nested_delimiter="__")
 
@@ -258,8 +267,44 @@ class Settings(BaseSettings):
         description="Seconds a verified key is trusted without reading the database: a key "
         "revoked by the CLI or another process stops working within this time",
     )
+    rate_limit_requests: int = Field(
+        0, ge=0, description="Requests per minute per tenant (0: no limit)"
+    )
+    rate_limit_tokens: int = Field(
+        0,
+        ge=0,
+        description="Tokens per minute per tenant (0: no limit), counted before the request "
+        "runs: its text (about 4 characters a token) plus max_tokens x n",
+    )
+    rate_limit_tenants: dict[str, TenantLimits] = Field(
+        default_factory=dict,
+        description='Per-tenant limits, as JSON: {"acme": {"requests": 600, "tokens": 100000}}',
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="Largest request body (413 past it, before it is parsed); file uploads "
+        "(/v1/files, /states/import) have their own limits",
+    )
+    max_waiting: int = Field(
+        256,
+        ge=1,
+        description="Sequences that may wait for the engine; past it, new generation requests "
+        "get 503 with Retry-After",
+    )
     open_health: bool = Field(True, description="/health needs no key")
     open_metrics: bool = Field(True, description="/metrics needs no key")
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: seconds in-flight requests (streams too) get to finish; what "
+        "still runs then is cancelled and its sequences aborted before states and jobs flush",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins that may call the API, as JSON: ["https://app.example"] '
+        '(["*"]: any); empty: no CORS headers, browsers on other origins are refused',
+    )
 
     log_level: str = "INFO"
     log_json: bool = True

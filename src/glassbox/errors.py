@@ -119,6 +119,29 @@ class Unavailable(GlassboxError):
     stopped, or has no room (KV blocks) for it at the moment. Retrying later may work."""
 
 
+class Overloaded(Unavailable):
+    """Too much work is waiting already (the engine's queue is full): the request is refused
+    at once rather than left to wait in a queue it would time out in. `retry_after`: seconds
+    after which a retry may be admitted (the HTTP layer sends it as Retry-After)."""
+
+    default_code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(GlassboxError):
+    """The caller has used its allowance for now (requests or tokens per minute).
+    `retry_after`: seconds until the allowance has room again (sent as Retry-After)."""
+
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InvalidOutput(GlassboxError):
     """The model's answer is not what was asked for (JSON that does not validate against the
     schema or Pydantic model, a tool call with arguments outside its tool's parameters), after

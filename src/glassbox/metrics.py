@@ -144,6 +144,10 @@ class Metrics:
             "glassbox_time_to_first_token_seconds", "From submission to the first generated token",
             buckets=_TTFT_BUCKETS, registry=r,
         )  # fmt: skip
+        self.rate_limited = Counter(
+            "glassbox_rate_limited", "Requests refused by kind: requests or tokens per minute "
+            "(429), overloaded (503, the engine's waiting queue is full)", ["kind"], registry=r,
+        )  # fmt: skip
         if engine_stats is not None:
             r.register(_EngineCollector(engine_stats))
         if embedding_stats is not None:

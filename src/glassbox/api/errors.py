@@ -24,6 +24,8 @@ from glassbox.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
+    Overloaded,
+    RateLimited,
     TooLarge,
     Unauthenticated,
     Unavailable,
@@ -57,6 +59,7 @@ ERROR_STATUS: dict[type[GlassboxError], tuple[int, str]] = {
     Aborted: (422, "invalid_request_error"),
     InvalidOutput: (422, "invalid_request_error"),  # the model could not give what was asked
     Unavailable: (503, "service_unavailable_error"),
+    RateLimited: (429, "rate_limit_error"),
     QuotaExceeded: (429, "rate_limit_error"),  # the message says when the quota resets
 }
 
@@ -79,6 +82,9 @@ def domain_error_body(exc: GlassboxError) -> dict[str, Any]:
 def error_response(exc: GlassboxError) -> JSONResponse:
     # RFC 6750: a 401 names the scheme the client should authenticate with.
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    # RFC 9110: a 429 or 503 may say when to come back; the openai SDK waits that long.
+    if isinstance(exc, RateLimited | Overloaded):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(domain_error_body(exc), status_code=status_of(exc)[0], headers=headers)
 
 

@@ -1,8 +1,10 @@
-"""Request context as pure ASGI middleware (BaseHTTPMiddleware would buffer streams).
+"""Request context and the body size bound, as pure ASGI middleware (BaseHTTPMiddleware
+would buffer streams).
 
 Every response, errors included, carries X-Request-Id (the client's if it sent a sane one);
 the id is bound to every log line of the request; one access line and the request metrics
-are recorded when the response ends (for streams: when the stream ends).
+are recorded when the response ends (for streams: when the stream ends). Bodies larger than
+the settings allow are refused (413) before anything parses them.
 """
 
 from __future__ import annotations
@@ -96,6 +98,75 @@ class RequestContextMiddleware:
             {
                 "type": "http.response.start",
                 "status": 500,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+# Routes that take files as bodies and bound them themselves (/v1/files by the file service's
+# limit; /states/import by the size a state of the model can have).
+OWN_BODY_LIMITS = ("/v1/files", "/states/import")
+
+
+class BodySizeLimitMiddleware:
+    """Refuses a request body larger than `max_bytes` with 413 before any of it is parsed: by
+    its Content-Length when it says so, else (chunked bodies, or a Content-Length that lies) by
+    counting the bytes as they arrive. The app then sees the client disconnect, and whatever
+    it answers is dropped: the 413 has been sent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(OWN_BODY_LIMITS):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = refused = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    if not started:
+                        await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            error_body(
+                f"the request body is larger than {self.max_bytes} bytes, the most this server "
+                "accepts (GLASSBOX_MAX_BODY_BYTES); send less",
+                "invalid_request_error",
+                code="request_too_large",
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

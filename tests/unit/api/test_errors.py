@@ -32,6 +32,8 @@ from glassbox.errors import (
     ModelNotFound,
     NotCapable,
     NotFound,
+    Overloaded,
+    RateLimited,
     TooLarge,
     Unauthenticated,
     Unavailable,
@@ -148,6 +150,17 @@ CASES: dict[type[GlassboxError], Case] = {
         429, "rate_limit_error", "quota_exceeded", None,
         "user 'u1' (free tier) may embed 100 chunks a day and has 10 left today; ...",
     ),
+    RateLimited: Case(
+        lambda: RateLimited("rate limit reached: 60 requests per minute for this API key's "
+                            "tenant; retry in 12 s", retry_after=12),
+        429, "rate_limit_error", "rate_limit_exceeded", None,
+        "rate limit reached: 60 requests per minute for this API key's tenant; retry in 12 s",
+    ),
+    Overloaded: Case(
+        lambda: Overloaded("the server is busy: 256 sequences are waiting", retry_after=1),
+        503, "service_unavailable_error", "server_overloaded", None,
+        "the server is busy: 256 sequences are waiting",
+    ),
     EngineDeadError: Case(
         lambda: EngineDeadError("the engine thread has stopped"),
         503, "service_unavailable_error", "engine_dead", None, "the engine thread has stopped",
@@ -210,3 +223,9 @@ def test_error_becomes_its_status_and_body(client: TestClient, cls: type[Glassbo
 def test_a_401_names_the_bearer_scheme_and_other_errors_no_scheme(client: TestClient):
     assert client.get("/raise/Unauthenticated").headers["www-authenticate"] == "Bearer"
     assert "www-authenticate" not in client.get("/raise/Forbidden").headers
+
+
+def test_a_429_and_an_overload_say_when_to_retry_and_other_errors_do_not(client: TestClient):
+    assert client.get("/raise/RateLimited").headers["retry-after"] == "12"
+    assert client.get("/raise/Overloaded").headers["retry-after"] == "1"
+    assert "retry-after" not in client.get("/raise/Unavailable").headers

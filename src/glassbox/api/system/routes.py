@@ -1,4 +1,4 @@
-"""/health and /metrics."""
+"""/health (liveness), /health/ready (readiness) and /metrics."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from glassbox.api.deps import (
     MetricsDep,
     RegistryDep,
 )
-from glassbox.api.system.schemas import FeaturesReadiness, Health
+from glassbox.api.system.schemas import Check, FeaturesReadiness, Health, Readiness
+from glassbox.errors import GlassboxError
+from glassbox.features.service import FeatureService
+from glassbox.requests.generation import GenerationService
 
 router = APIRouter(tags=["system"])
 
@@ -49,6 +52,48 @@ async def health(
     return Health(
         model=models.served_name, features=readiness, components=components, **gen.stats()
     )
+
+
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A part is not ready: see `checks`"}},
+)
+async def ready(
+    request: Request, response: Response, gen: GenerationDep, features: FeaturesDep
+) -> Readiness:
+    """Readiness, apart from liveness (/health): a load balancer sends traffic only on 200, and
+    a 503 says which part is not ready without the server being restarted for it."""
+    state = request.app.state
+    checks = {
+        "model": _engine_check(gen),
+        "features": _features_check(features, state.settings.warm_features),
+        "database": Check(**await _probe(asyncio.to_thread(state.db.ping))),
+    }
+    redis = getattr(state, "redis", None)
+    if redis is not None:
+        checks["redis"] = Check(**await _probe(redis.ping()))
+    readiness = Readiness(ready=all(c.ok for c in checks.values()), checks=checks)
+    if not readiness.ready:
+        response.status_code = 503
+    return readiness
+
+
+def _engine_check(gen: GenerationService) -> Check:
+    try:
+        gen.ensure_alive()
+    except GlassboxError as exc:
+        return Check(ok=False, error=str(exc))
+    return Check(ok=True)
+
+
+def _features_check(features: FeatureService, warm: bool) -> Check:
+    """Ready once built. Not warmed at start-up (warm_features=false), they are built by the
+    first request that needs them: waiting for them here would keep the server out of rotation
+    for good, so they count as ready (that request pays for the build)."""
+    if features.is_ready or not warm:
+        return Check(ok=True)
+    return Check(ok=False, error=f"feature dictionaries and index: {features.stage}")
 
 
 async def _probe(check: Awaitable[Any]) -> dict[str, Any]:

@@ -64,3 +64,19 @@ class Health(BaseModel):
         description="database and redis ({ok, error}), embeddings (model, cache, each "
         "provider's circuit), jobs (workers, queues)",
     )
+
+
+class Check(BaseModel):
+    """One part /health/ready waits for: `ok`, or why not in `error`."""
+
+    ok: bool
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    """Whether to send this server traffic: `ready` when every check is ok (then 200, else
+    503). `checks`: model (the engine serves), features (dictionaries and search index built;
+    ok at once when they are not warmed at start-up), database, redis (when configured)."""
+
+    ready: bool
+    checks: dict[str, Check]

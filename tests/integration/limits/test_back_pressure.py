@@ -1,0 +1,61 @@
+"""Back-pressure on a live server: with the engine's waiting queue full, a new generation
+request is refused at once with 503, Retry-After and code server_overloaded; other routes
+still answer, and generation is admitted again once the queue has drained."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers.server import TINY_NAME, live, tiny_settings
+from helpers.waiting import wait_until
+
+from glassbox.api.limits import GENERATION_ROUTES
+from glassbox.app import create_app
+
+CHAT = {"model": TINY_NAME, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_full_waiting_queue_answers_503_with_retry_after(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    settings = tiny_settings(tiny_model_dir, tmp_path_factory.mktemp("cache")).model_copy(
+        update={"max_waiting": 1, "max_num_seqs": 1}
+    )
+    # One sequence runs at a time, slowly: the second one waits, and fills the queue.
+    with contextmanager(live)(settings, step_delay=0.02) as server:
+        url = server.base_url + "/v1/chat/completions"
+        busy = [
+            threading.Thread(target=httpx.post, args=(url,), kwargs={
+                "json": {**CHAT, "max_tokens": 40, "ignore_eos": True}, "timeout": 60,
+            })
+            for _ in range(2)
+        ]  # fmt: skip
+        for thread in busy:
+            thread.start()
+        wait_until(lambda: server.engine.stats()["waiting"] >= 1, 10)
+
+        refused = httpx.post(url, json={**CHAT, "max_tokens": 2})
+        models = httpx.get(server.base_url + "/v1/models")
+        for thread in busy:
+            thread.join()
+        admitted = httpx.post(url, json={**CHAT, "max_tokens": 2})
+        metrics = httpx.get(server.base_url + "/metrics").text
+
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable_error", "server_overloaded")
+    assert models.status_code == 200
+    assert admitted.status_code == 200
+    assert 'glassbox_rate_limited_total{kind="overloaded"} 1.0' in metrics
+
+
+def test_every_generation_route_exists(tiny_model_dir: Path, tmp_path: Path):
+    """A renamed route would silently lose its back-pressure."""
+    app = create_app(tiny_settings(tiny_model_dir, tmp_path))
+    posts = {path for path, ops in app.openapi()["paths"].items() if "post" in ops}
+    assert GENERATION_ROUTES <= posts, GENERATION_ROUTES - posts

@@ -1,0 +1,108 @@
+"""Per-tenant rate limits on a live server (the tiny model, API keys required): the official
+openai SDK gets its RateLimitError with Retry-After once a tenant has used its requests or
+tokens of the minute; other tenants are not affected; per-tenant overrides; the metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from helpers.server import TINY_NAME, LiveServer, running, tiny_settings
+
+from glassbox.config import TenantLimits
+
+REQUESTS = 3
+TOKENS = 200
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    settings = tiny_settings(tiny_model_dir, tmp_path_factory.mktemp("cache")).model_copy(
+        update={
+            "api_keys": "required",
+            "rate_limit_requests": REQUESTS,
+            "rate_limit_tokens": TOKENS,
+            "rate_limit_tenants": {"vip": TenantLimits(requests=0)},
+        }
+    )
+    with running(settings) as live:
+        yield live
+
+
+def client_of(server: LiveServer, tenant: str) -> openai.OpenAI:
+    key = server.app.state.keys.create(tenant).key
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+
+
+def chat(client: openai.OpenAI, max_tokens: int) -> None:
+    client.chat.completions.create(
+        model=TINY_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens
+    )
+
+
+def assert_rate_limited(error: openai.RateLimitError) -> int:
+    assert error.status_code == 429
+    assert error.body["type"] == "rate_limit_error"
+    assert error.body["code"] == "rate_limit_exceeded"
+    retry_after = int(error.response.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    return retry_after
+
+
+def test_requests_per_minute_give_the_sdk_its_rate_limit_error(server: LiveServer):
+    with client_of(server, "acme") as acme, client_of(server, "beta") as beta:
+        for _ in range(REQUESTS):
+            acme.models.list()
+        with pytest.raises(openai.RateLimitError) as caught:
+            acme.models.list()
+        beta.models.list()  # another tenant has a budget of its own
+
+    assert_rate_limited(caught.value)
+    assert f"{REQUESTS} requests per minute" in caught.value.body["message"]
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'glassbox_rate_limited_total{kind="requests"}' in metrics
+
+
+def test_tokens_per_minute_count_the_prompt_and_max_tokens(server: LiveServer):
+    with client_of(server, "gamma") as gamma:
+        chat(gamma, max_tokens=150)  # about 152 of 200
+        with pytest.raises(openai.RateLimitError) as caught:
+            chat(gamma, max_tokens=150)
+        chat(gamma, max_tokens=40)  # what is left of the minute still serves
+
+    assert_rate_limited(caught.value)
+    assert f"{TOKENS} tokens per minute" in caught.value.body["message"]
+
+
+def test_a_request_larger_than_the_tokens_per_minute_says_so(server: LiveServer):
+    with client_of(server, "delta") as delta:
+        with pytest.raises(openai.RateLimitError) as caught:
+            chat(delta, max_tokens=TOKENS + 1)
+        chat(delta, max_tokens=2)  # the refused request counted nothing
+
+    assert_rate_limited(caught.value)
+    assert "lower max_tokens" in caught.value.body["message"]
+
+
+def test_embeddings_count_their_input(server: LiveServer):
+    with client_of(server, "epsilon") as epsilon:
+        with pytest.raises(openai.RateLimitError) as caught:
+            epsilon.embeddings.create(model="all-MiniLM-L6-v2", input=["word " * 50] * 4)
+    assert "more than the 200 tokens per minute" in caught.value.body["message"]
+
+
+def test_a_tenant_override_lifts_the_requests_limit(server: LiveServer):
+    with client_of(server, "vip") as vip:
+        for _ in range(REQUESTS + 2):
+            vip.models.list()
+
+
+def test_health_and_metrics_are_not_counted(server: LiveServer):
+    key = server.app.state.keys.create("zeta").key
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(REQUESTS + 2):
+        assert httpx.get(server.base_url + "/health", headers=headers).status_code == 200
+        assert httpx.get(server.base_url + "/metrics", headers=headers).status_code == 200
+    assert httpx.get(server.base_url + "/v1/models", headers=headers).status_code == 200
