@@ -1,18 +1,24 @@
 """`POST /v1/embeddings` (also `/api/v1/embeddings`, the reference's path), and the
-embedding cache's stats and clearing."""
+embedding cache's stats and clearing.
+
+The cache is shared by every tenant (keyed by model and text), so its routes are for admin keys
+only: a user key that could read the counters could tell whether another tenant had embedded a
+given text (embed it, and see `hits` move), and one that could clear it would change every
+tenant's cache."""
 
 from __future__ import annotations
 
 import base64
 import json
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from glassbox.api.deps import EmbeddingsDep, PrincipalDep
+from glassbox.api.deps import EmbeddingsDep, PrincipalDep, require_admin
 from glassbox.api.embeddings.schemas import CacheStats, EmbeddingRequest, EmbeddingResponse
 
 router = APIRouter(tags=["embeddings"])
 PREFIXES = ("/v1", "/api/v1")
+ADMIN_ONLY = [Depends(require_admin)]
 
 
 async def create_embeddings(
@@ -59,9 +65,9 @@ for prefix in PREFIXES:
     )  # fmt: skip
     router.add_api_route(
         f"{prefix}/embeddings/cache", cache_stats, methods=["GET"], response_model=CacheStats,
-        include_in_schema=prefix == "/v1",
+        include_in_schema=prefix == "/v1", dependencies=ADMIN_ONLY,
     )  # fmt: skip
     router.add_api_route(
         f"{prefix}/embeddings/cache", clear_cache, methods=["DELETE"],
-        response_model=CacheStats, include_in_schema=prefix == "/v1",
+        response_model=CacheStats, include_in_schema=prefix == "/v1", dependencies=ADMIN_ONLY,
     )  # fmt: skip
