@@ -88,23 +88,8 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _internal_error(send: Send, request_id: str) -> None:
-        body = json.dumps(
-            error_body(
-                f"internal server error; quote request id {request_id} when reporting it",
-                "server_error",
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"internal server error; quote request id {request_id} when reporting it"
+        await send_error(send, 500, error_body(message, "server_error"))
 
 
 # Routes that take files as bodies and bound them themselves (/v1/files by the file service's
@@ -155,22 +140,22 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, guarded_send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
+        await send_error(
+            send,
+            413,
             error_body(
                 f"the request body is larger than {self.max_bytes} bytes, the most this server "
                 "accepts (GLASSBOX_MAX_BODY_BYTES); send less",
                 "invalid_request_error",
                 code="request_too_large",
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+            ),
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, status: int, body: dict) -> None:
+    """An error response in OpenAI's shape, sent on the raw ASGI channel (for middleware that
+    answers before the app, or after it failed)."""
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
