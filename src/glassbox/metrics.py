@@ -148,6 +148,11 @@ class Metrics:
             "glassbox_rate_limited", "Requests refused by kind: requests or tokens per minute "
             "(429), overloaded (503, the engine's waiting queue is full)", ["kind"], registry=r,
         )  # fmt: skip
+        self.auth_failures = Counter(
+            "glassbox_auth_failures", "Requests refused for their API key: missing (no key), "
+            "invalid (unknown, expired or revoked), forbidden (a scope the key lacks)",
+            ["reason"], registry=r,
+        )  # fmt: skip
         if engine_stats is not None:
             r.register(_EngineCollector(engine_stats))
         if embedding_stats is not None:

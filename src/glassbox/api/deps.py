@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 
 from glassbox.api.openai.adapter import OpenAIService
@@ -13,7 +14,7 @@ from glassbox.auth.keys import ADMIN, WRITE_SCOPES, KeyService
 from glassbox.config import Settings
 from glassbox.embeddings.service import EmbeddingService
 from glassbox.embeddings.vector_stores import VectorStoreService
-from glassbox.errors import Forbidden
+from glassbox.errors import Forbidden, Unauthenticated
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -43,10 +44,19 @@ async def current_principal(request: Request) -> Principal:
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:
         keys: KeyService = request.app.state.keys
-        principal = await keys.authenticate(_bearer(request))
+        failures = request.app.state.metrics.auth_failures
+        key = _bearer(request)
+        try:
+            principal = await keys.authenticate(key)
+        except Unauthenticated:
+            failures.labels(reason="invalid" if key else "missing").inc()
+            raise
         if request.method not in ("GET", "HEAD") and not principal.scopes & WRITE_SCOPES:
+            failures.labels(reason="forbidden").inc()
             raise Forbidden(f"this API key is read-only: it may GET and HEAD, not {request.method}")
         request.state.principal = principal
+        # every later log line of the request names its tenant (never its key)
+        structlog.contextvars.bind_contextvars(tenant=principal.tenant)
     return principal
 
 
@@ -67,8 +77,9 @@ async def require_key(request: Request) -> None:
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-async def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(request: Request, principal: PrincipalDep) -> Principal:
     if ADMIN not in principal.scopes:
+        request.app.state.metrics.auth_failures.labels(reason="forbidden").inc()
         raise Forbidden("this route needs an API key with the 'admin' scope")
     return principal
 

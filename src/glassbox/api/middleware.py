@@ -77,12 +77,14 @@ class RequestContextMiddleware:
                 seconds = time.perf_counter() - t0
                 route = _route_of(scope)
                 self.metrics.observe_request(route, status, seconds)
+                principal = scope["state"].get("principal")  # set once a key is verified
                 log.info(
                     "request",
                     method=scope["method"],
                     path=scope["path"],
                     route=route,
                     status=status,
+                    tenant=getattr(principal, "tenant", None),
                     duration_ms=round(seconds * 1000, 2),
                 )
 

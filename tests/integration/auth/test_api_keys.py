@@ -7,6 +7,9 @@ keys off."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,6 +29,7 @@ from glassbox.app import create_app
 from glassbox.auth import KeyService
 from glassbox.cli import main as cli_main
 from glassbox.config import Settings
+from glassbox.logs import configure_logging
 
 GOODFIRE_MODEL = "meta-llama/Llama-3.3-70B-Instruct"  # a name the goodfire SDK accepts
 CACHE_SECONDS = 0.5
@@ -270,3 +274,36 @@ def test_keys_off_refuses_a_non_loopback_host(host: str, monkeypatch: pytest.Mon
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.9", "::1", "localhost"])
 def test_keys_off_serves_loopback(host: str):
     create_app(Settings(host=host))
+
+
+def test_logs_name_the_tenant_never_the_key_and_failures_are_counted(
+    server: LiveServer, keys: KeyService
+):
+    key = keys.create("logged", scopes=("read",)).key
+    buf = io.StringIO()
+    configure_logging("INFO", stream=buf)
+    try:
+        with httpx.Client(base_url=server.base_url) as http:
+            before = http.get("/metrics").text
+            assert http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).is_success
+            assert http.get("/v1/models").status_code == 401
+            bad = {"Authorization": "Bearer gbx-" + "y" * 43}
+            assert http.get("/v1/models", headers=bad).status_code == 401
+            posted = http.post("/tokenize", json={"prompt": "x"},
+                               headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            assert posted.status_code == 403
+            after = http.get("/metrics").text
+    finally:
+        configure_logging("WARNING")
+    lines = [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+    served = [x for x in lines if x.get("path") == "/v1/models" and x.get("status") == 200]
+    assert served and served[-1]["tenant"] == "logged"
+    assert key not in buf.getvalue() and "y" * 43 not in buf.getvalue()
+    for reason in ("missing", "invalid", "forbidden"):
+        name = f'glassbox_auth_failures_total{{reason="{reason}"}}'
+        assert _count(after, name) - _count(before, name) == 1, reason
+
+
+def _count(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
