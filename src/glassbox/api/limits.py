@@ -125,6 +125,10 @@ class RateLimits:
             RateLimitItemPerMinute(tokens, namespace="tokens") if tokens else None,
         )
 
+    def limited(self, tenant: str) -> bool:
+        """Whether any limit applies to `tenant` (without one, a request costs nothing)."""
+        return any(item is not None for item in self._items(tenant))
+
     async def check(self, tenant: str, tokens: int) -> None:
         """Count one request of `tokens` for `tenant`, or raise RateLimited (and count nothing
         of the tokens) when either limit would be passed."""
@@ -175,9 +179,10 @@ async def enforce_limits(request: Request) -> None:
         return
     settings: Settings = request.app.state.settings
     principal = await current_principal(request)
-    body = await _json_body(request)
     limits: RateLimits = request.app.state.limits
-    await limits.check(principal.tenant, estimated_tokens(body))
+    if limits.limited(principal.tenant):  # the body is read and estimated only then
+        body = await _json_body(request)
+        await limits.check(principal.tenant, estimated_tokens(body))
     if request.method == "POST" and _route_path(request) in GENERATION_ROUTES:
         waiting = request.app.state.generation.stats().get("waiting", 0)
         if waiting >= settings.max_waiting:

@@ -25,27 +25,38 @@ def test_a_full_waiting_queue_answers_503_with_retry_after(
     settings = tiny_settings(tiny_model_dir, tmp_path_factory.mktemp("cache")).model_copy(
         update={"max_waiting": 1, "max_num_seqs": 1}
     )
-    # One sequence runs at a time, slowly: the second one waits, and fills the queue.
+    # One sequence runs at a time, slowly (150 steps of 20 ms each): the second one waits,
+    # and fills the queue for seconds.
     with contextmanager(live)(settings, step_delay=0.02) as server:
         url = server.base_url + "/v1/chat/completions"
         busy = [
             threading.Thread(target=httpx.post, args=(url,), kwargs={
-                "json": {**CHAT, "max_tokens": 40, "ignore_eos": True}, "timeout": 60,
+                "json": {**CHAT, "max_tokens": 150, "ignore_eos": True}, "timeout": 120,
             })
             for _ in range(2)
         ]  # fmt: skip
         for thread in busy:
             thread.start()
-        wait_until(lambda: server.engine.stats()["waiting"] >= 1, 10)
 
-        refused = httpx.post(url, json={**CHAT, "max_tokens": 2})
+        def full() -> bool:
+            stats = server.engine.stats()
+            return stats["waiting"] >= 1 and stats["running"] >= 1
+
+        assert wait_until(full, 30, poll=0.05)
+        # A probe sent while the queue is full is refused; on a loaded machine the queue may
+        # drain between the check and the probe, so probes go on while it stays full.
+        probes = []
+        while full() and not any(p.status_code == 503 for p in probes):
+            probes.append(httpx.post(url, json={**CHAT, "max_tokens": 2}, timeout=60))
         models = httpx.get(server.base_url + "/v1/models")
         for thread in busy:
             thread.join()
         admitted = httpx.post(url, json={**CHAT, "max_tokens": 2})
         metrics = httpx.get(server.base_url + "/metrics").text
 
+    refused = probes[-1]
     assert refused.status_code == 503, refused.text
+    assert all(p.status_code == 200 for p in probes[:-1])
     assert refused.headers["retry-after"] == "1"
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("service_unavailable_error", "server_overloaded")

@@ -71,11 +71,12 @@ def test_counters_increase(http, tiny_server) -> None:
 
     state = http.post("/states", json={"text": "counted too"}).json()
     r = http.post("/generate/token", json={"state_id": state["id"], "max_tokens": 4})
-    assert r.status_code == 200 and len(r.json()["tokens"]) == 4
+    generated = len(r.json()["tokens"])  # the random tiny model may end before 4
+    assert r.status_code == 200 and 1 <= generated <= 4
     assert (
         value(scrape(http), "glassbox_generation_tokens_total")
         - value(after, "glassbox_generation_tokens_total")
-        == 4
+        == generated
     )
 
 
@@ -174,13 +175,17 @@ def test_engine_gauges_follow_the_engine(tiny_model_dir, tmp_path) -> None:
 
 
 def _read_stream(http: httpx.Client, route: str, body: dict) -> tuple[float, float]:
-    """Stream a request to its end: (seconds until the first data event, seconds from then
-    to the last event), both measured here on the client."""
+    """Stream a request to its end: (seconds until the first data event that carries a
+    token, seconds from then to the last event), both measured here on the client. Chat's
+    opening event (the assistant's role, sent before the sequence is submitted) carries
+    none, so it does not count as the first token."""
     t0 = time.perf_counter()
     with http.stream("POST", route, json={**body, "stream": True}) as r:
         assert r.status_code == 200
         lines = (line for line in r.iter_lines() if line.startswith("data: "))
-        next(lines)
+        line = next(lines)
+        if '"role":"assistant"' in line:
+            line = next(lines)
         first = time.perf_counter()
         assert list(lines)[-1] == "data: [DONE]"
         last = time.perf_counter()
