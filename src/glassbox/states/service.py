@@ -80,6 +80,7 @@ class StateService:
         self._states: dict[str, State] = {}
         self._on_disk: set[str] = set()  # states whose file holds their current KV
         self._lock = asyncio.Lock()
+        self._giving_back: set[asyncio.Task] = set()  # releases of leases nobody took
         self._adopt_unowned_exports()
         for state in self.records.load():
             self._states[state.state_id] = state
@@ -214,9 +215,26 @@ class StateService:
         state = self.get(owner, state_id)
         async with self._lock:
             handle = await self._resident(state)
-            lease = await self.engine.call(lambda e: e.block_manager.share(handle, num_tokens))
-            await self._fit_budget(keep=state_id)
+            # The engine thread takes the lease whether or not this caller is still waiting
+            # (a client that left cancels it): once asked for, the lease is either returned
+            # or given back, never dropped with its blocks still held.
+            taking = asyncio.ensure_future(
+                self.engine.call(lambda e: e.block_manager.share(handle, num_tokens))
+            )
+            try:
+                lease = await asyncio.shield(taking)
+                await self._fit_budget(keep=state_id)
+            except BaseException:
+                taking.add_done_callback(self._give_back)
+                raise
         return lease
+
+    def _give_back(self, taking: asyncio.Future) -> None:
+        """Release a lease that was taken for a caller that is gone."""
+        if not taking.cancelled() and taking.exception() is None:
+            task = asyncio.ensure_future(self.release(taking.result()))
+            self._giving_back.add(task)  # held until done: a task nobody holds may vanish
+            task.add_done_callback(self._giving_back.discard)
 
     async def release(self, handle: KVHandle) -> None:
         await self.engine.call(lambda e: e.block_manager.release(handle))
