@@ -24,7 +24,6 @@ from glassbox.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
-    Overloaded,
     RateLimited,
     TooLarge,
     Unauthenticated,
@@ -82,9 +81,11 @@ def domain_error_body(exc: GlassboxError) -> dict[str, Any]:
 def error_response(exc: GlassboxError) -> JSONResponse:
     # RFC 6750: a 401 names the scheme the client should authenticate with.
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
-    # RFC 9110: a 429 or 503 may say when to come back; the openai SDK waits that long.
-    if isinstance(exc, RateLimited | Overloaded):
-        headers = {"Retry-After": str(exc.retry_after)}
+    # RFC 9110: a 429 or 503 may say when to come back (rate limits, back-pressure, quotas:
+    # every error that knows carries `retry_after`); the openai SDK waits that long.
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     return JSONResponse(domain_error_body(exc), status_code=status_of(exc)[0], headers=headers)
 
 

@@ -13,11 +13,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from glassbox.api.deps import PrincipalDep
-from glassbox.api.errors import error_response
 from glassbox.embeddings.jobs import (
     MAX_DOCUMENTS,
     MAX_ID_LENGTH,
@@ -25,7 +24,6 @@ from glassbox.embeddings.jobs import (
     Job,
     JobDocument,
     JobService,
-    QuotaExceeded,
     Status,
 )
 
@@ -135,9 +133,7 @@ def _documents(req: CreateJobRequest, media_id: str | None) -> list[JobDocument]
 
 
 @router.post("", status_code=202, response_model=JobOut)
-async def create_job(
-    req: CreateJobRequest, jobs: JobsDep, principal: PrincipalDep
-) -> JobOut | Response:
+async def create_job(req: CreateJobRequest, jobs: JobsDep, principal: PrincipalDep) -> JobOut:
     media_id = str(req.media_id) if req.media_id is not None else None
     collection_id = req.collection_id or (
         f"media:{media_id}" if media_id is not None else f"col_{uuid.uuid4().hex}"
@@ -147,16 +143,11 @@ async def create_job(
         c = req.chunking
         overlap = c.overlap_tokens if c.overlap_tokens is not None else c.max_tokens // 4
         chunking = ChunkingOptions(c.max_tokens, overlap)
-    try:
-        job = await jobs.submit(
-            principal, user_id=req.user_id, documents=_documents(req, media_id),
-            collection_id=collection_id, priority=req.priority, chunking=chunking,
-            media_id=media_id, model=req.model,
-        )  # fmt: skip
-    except QuotaExceeded as exc:
-        response = error_response(exc)
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+    job = await jobs.submit(
+        principal, user_id=req.user_id, documents=_documents(req, media_id),
+        collection_id=collection_id, priority=req.priority, chunking=chunking,
+        media_id=media_id, model=req.model,
+    )  # fmt: skip
     return job_out(job)
 
 
