@@ -29,12 +29,16 @@ def test_a_full_waiting_queue_answers_503_with_retry_after(
     # and fills the queue for seconds.
     with contextmanager(live)(settings, step_delay=0.02) as server:
         url = server.base_url + "/v1/chat/completions"
-        busy = [
-            threading.Thread(target=httpx.post, args=(url,), kwargs={
-                "json": {**CHAT, "max_tokens": 150, "ignore_eos": True}, "timeout": 120,
-            })
-            for _ in range(2)
-        ]  # fmt: skip
+        answers: list[object] = []
+
+        def occupy() -> None:
+            body = {**CHAT, "max_tokens": 150, "ignore_eos": True}
+            try:
+                answers.append(httpx.post(url, json=body, timeout=120).status_code)
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        busy = [threading.Thread(target=occupy) for _ in range(2)]
         for thread in busy:
             thread.start()
 
@@ -42,7 +46,7 @@ def test_a_full_waiting_queue_answers_503_with_retry_after(
             stats = server.engine.stats()
             return stats["waiting"] >= 1 and stats["running"] >= 1
 
-        assert wait_until(full, 30, poll=0.05)
+        assert wait_until(full, 30, poll=0.05), (answers, server.engine.stats())
         # A probe sent while the queue is full is refused; on a loaded machine the queue may
         # drain between the check and the probe, so probes go on while it stays full.
         probes = []
