@@ -38,9 +38,15 @@ def test_a_full_waiting_queue_answers_503_with_retry_after(
             except httpx.HTTPError as exc:
                 answers.append(exc)
 
+        def running() -> bool:
+            return server.engine.stats()["running"] >= 1
+
+        # The second occupant is sent once the first runs: sent together, both may wait at
+        # once, and the second is (rightly) refused.
         busy = [threading.Thread(target=occupy) for _ in range(2)]
-        for thread in busy:
-            thread.start()
+        busy[0].start()
+        assert wait_until(running, 30, poll=0.02), (answers, server.engine.stats())
+        busy[1].start()
 
         def full() -> bool:
             stats = server.engine.stats()
