@@ -110,8 +110,9 @@ class LocalBackend(InferenceEngine):
         chooses)."""
         offered = tools_from(tools)
         choice = choice_name(tool_choice, offered)
-        rules = tool_format.grammar(offered, choice, parallel_tool_calls)
-        grammar = await asyncio.to_thread(self.grammars.lark, rules, "tools")
+        grammar = await asyncio.to_thread(
+            tool_format.compile_grammar, self.grammars, offered, choice, parallel_tool_calls
+        )
         request = self.request(
             messages,
             max_tokens,

@@ -13,6 +13,16 @@ errors. One `GrammarCompiler` per tokenizer turns what a request asks for into a
 A schema that is not a valid JSON Schema, or that uses what llguidance cannot enforce, is
 refused here, before any token is generated, with the path inside the schema at fault.
 
+Some faults llguidance finds only once a matcher runs: a grammar that matches nothing (`start:
+start`, a schema whose `$ref`s only cycle) fails on the first mask, and a regex too big for
+its lexer (`a{99999999}`, a choice of a million characters) runs out of lexer fuel on the
+first token. So each new grammar is started once here, on a copy of its matcher, as generation
+would start it (`_probe`: the first mask, one allowed token, the next mask); what fails is a
+400 naming the field, and the refusal is cached like a grammar, so that sending it again costs
+nothing. A regex, a Lark grammar or the choices of `guided_choice` longer than
+MAX_SOURCE_CHARS are refused before llguidance sees them (Lark rules of many alternatives
+compile in quadratic time: 40,000 take 4 s, and llguidance asserts below 65,536 symbols).
+
 Objects are closed: an object schema that does not set `additionalProperties` gets no keys
 beyond its `properties`, with `strict` or without (as vLLM's xgrammar and llama.cpp do; OpenAI's
 strict mode requires it). Left open, a small model at temperature 1 invents keys until it runs
@@ -32,6 +42,7 @@ from typing import Any
 import jsonschema
 import llguidance
 import llguidance.hf
+import numpy as np
 from jsonschema.exceptions import best_match
 
 from glassbox.errors import InvalidRequest
@@ -42,6 +53,10 @@ from glassbox.models.tokenizer import Tokenizer
 # two keys; the JSON a client parses is the same either way.
 JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
 CACHE_SIZE = 256
+# Characters of a regex, a Lark grammar, or all the choices of guided_choice together.
+MAX_SOURCE_CHARS = 100_000
+# llguidance's default limits, without the parser state (which quotes generated text) in errors.
+LIMITS = llguidance.LLParserLimits(verbose_errors=False)
 
 
 class CompiledGrammar:
@@ -108,8 +123,6 @@ class GrammarCompiler:
         key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
         def build() -> str:
-            # On a cache miss only: the meta-schema check costs ~3 ms, a cached grammar none.
-            check_schema(schema, param)
             return llguidance.LLMatcher.grammar_from_json_schema(
                 closed_schema(schema), defaults=JSON_OPTIONS
             )
@@ -130,21 +143,47 @@ class GrammarCompiler:
         return self.json_schema({"type": "object"})
 
     def regex(self, pattern: str, param: str = "guided_regex") -> CompiledGrammar:
+        _check_size(pattern, param, "the regex")
+        if (len(pattern) - len(pattern.rstrip("\\"))) % 2:
+            # llguidance's regex_to_lark drops a trailing lone backslash, which would turn
+            # the invalid regex "\\" into the empty one
+            raise InvalidRequest(
+                f"{param}: invalid regex: it ends with a lone '\\' (an escape of nothing)",
+                param=param,
+            )
         return self._compile(
             "regex", pattern, lambda: llguidance.LLMatcher.grammar_from_regex(pattern), param
         )
 
     def choice(self, options: list[str], param: str = "guided_choice") -> CompiledGrammar:
-        """Exactly one of the strings."""
+        """Exactly one of the strings: one lexeme (a terminal that is the alternatives), which
+        llguidance compiles in linear time, where a rule of many alternatives takes quadratic
+        time."""
         if not options or any(not isinstance(o, str) or not o for o in options):
             raise InvalidRequest(
                 f"'{param}' must be a non-empty list of non-empty strings", param=param
             )
+        size = sum(len(o) for o in options)
+        if size > MAX_SOURCE_CHARS:
+            raise InvalidRequest(
+                f"{param}: the choices have {size} characters in all; the limit is "
+                f"{MAX_SOURCE_CHARS}",
+                param=param,
+            )
         alternatives = " | ".join(json.dumps(o) for o in dict.fromkeys(options))
-        return self.lark(f"start: {alternatives}", param)
+        return self.lark(f"start: CHOICE\nCHOICE: {alternatives}", param, max_chars=None)
 
-    def lark(self, grammar: str, param: str = "guided_grammar") -> CompiledGrammar:
-        """A Lark grammar (llguidance's dialect: EBNF rules, regex terminals, `%json`)."""
+    def lark(
+        self,
+        grammar: str,
+        param: str = "guided_grammar",
+        *,
+        max_chars: int | None = MAX_SOURCE_CHARS,
+    ) -> CompiledGrammar:
+        """A Lark grammar (llguidance's dialect: EBNF rules, regex terminals, `%json`), of at
+        most `max_chars` characters (None: the grammars glassbox writes, e.g. of tools)."""
+        if max_chars is not None:
+            _check_size(grammar, param, "the grammar", max_chars)
         return self._compile(
             "lark", grammar, lambda: llguidance.LLMatcher.grammar_from_lark(grammar), param
         )
@@ -158,35 +197,130 @@ class GrammarCompiler:
             cached = self._cache.get((kind, key))
             if cached is not None:
                 self._cache.move_to_end((kind, key))
-                return cached
+        if isinstance(cached, CompiledGrammar):
+            return cached
+        if cached is not None:  # a refusal, without the field's name
+            raise InvalidRequest(f"{param}: {cached}", param=param)
         try:
-            text = build()
-        except ValueError as exc:
-            raise InvalidRequest(f"{param}: {exc}", param=param) from exc
-        matcher = llguidance.LLMatcher(self.ll_tokenizer, text, log_level=0)
-        if matcher.is_error():
-            raise InvalidRequest(_explain(matcher.get_error(), param, schema), param=param)
-        grammar = CompiledGrammar(matcher, kind)
+            grammar: CompiledGrammar | str = self._build(kind, key, build, schema)
+        except _Refused as refused:
+            grammar = refused.reason
         with self._lock:
             self.compiled += 1
             self._cache[(kind, key)] = grammar
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+        if isinstance(grammar, str):
+            raise InvalidRequest(f"{param}: {grammar}", param=param)
         return grammar
+
+    def _build(self, kind: str, key: str, build, schema: dict | None) -> CompiledGrammar:
+        """The compiled grammar, started once (`_probe`); _Refused with the reason (without
+        the field's name) otherwise."""
+        if schema is not None and len(key) <= MAX_SOURCE_CHARS:
+            # the meta-schema check names the path at fault (~3 ms, on a cache miss only);
+            # on a huge schema it can take seconds (jsonschema's uniqueItems is quadratic), so
+            # such a schema goes to llguidance first, which bounds what it compiles
+            _refuse(schema_fault(schema))
+        try:
+            text = build()
+        except ValueError as exc:
+            raise _Refused(_library_error(str(exc))) from exc
+        matcher = llguidance.LLMatcher(self.ll_tokenizer, text, log_level=0, limits=LIMITS)
+        if matcher.is_error():
+            raise _Refused(_explain(_library_error(matcher.get_error()), schema))
+        failure = self._probe(matcher)
+        if failure is not None:
+            raise _Refused(_explain_start(failure, kind, key, schema))
+        if schema is not None and len(key) > MAX_SOURCE_CHARS:
+            _refuse(schema_fault(schema))
+        return CompiledGrammar(matcher, kind)
+
+    def _probe(self, matcher: llguidance.LLMatcher) -> str | None:
+        """Start a copy of `matcher` as generation would (the first mask, the first token it
+        allows that does not end the text, the next mask): llguidance's error, or None."""
+        m = matcher.deep_copy()
+        mask = m.compute_bitmask()
+        if m.is_error():
+            return m.get_error()
+        allowed = np.flatnonzero(np.unpackbits(np.frombuffer(mask, np.uint8), bitorder="little"))
+        ends = set(self.ll_tokenizer.eos_tokens)
+        token = next((int(t) for t in allowed if int(t) not in ends), None)
+        if token is None:
+            return None
+        if m.consume_token(token) and not m.is_stopped():
+            m.compute_bitmask()
+        return m.get_error() if m.is_error() else None
+
+
+class _Refused(Exception):
+    """Why a grammar is refused, without the field's name (the refusal is cached)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _refuse(reason: str | None) -> None:
+    if reason is not None:
+        raise _Refused(reason)
+
+
+def _check_size(text: str, param: str, what: str, limit: int = MAX_SOURCE_CHARS) -> None:
+    if len(text) > limit:
+        raise InvalidRequest(
+            f"{param}: {what} has {len(text)} characters; the limit is {limit}", param=param
+        )
+
+
+def _first_line(message: str) -> str:
+    return message.strip().split("\n", 1)[0].strip()
+
+
+def _library_error(error: str) -> str:
+    """llguidance's message without what follows it: the parser state (`<state>`,
+    `<non-verbose/>`) and, for a panic of the library, the backtrace (the first line only)."""
+    message = error.strip()
+    if message.startswith("panic") or "<backtrace>" in message:
+        return _first_line(message)
+    return message.split("\n<", 1)[0].strip()
+
+
+def _explain_start(error: str, kind: str, key: str, schema: dict | None) -> str:
+    """The reason of a grammar that failed when started (`_probe`)."""
+    message = _library_error(error)
+    if message.startswith("NoExtensionBias"):  # not even the first byte can be generated
+        if schema is not None:
+            why = ": the schema has a $ref cycle that admits no value" if "$ref" in key else ""
+            return f"no JSON value satisfies the schema{why}"
+        if kind == "lark":
+            return (
+                "the grammar matches no text: no rule ends (e.g. 'start: start', a rule that "
+                "only refers to itself)"
+            )
+        return f"the {kind} matches no text"
+    what = {"json": "the JSON schema", "lark": "the grammar", "regex": "the regex"}[kind]
+    return f"{what} is too large or complex to enforce: {_first_line(message)}"
 
 
 def check_schema(schema: dict, param: str) -> None:
     """Refuse a schema that its own JSON Schema draft calls invalid, naming where."""
+    fault = schema_fault(schema)
+    if fault is not None:
+        raise InvalidRequest(f"{param}: {fault}", param=param)
+
+
+def schema_fault(schema: dict) -> str | None:
+    """What the schema's own JSON Schema draft finds wrong with it, and where; None if
+    nothing."""
     try:
         validator = jsonschema.validators.validator_for(schema)
         error = best_match(validator(validator.META_SCHEMA).iter_errors(schema))
     except jsonschema.exceptions.SchemaError as exc:  # e.g. an unknown $schema
-        raise InvalidRequest(f"{param}: invalid JSON schema: {exc.message}", param=param) from exc
+        return f"invalid JSON schema: {exc.message}"
     if error is not None:
-        raise InvalidRequest(
-            f"{param}: invalid JSON schema at '{_pointer(error.path)}': {error.message}",
-            param=param,
-        )
+        return f"invalid JSON schema at '{_pointer(error.path)}': {error.message}"
+    return None
 
 
 def closed_schema(schema: Any, in_all_of: bool = False) -> Any:
@@ -204,15 +338,15 @@ def closed_schema(schema: Any, in_all_of: bool = False) -> Any:
     return out
 
 
-def _explain(error: str, param: str, schema: dict | None) -> str:
+def _explain(error: str, schema: dict | None) -> str:
     """llguidance's message, with the path inside the schema of what it refers to."""
     message = error.strip()
     if schema is not None:
         path = locate(schema, message)
         if path is not None:
-            return f"{param}: the JSON schema at '{path}' cannot be enforced: {message}"
-        return f"{param}: the JSON schema cannot be enforced: {message}"
-    return f"{param}: {message}"
+            return f"the JSON schema at '{path}' cannot be enforced: {message}"
+        return f"the JSON schema cannot be enforced: {message}"
+    return message
 
 
 def locate(schema: Any, message: str) -> str | None:

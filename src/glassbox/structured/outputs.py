@@ -82,10 +82,9 @@ async def generate_model(
             return model.model_validate_json(text if constrained else json_text(text))
         except ValidationError as exc:
             errors = describe(exc)
-        log.info(
-            "the answer did not validate",
-            extra={"model": model.__name__, "attempt": attempt, "errors": errors},
-        )
+        # the errors quote the model's answer: message content, for DEBUG only
+        log.info("the answer did not validate", extra={"model": model.__name__, "attempt": attempt})
+        log.debug("validation errors", extra={"model": model.__name__, "errors": errors})
         conversation = [
             *conversation,
             {"role": "assistant", "content": text},

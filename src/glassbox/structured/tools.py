@@ -12,7 +12,12 @@ several calls (`parallel_tool_calls`) one per line. The grammar (llguidance Lark
     a named function:        start: calls of that function only
     parallel_tool_calls false: one call instead of `calls`
 
-and each call's `arguments` are constrained to that tool's parameter schema (`%json`).
+and each call's `arguments` are constrained to that tool's parameter schema (`%json`). The
+schema sits at `/properties/arguments` of the call's schema, so its own `$ref`s ("#",
+"#/$defs/node") are rebased there (`rebase_refs`): a recursive schema keeps working. Each
+tool's schema is also compiled on its own (`check_tools` with the compiler), so a schema that
+cannot be enforced, or that no value satisfies, is a 400 naming `tools[i].function.parameters`
+whatever `tool_choice` says.
 
 Prompt format: a model whose chat template takes `tools` gets them through its template;
 for any other model (the bundled SmolLM2 among them) glassbox documents and uses this one:
@@ -34,7 +39,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from glassbox.errors import InvalidRequest
-from glassbox.structured.grammar import JSON_OPTIONS, check_schema, closed_schema
+from glassbox.structured.grammar import (
+    JSON_OPTIONS,
+    CompiledGrammar,
+    GrammarCompiler,
+    check_schema,
+    closed_schema,
+)
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 ToolChoice = Literal["none", "auto", "required"] | str  # a str other than those: a name
@@ -72,12 +83,26 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def check_tools(tools: list[Tool]) -> None:
+def check_tools(tools: list[Tool], compiler: GrammarCompiler | None = None) -> None:
+    """Unique names and valid parameter schemas; with a compiler, schemas that llguidance can
+    enforce and that some value satisfies (each compiled on its own, and cached)."""
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequest("tool names must be unique", param="tools")
     for i, tool in enumerate(tools):
-        check_schema(tool.parameters, f"tools[{i}].function.parameters")
+        param = f"tools[{i}].function.parameters"
+        if compiler is None:
+            check_schema(tool.parameters, param)
+        else:
+            compiler.json_schema(tool.parameters, param=param)
+
+
+def compile_grammar(
+    compiler: GrammarCompiler, tools: list[Tool], choice: ToolChoice, parallel: bool
+) -> CompiledGrammar:
+    """The compiled grammar of an answer under `choice`, each tool's schema checked first."""
+    check_tools(tools, compiler)
+    return compiler.lark(grammar(tools, choice, parallel), "tools", max_chars=None)
 
 
 def choose(tools: list[Tool], choice: ToolChoice) -> list[Tool]:
@@ -102,7 +127,7 @@ def grammar(tools: list[Tool], choice: ToolChoice, parallel: bool) -> str:
         params = closed_schema(tool.parameters or {"type": "object", "properties": {}})
         call = {
             "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": params},
+            "properties": {"name": {"const": tool.name}, "arguments": rebase_refs(params)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
             "x-guidance": dict(JSON_OPTIONS),
@@ -117,6 +142,32 @@ def grammar(tools: list[Tool], choice: ToolChoice, parallel: bool) -> str:
     else:
         lines.append("start: calls")
     return "\n".join(lines + rules) + "\n"
+
+
+ARGUMENTS = "#/properties/arguments"  # where a tool's schema sits in its call's schema
+_DATA = frozenset({"const", "enum", "default", "examples"})  # keywords whose values are data
+# keywords whose values map names (which may be any word, "enum" too) to schemas
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def rebase_refs(schema: Any, base: str = ARGUMENTS) -> Any:
+    """The schema with each `$ref` by JSON pointer into itself ("#", "#/...") pointing into
+    `base` instead, for the schema embedded at `base` of another; data stays as it is."""
+    if isinstance(schema, list):
+        return [rebase_refs(s, base) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and (value == "#" or value[:2] == "#/"):
+            out[key] = base + value[1:]
+        elif key in _DATA:
+            out[key] = value
+        elif key in _NAMED and isinstance(value, dict):
+            out[key] = {name: rebase_refs(v, base) for name, v in value.items()}
+        else:
+            out[key] = rebase_refs(value, base)
+    return out
 
 
 def system_text(tools: list[Tool], choice: ToolChoice) -> str:

@@ -8,6 +8,7 @@ from typing import Literal
 
 import httpx
 import openai
+import pytest
 from helpers.http import new_namespace, pirate_variant
 from helpers.server import TINY_NAME
 from pydantic import BaseModel, Field
@@ -133,3 +134,25 @@ def test_guided_fields_on_completions(client: openai.OpenAI) -> None:
         extra_body={"response_format": SCHEMA},
     )  # fmt: skip
     Pet.model_validate_json(r.choices[0].text)
+
+
+def test_constraints_that_cannot_start_are_400s_up_front(client: openai.OpenAI) -> None:
+    # each used to be a 503 mid-generation, or a 200 with an empty text
+    cycle = {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": cycle}}
+    cases = [
+        ({"guided_regex": "a{99999999}"}, "guided_regex", "too large or complex"),
+        ({"guided_regex": "\\"}, "guided_regex", "lone"),
+        ({"guided_grammar": "start: start"}, "guided_grammar", "matches no text"),
+        ({"guided_json": {"$ref": "#"}}, "guided_json", "$ref cycle"),
+        ({"response_format": fmt}, "response_format", "$ref cycle"),
+        ({"guided_choice": ["x" * 1_000_000]}, "guided_choice", "limit"),
+    ]
+    for extra, param, says in cases:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(
+                model=TINY_NAME, messages=MESSAGES, max_tokens=2, extra_body=extra
+            )
+        error = exc.value.body
+        assert error["param"] == param and says in error["message"], (extra, error)
+        assert "backtrace" not in error["message"]

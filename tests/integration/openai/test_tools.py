@@ -200,3 +200,41 @@ def test_bad_tool_requests_are_400s(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         create(client, messages=bad_args)
     assert exc.value.body["param"] == "messages"
+
+
+def test_a_recursive_tool_schema_is_enforced(client: openai.OpenAI) -> None:
+    # its $refs used to break inside the call grammar: "Pointer '/$defs/node' does not exist"
+    node = {"type": "object", "properties": {"label": {"type": "string", "maxLength": 5},
+            "children": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}},
+            "required": ["label"]}  # fmt: skip
+    tree = {"type": "function", "function": {"name": "plant", "parameters": {
+        "$defs": {"node": node}, "$ref": "#/$defs/node"}}}  # fmt: skip
+
+    def check(value, depth=0) -> None:
+        assert isinstance(value, dict) and set(value) <= {"label", "children"}, value
+        assert isinstance(value["label"], str) and len(value["label"]) <= 5
+        assert len(value.get("children", [])) <= 2 and depth < 50
+        for child in value.get("children", []):
+            check(child, depth + 1)
+
+    complete = 0
+    for seed in range(4):
+        r = create(client, tools=[tree], tool_choice="required", parallel_tool_calls=False,
+                   seed=seed, max_tokens=400)  # fmt: skip
+        [choice] = r.choices
+        if choice.finish_reason == "length":
+            continue  # a random model may grow the tree past max_tokens
+        [call] = choice.message.tool_calls
+        assert call.function.name == "plant"
+        check(json.loads(call.function.arguments))
+        complete += 1
+    assert complete >= 1
+
+
+def test_a_tool_schema_that_admits_no_value_is_a_400(client: openai.OpenAI) -> None:
+    loop = {"type": "function", "function": {"name": "loop", "parameters": {"$ref": "#"}}}
+    for choice in ("auto", "required"):
+        with pytest.raises(openai.BadRequestError) as exc:
+            create(client, tools=[WEATHER, loop], tool_choice=choice)
+        assert exc.value.body["param"] == "tools[1].function.parameters"
+        assert "$ref cycle" in exc.value.body["message"]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from glassbox.errors import InvalidRequest
-from glassbox.structured.grammar import GrammarCompiler, closed_schema, locate
+from glassbox.structured.grammar import (
+    MAX_SOURCE_CHARS,
+    GrammarCompiler,
+    _library_error,
+    closed_schema,
+    locate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +154,115 @@ def test_bad_constraints_are_refused_naming_the_field(grammars, make, param) -> 
     with pytest.raises(InvalidRequest) as exc:
         make(grammars)
     assert exc.value.param == param and param in str(exc.value)
+
+
+# --- hostile constraints: refused up front, before any token is generated ------------------
+
+
+@pytest.mark.parametrize("pattern", ["a{99999999}", "((a{1000}){1000}){1000}"])
+def test_a_regex_too_big_for_the_lexer_is_refused_before_generation(grammars, pattern) -> None:
+    # llguidance accepts these and fails on the first generated token (out of lexer fuel)
+    with pytest.raises(InvalidRequest) as exc:
+        grammars.regex(pattern)
+    assert exc.value.param == "guided_regex"
+    assert "too large or complex" in str(exc.value) and "<state>" not in str(exc.value)
+
+
+def test_a_refusal_is_cached_like_a_grammar(tiny_tokenizer, tiny_model) -> None:
+    small = GrammarCompiler(tiny_tokenizer, tiny_model.config.vocab_size)
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):
+            small.regex("a{99999999}")
+    with pytest.raises(InvalidRequest) as exc:
+        small.lark("start: start")  # another kind: compiled once too
+    assert small.compiled == 2
+    schema = {"$ref": "#"}
+    with pytest.raises(InvalidRequest):
+        small.json_schema(schema)
+    with pytest.raises(InvalidRequest) as exc:
+        small.json_schema(schema, param="guided_json")  # cached, named for the new field
+    assert exc.value.param == "guided_json" and str(exc.value).startswith("guided_json: ")
+    assert small.compiled == 3
+
+
+@pytest.mark.parametrize("pattern", ["\\", "ab\\", "a\\\\\\"])
+def test_a_regex_ending_in_a_lone_backslash_is_invalid(grammars, pattern) -> None:
+    # llguidance's regex_to_lark drops it: "\\" would become the empty regex
+    with pytest.raises(InvalidRequest) as exc:
+        grammars.regex(pattern)
+    assert exc.value.param == "guided_regex" and "lone" in str(exc.value)
+
+
+def test_an_escaped_backslash_at_the_end_is_a_backslash(grammars, tiny_tokenizer) -> None:
+    assert accepts(grammars.regex("a\\\\"), tiny_tokenizer, "a\\")
+
+
+@pytest.mark.parametrize(
+    ("make", "param", "says"),
+    [
+        (lambda g: g.lark("start: start"), "guided_grammar", "matches no text"),
+        (lambda g: g.lark('start: a\na: a b\nb: "x"'), "guided_grammar", "matches no text"),
+        (lambda g: g.json_schema({"$ref": "#"}), "response_format", "$ref cycle"),
+        (
+            lambda g: g.json_schema(
+                {
+                    "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+                    "$ref": "#/$defs/a",
+                },
+                param="guided_json",
+            ),  # fmt: skip
+            "guided_json",
+            "$ref cycle",
+        ),
+    ],
+)
+def test_a_grammar_that_matches_nothing_is_refused(grammars, make, param, says) -> None:
+    # llguidance compiles these and fails on the first mask: the server used to answer 200
+    # with an empty text
+    with pytest.raises(InvalidRequest) as exc:
+        make(grammars)
+    assert exc.value.param == param and says in str(exc.value)
+    assert "NoExtensionBias" not in str(exc.value)
+
+
+def test_a_recursive_schema_that_can_end_is_valid(grammars, tiny_tokenizer) -> None:
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}}}},
+        "$ref": "#/$defs/node"}  # fmt: skip
+    grammar = grammars.json_schema(tree)
+    assert accepts(grammar, tiny_tokenizer, '{"children":[{},{"children":[]}]}')
+
+
+@pytest.mark.parametrize(
+    ("make", "param"),
+    [
+        (lambda g: g.regex("(" + "|".join(f"w{i}" for i in range(20_000)) + ")"), "guided_regex"),
+        (
+            lambda g: g.lark("start: " + " | ".join(f'"w{i}"' for i in range(20_000))),
+            "guided_grammar",
+        ),  # fmt: skip
+        (lambda g: g.choice(["x" * 1_000_000]), "guided_choice"),
+        (lambda g: g.choice([f"c{i}" for i in range(100_000)]), "guided_choice"),
+    ],
+)
+def test_constraints_over_the_size_limit_are_refused_unread(grammars, make, param) -> None:
+    before = grammars.compiled
+    with pytest.raises(InvalidRequest) as exc:
+        make(grammars)
+    assert exc.value.param == param and f"limit is {MAX_SOURCE_CHARS}" in str(exc.value)
+    assert grammars.compiled == before  # llguidance never saw it
+
+
+def test_many_choices_are_one_lexeme(grammars, tiny_tokenizer) -> None:
+    many = grammars.choice([f"c{i}" for i in range(10_000)])  # a rule of these takes 0.3 s
+    assert accepts(many, tiny_tokenizer, "c9999") and not accepts(many, tiny_tokenizer, "c10000")
+    prefixes = grammars.choice(["a", "ab", "abc"])
+    for text in ("a", "ab", "abc"):
+        assert accepts(prefixes, tiny_tokenizer, text)
+    assert not accepts(prefixes, tiny_tokenizer, "abcd")
+
+
+def test_a_panic_of_the_library_is_its_first_line_only() -> None:
+    panic = "panic: assertion failed: x < u16::MAX\n<backtrace>\n   0: <unknown>\n   1: <unknown>"
+    assert _library_error(panic) == "panic: assertion failed: x < u16::MAX"
+    assert _library_error("NoExtensionBias\n<non-verbose/>") == "NoExtensionBias"

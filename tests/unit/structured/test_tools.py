@@ -161,3 +161,50 @@ def test_a_call_cut_short_keeps_its_arguments_so_far() -> None:
     text = '<tool_call>{"name":"get_time","arguments":{}}</tool_c'
     events = list(stream.feed(text)) + list(stream.end())
     assert [(e.kind, e.text) for e in events] == [("name", "get_time"), ("arguments", "{}")]
+
+
+TREE = {"$defs": {"node": {"type": "object", "properties": {
+    "children": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}}}},
+    "$ref": "#/$defs/node"}  # fmt: skip
+
+
+@pytest.mark.parametrize("choice", ["required", "auto", "tree"])
+def test_a_recursive_tool_schema_constrains_its_calls(grammars, choice) -> None:
+    # the schema is embedded at /properties/arguments of the call's: its refs follow it there
+    tree = Tool("tree", "A tree", TREE)
+    grammar = tools.compile_grammar(grammars, [tree, WEATHER], choice, True)
+    call = '<tool_call>{"name":"tree","arguments":{"children":[{},{"children":[{}]}]}}</tool_call>'
+    bad = call.replace('"children":[{}]', '"kids":[{}]')
+    for text, ok in ((call, True), (bad, False)):
+        matcher = grammar.matcher()
+        ids = grammars.tokenizer.encode(text, add_special_tokens=False)
+        assert (all(matcher.consume(t) for t in ids) and matcher.is_accepting()) is ok, text
+
+
+def test_refs_are_rebased_but_data_is_not() -> None:
+    schema = {
+        "$ref": "#/$defs/a",
+        "$defs": {"a": {"items": {"$ref": "#"}}, "enum": {"$ref": "#/$defs/a"}},
+        "properties": {"const": {"$ref": "#/$defs/a"}, "$ref": {"type": "string"}},
+        "const": {"$ref": "#/x"},
+        "enum": [{"$ref": "#"}],
+        "anyOf": [{"$ref": "https://example.com/s.json"}, {"$ref": "#anchor"}],
+    }
+    assert tools.rebase_refs(schema, "#/p") == {
+        "$ref": "#/p/$defs/a",
+        "$defs": {"a": {"items": {"$ref": "#/p"}}, "enum": {"$ref": "#/p/$defs/a"}},
+        "properties": {"const": {"$ref": "#/p/$defs/a"}, "$ref": {"type": "string"}},
+        "const": {"$ref": "#/x"},
+        "enum": [{"$ref": "#"}],
+        "anyOf": [{"$ref": "https://example.com/s.json"}, {"$ref": "#anchor"}],
+    }
+
+
+@pytest.mark.parametrize("choice", ["required", "auto", "get_weather"])
+def test_a_tool_schema_that_admits_no_value_is_refused_naming_it(grammars, choice) -> None:
+    # with "auto" the combined grammar would still allow text: each schema is compiled alone
+    cyclic = Tool("loop", "", {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})
+    with pytest.raises(InvalidRequest) as exc:
+        tools.compile_grammar(grammars, [WEATHER, cyclic], choice, True)
+    assert exc.value.param == "tools[1].function.parameters"
+    assert "$ref cycle" in str(exc.value)
