@@ -10,9 +10,12 @@ file is refused whole, never half-loaded. Nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ import zstandard
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from glassbox.errors import DiskFull
 
 FORMAT = "glassbox-state/1"
 SUFFIX = ".gbstate"
@@ -97,15 +102,76 @@ def _metadata(payload: bytes) -> dict[str, str]:
     return json.loads(payload[8 : 8 + n]).get("__metadata__", {})
 
 
+TEMPORARY = ".tmp"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write next to `path` and rename over it: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a temporary file next to `path` (named for this process, so concurrent writers
+    never share one), fsync it and rename it over `path`, then fsync the directory: a crash
+    leaves the old file or the new one, never part of one. A write that fails removes its
+    temporary file; a full disk (or quota) is `DiskFull`, with nothing written."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f"{path.name}.{os.getpid()}.", suffix=TEMPORARY, dir=path.parent
+        )
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise DiskFull(
+                "the server's state directory is full (no space left on device): nothing "
+                "was written; retry once space has been freed on the server"
+            ) from exc
+        raise
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (best effort: the file is in place either way,
+    so a failure here is not the write's)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files under `directory` that a process which is gone (killed
+    mid-write) left behind; a live process's writes in progress are left alone."""
+    removed = []
+    for tmp in directory.rglob(f"*{TEMPORARY}") if directory.is_dir() else []:
+        if SUFFIX not in tmp.name:
+            continue
+        pid = tmp.name.removesuffix(TEMPORARY).rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def safe_path(directory: Path, name: str) -> Path:

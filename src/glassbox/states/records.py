@@ -2,9 +2,11 @@
 loaded once at start-up and written behind.
 
 This is the states' one boundary to blocking SQL: the service runs on the event loop and
-queues writes here; one writer task applies them in order in a worker thread, so a fork or
-a commit does not wait for the database (about half a millisecond, more than the rest of a
-fork). `flush` waits for every queued write (shutdown).
+queues writes here; one writer task applies them in order in a worker thread, so the
+service's lock is never held over SQL (about half a millisecond, more than the rest of a
+fork). A change is acknowledged only once its record is written (`written`, awaited by the
+service after its lock is released): a server killed after answering keeps what it answered.
+`flush` waits for every queued write (shutdown).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class StateRecords:
         self.fingerprint = fingerprint  # records of another model's states are not loaded
         self._writes: deque[tuple[Callable[..., None], tuple]] = deque()
         self._writer: asyncio.Task | None = None
+        self._queued = 0  # writes queued since start, and applied: `written` compares them
+        self._applied = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def load(self) -> list[State]:
         """Every state of this model, oldest first (blocking: start-up only)."""
@@ -103,8 +108,18 @@ class StateRecords:
         while self._writer is not None and not self._writer.done():
             await self._writer
 
+    async def written(self) -> None:
+        """Wait until every write queued so far is applied (not those queued after: a steady
+        stream of writes keeps no caller waiting)."""
+        if self._applied >= self._queued:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._queued, waiter))
+        await asyncio.shield(waiter)
+
     def _queue(self, fn: Callable[..., None], *args: Any) -> None:
         self._writes.append((fn, args))
+        self._queued += 1
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
 
@@ -112,7 +127,16 @@ class StateRecords:
         while self._writes:
             batch = list(self._writes)
             self._writes.clear()
-            await asyncio.to_thread(self._apply, batch)
+            try:
+                await asyncio.to_thread(self._apply, batch)
+            finally:
+                self._applied += len(batch)
+                waiting, self._waiters = self._waiters, []
+                for target, waiter in waiting:
+                    if target > self._applied:
+                        self._waiters.append((target, waiter))
+                    elif not waiter.done():
+                        waiter.set_result(None)
 
     @staticmethod
     def _apply(batch: list[tuple[Callable[..., None], tuple]]) -> None:
