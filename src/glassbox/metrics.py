@@ -2,7 +2,9 @@
 
 Request counters and histograms are updated as requests finish; the engine's gauges (running
 and waiting sequences, KV blocks) and token counters are read from the engine when /metrics
-is scraped, so they count every sequence, whichever route or service submitted it.
+is scraped, so they count every sequence, whichever route or service submitted it. So are
+the services' figures (embeddings and jobs, states, features, sessions): each collector
+calls its service's `stats()` at scrape time, and the services keep plain counts.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ _ENGINE_COUNTERS = {
         "glassbox_prefix_cache_hit_tokens",
         "Prompt tokens whose KV came from the prefix cache instead of being computed",
     ),
+    "steered_requests": (
+        "glassbox_steered_requests",
+        "Engine requests that ran with a steering plan (a variant, an emotion, vectors)",
+    ),
 }
 
 
@@ -60,7 +66,7 @@ class _EmbeddingsCollector(Collector):
     """The embedding service's counters, read when /metrics is scraped: `stats()` gives
     {"requests", "inputs", "cached", "batches", "batch_rows", "padded_tokens", "tokens",
     "cache": {hits, misses, size, evictions, ...}, "providers": {name: {state,
-    total_failures, total_rejections}}, "jobs": {"stages": {stage: {done, queued}}}}.
+    total_failures, total_rejections}}, "jobs": `JobService.stats()`}.
     (Request latency is glassbox_request_duration_seconds{route="/v1/embeddings"}.)"""
 
     def __init__(self, stats: Callable[[], dict[str, Any]]):
@@ -122,6 +128,131 @@ class _EmbeddingsCollector(Collector):
             queued.add_metric([stage], counts.get("queued", 0))
         yield done
         yield queued
+        jobs = s.get("jobs", {})
+        by_status = GaugeMetricFamily(
+            "glassbox_embedding_jobs", "Embedding jobs in each status (every job the database "
+            "holds: queued, running, completed, failed, cancelled)", labels=["status"],
+        )  # fmt: skip
+        for status, n in jobs.get("statuses", {}).items():
+            by_status.add_metric([status], n)
+        yield by_status
+        running = GaugeMetricFamily(
+            "glassbox_embedding_jobs_running", "Running embedding jobs by the first stage they "
+            "have not finished", labels=["stage"],
+        )  # fmt: skip
+        for stage, n in jobs.get("running_stages", {}).items():
+            running.add_metric([stage], n)
+        yield running
+        yield GaugeMetricFamily(
+            "glassbox_embedding_job_dead_letters", "Entries in the job queue's dead-letter "
+            "stream (Redis mode; in-process jobs fail instead)",
+            value=jobs.get("dead_lettered", 0),
+        )  # fmt: skip
+
+
+class _StatesCollector(Collector):
+    """The KV state service, read when /metrics is scraped (`StateService.stats()`)."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]):
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats()
+        where = GaugeMetricFamily(
+            "glassbox_states", "KV states by where their KV is: memory (in the engine's pool), "
+            "disk (spilled to its file), tokens (recomputed on next use)", labels=["location"],
+        )  # fmt: skip
+        for location in ("memory", "disk", "tokens"):
+            where.add_metric([location], s.get(location, 0))
+        yield where
+        gauges = {
+            "file_bytes": "Bytes of the states' files on disk",
+            "resident_bytes": "Bytes of the KV pool the resident states hold (shared blocks once)",
+            "budget_bytes": "The most of the KV pool resident states may hold before spilling",
+        }
+        for key, doc in gauges.items():
+            yield GaugeMetricFamily(f"glassbox_state_{key}", doc, value=s.get(key, 0))
+        ops = CounterMetricFamily(
+            "glassbox_state_operations", "States forked, exported and imported",
+            labels=["operation"],
+        )  # fmt: skip
+        for key, op in (("forks", "fork"), ("exports", "export"), ("imports", "import")):
+            ops.add_metric([op], s.get(key, 0))
+        yield ops
+
+
+class _FeaturesCollector(Collector):
+    """The feature service (`FeatureService.stats()`)."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]):
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "glassbox_features_ready", "1 once the dictionaries and the search index are loaded",
+            value=1 if s.get("ready") else 0,
+        )  # fmt: skip
+        dictionaries = s.get("dictionaries", {})
+        yield GaugeMetricFamily(
+            "glassbox_feature_dictionaries", "Feature dictionaries loaded",
+            value=len(dictionaries),
+        )  # fmt: skip
+        sizes = GaugeMetricFamily(
+            "glassbox_feature_dictionary_features", "Features in each loaded dictionary",
+            labels=["dictionary"],
+        )  # fmt: skip
+        for name, n in dictionaries.items():
+            sizes.add_metric([name], n)
+        yield sizes
+        calls = CounterMetricFamily(
+            "glassbox_feature_calls", "Feature service calls: search, rerank, neighbors, "
+            "inspect, contrast, autosteer, logits", labels=["kind"],
+        )  # fmt: skip
+        for kind in ("search", "rerank", "neighbors", "inspect", "contrast", "autosteer",
+                     "logits"):  # fmt: skip
+            calls.add_metric([kind], s.get("calls", {}).get(kind, 0))
+        yield calls
+
+
+class _SessionsCollector(Collector):
+    """The chat session service (`SessionService.stats()`)."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]):
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats()
+        yield GaugeMetricFamily("glassbox_sessions", "Chat sessions stored",
+                                value=s.get("sessions", 0))  # fmt: skip
+        yield GaugeMetricFamily(
+            "glassbox_sessions_active", "Chat sessions with a turn in the last 15 minutes",
+            value=s.get("active", 0),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "glassbox_session_turns_running", "Session turns being generated now",
+            value=s.get("turns_running", 0),
+        )  # fmt: skip
+        turns = CounterMetricFamily(
+            "glassbox_session_turns", "Session turns stored, by the backend of the session's "
+            "model: local (the engine, KV kept warm) or backend (another backend)",
+            labels=["backend"],
+        )  # fmt: skip
+        turns.add_metric(["local"], s.get("local_turns", 0))
+        turns.add_metric(["backend"], s.get("backend_turns", 0))
+        yield turns
+        tokens = CounterMetricFamily(
+            "glassbox_session_prompt_tokens", "Prompt tokens of local session turns: reused "
+            "(KV of the session's state or the prefix cache) or computed", labels=["kv"],
+        )  # fmt: skip
+        tokens.add_metric(["reused"], s.get("reused_tokens", 0))
+        tokens.add_metric(["computed"], s.get("computed_tokens", 0))
+        yield tokens
+        yield CounterMetricFamily(
+            "glassbox_session_rebuilds", "Local turns after the first whose session had no "
+            "warm KV (its state gone or unusable): the prompt recomputed from the messages",
+            value=s.get("rebuilds", 0),
+        )  # fmt: skip
 
 
 class Metrics:
@@ -129,6 +260,10 @@ class Metrics:
         self,
         engine_stats: Callable[[], dict[str, int]] | None = None,
         embedding_stats: Callable[[], dict[str, Any]] | None = None,
+        *,
+        state_stats: Callable[[], dict[str, int]] | None = None,
+        feature_stats: Callable[[], dict[str, Any]] | None = None,
+        session_stats: Callable[[], dict[str, Any]] | None = None,
     ):
         self.registry = CollectorRegistry()
         r = self.registry
@@ -157,6 +292,12 @@ class Metrics:
             r.register(_EngineCollector(engine_stats))
         if embedding_stats is not None:
             r.register(_EmbeddingsCollector(embedding_stats))
+        if state_stats is not None:
+            r.register(_StatesCollector(state_stats))
+        if feature_stats is not None:
+            r.register(_FeaturesCollector(feature_stats))
+        if session_stats is not None:
+            r.register(_SessionsCollector(session_stats))
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()

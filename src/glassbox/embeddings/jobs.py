@@ -136,7 +136,7 @@ class JobService:
             await self.local.start()
         else:
             await self.queue.ensure_groups(STAGES)
-        self._stats = await asyncio.to_thread(self.records.stats)
+        self._stats = await self._read_stats_once()
         self._stats_task = asyncio.create_task(self._read_stats())
 
     async def stop(self) -> None:
@@ -149,16 +149,26 @@ class JobService:
         else:
             await self.queue.close()
 
+    async def _read_stats_once(self) -> dict[str, Any]:
+        stats = await asyncio.to_thread(self.records.stats)
+        if self.queue is not None:
+            stats["dead_lettered"] = await self.queue.dead_letters()
+        return stats
+
     async def _read_stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_SECONDS)
             with contextlib.suppress(Exception):  # the database away: the last stats stay
-                self._stats = await asyncio.to_thread(self.records.stats)
+                self._stats = await self._read_stats_once()
 
     def stats(self) -> dict[str, Any]:
         """For /metrics: {"stages": {stage: {"done", "queued"}}}, in chunks: done by every
-        process since the database began, waiting in the jobs queued or running."""
-        return {"stages": self._stats.get("stages", {})}
+        process since the database began, waiting in the jobs queued or running;
+        "statuses": {status: jobs}; "running_stages": {stage: running jobs at that stage};
+        "dead_lettered": entries in the dead-letter stream (Redis mode; else 0)."""
+        keys = ("stages", "statuses", "running_stages")
+        return {**{k: self._stats.get(k, {}) for k in keys},
+                "dead_lettered": self._stats.get("dead_lettered", 0)}  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         """For /health: the mode, the in-process workers alive, jobs and stages."""

@@ -16,9 +16,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, get_args
 
-from sqlalchemy import Text, and_, delete, func, literal, or_, select, update
+from sqlalchemy import Text, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ from glassbox.embeddings.jobs_types import (
     JobSpec,
     QuotaExceeded,
     StageProgress,
+    Status,
 )
 from glassbox.errors import Conflict, InvalidRequest
 from glassbox.store import Database
@@ -277,8 +278,15 @@ class JobRecords:
 
     def stats(self) -> dict[str, Any]:
         """For /metrics and /health: chunks each stage has done (all jobs ever: a counter
-        across processes) and chunks waiting for it, and the jobs queued and running."""
+        across processes) and chunks waiting for it, and the jobs queued and running;
+        for /metrics also the jobs in each status, and the running ones by the first stage
+        they have not finished."""
         active = Row.status.in_(("queued", "running"))
+        stage_now = case(
+            (Row.chunked < Row.chunks, "chunking"),
+            (Row.embedded < Row.chunks, "embedding"),
+            else_="storage",
+        )
         with self.db.session() as s:
             done = s.execute(select(*(func.coalesce(func.sum(c), 0) for c in _DONE.values()))).one()
             waiting = s.execute(
@@ -286,14 +294,18 @@ class JobRecords:
                        func.coalesce(func.sum(Row.chunked - Row.embedded), 0),
                        func.coalesce(func.sum(Row.embedded - Row.stored), 0)).where(active)
             ).one()  # fmt: skip
-            by_status = select(Row.status, func.count()).where(active).group_by(Row.status)
-            jobs = dict(s.execute(by_status).all())
+            by_status = dict(s.execute(select(Row.status, func.count()).group_by(Row.status)).all())
+            running = dict(s.execute(
+                select(stage_now, func.count()).where(Row.status == "running").group_by(stage_now)
+            ).all())  # fmt: skip
         return {
             "stages": {
                 stage: {"done": int(d), "queued": int(q)}
                 for stage, d, q in zip(_DONE, done, waiting, strict=True)
             },
-            "jobs": {"queued": jobs.get("queued", 0), "running": jobs.get("running", 0)},
+            "jobs": {"queued": by_status.get("queued", 0), "running": by_status.get("running", 0)},
+            "statuses": {status: by_status.get(status, 0) for status in get_args(Status)},
+            "running_stages": {stage: running.get(stage, 0) for stage in _DONE},
         }
 
     def done_batches(self, job_id: str, stage: str) -> set[int]:

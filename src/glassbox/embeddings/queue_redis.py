@@ -119,6 +119,10 @@ class RedisStages:
             pipe.xdel(entry.stream, entry.id)
             await pipe.execute()
 
+    async def dead_letters(self) -> int:
+        """Entries in the dead-letter stream."""
+        return await self.redis.xlen(self.dead_key)
+
     async def close(self) -> None:
         await self.redis.aclose()
 

@@ -54,6 +54,7 @@ def _sqlite_engine(url: str) -> Engine:
         connect_args={"check_same_thread": False},
         poolclass=StaticPool if in_memory else None,
         module=sqlite_module(),
+        hide_parameters=True,  # see Database
     )
 
     @event.listens_for(engine, "connect")
@@ -75,12 +76,16 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 class Database:
+    """The SQLAlchemy engine and sessions of one database URL. Its errors never quote the
+    statement's parameters (`hide_parameters`): they hold messages, documents and keys' hashes,
+    and an error's text ends up in logs and in a job's stored error."""
+
     def __init__(self, url: str):
         self.url = url
         if make_url(url).get_backend_name() == "sqlite":
             self.engine = _sqlite_engine(url)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         migrate.upgrade(self.engine)
 
