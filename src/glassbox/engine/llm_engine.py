@@ -17,6 +17,7 @@ from glassbox.engine.detokenizer import IncrementalDetokenizer
 from glassbox.engine.errors import OutOfBlocks, PromptTooLong, RequestRejected
 from glassbox.engine.grammar import GRAMMAR_FAILED, MaskFiller
 from glassbox.engine.model_runner import ModelRunner
+from glassbox.engine.readout import ReadoutHook, TokenFeatures
 from glassbox.engine.sampler import Sampler
 from glassbox.engine.scheduler import Scheduler
 from glassbox.engine.sequence import STEERING_ABORT, SamplingParams, Sequence, TokenLogprob
@@ -65,6 +66,8 @@ class StepOutput:
     num_cached_tokens: int
     kv: KVHandle | None = None  # the finished sequence's KV when its params asked to keep it
     abort_scope: int | None = None  # with STEERING_ABORT: the index of the scope in the plan
+    # With params.readout: per token of token_ids, its top features (beside logprobs)
+    features: list[TokenFeatures] = field(default_factory=list)
 
 
 @dataclass
@@ -213,10 +216,15 @@ class LLMEngine:
         ready = [s for s in seqs if s.chunk_end == len(s)]  # the rows `logits` will have
         masked_rows = [i for i, s in enumerate(ready) if s.matcher is not None]
         pending = self.masks.start([ready[i].matcher for i in masked_rows])
-        logits, aborted = self.runner.run(seqs, is_prefill)
+        readout = ReadoutHook.of([s.params.readout for s in ready])
+        logits, aborted = self.runner.run(seqs, is_prefill, readout=readout)
         masks = self.masks.result(pending) if pending is not None else None
         tokens, infos = self.sampler(logits, ready, masks, masked_rows)
-        sampled = {s.seq_id: (t, i) for s, t, i in zip(ready, tokens, infos, strict=True)}
+        read = readout.results() if readout is not None else {}
+        sampled = {
+            s.seq_id: (t, i, read.get(row))
+            for row, (s, t, i) in enumerate(zip(ready, tokens, infos, strict=True))
+        }
         self.stats.steps += 1
         outputs = []
         for row, seq in enumerate(seqs):
@@ -235,17 +243,25 @@ class LLMEngine:
                 outputs.append(self._postprocess(seq, *sampled[seq.seq_id]))
         return outputs
 
-    def _postprocess(self, seq: Sequence, token: int, info: TokenLogprob | None) -> StepOutput:
+    def _postprocess(
+        self,
+        seq: Sequence,
+        token: int,
+        info: TokenLogprob | None,
+        features: TokenFeatures | None,
+    ) -> StepOutput:
         p = seq.params
         seq.append(token)
         self.stats.generation_tokens += 1
         infos = [info] if info is not None else []
+        read = [features] if features is not None else []
         detok = self.detokenizers[seq.seq_id]
         reason = None
         if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:
             reason = "stop"
         elif seq.matcher is not None and not seq.matcher.consume(token):
-            log.warning("grammar matcher failed: %s", seq.matcher.error())
+            log.warning("grammar matcher failed")  # its error may quote generated text:
+            log.debug("grammar matcher error: %s", seq.matcher.error())
             reason = GRAMMAR_FAILED
         else:
             detok.add(token)
@@ -256,14 +272,19 @@ class LLMEngine:
         ):
             reason = "length"
         if reason is not None:
-            return self._finish(seq, reason, [token], infos)
+            return self._finish(seq, reason, [token], infos, read)
         return StepOutput(
             seq.seq_id, detok.take(), [token], infos, None,
-            seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens,
+            seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens, features=read,
         )  # fmt: skip
 
     def _finish(
-        self, seq: Sequence, reason: str, tokens: list[int], infos: list[TokenLogprob]
+        self,
+        seq: Sequence,
+        reason: str,
+        tokens: list[int],
+        infos: list[TokenLogprob],
+        features: list[TokenFeatures] | None = None,
     ) -> StepOutput:
         kv = None
         keep = seq.params.keep_kv and reason != "abort" and seq.block_table
@@ -277,6 +298,7 @@ class LLMEngine:
         return StepOutput(
             seq.seq_id, detok.take(final=True), tokens, infos, reason,
             seq.num_prompt_tokens, seq.num_output_tokens, cached, kv, seq.abort_scope,
+            features or [],
         )  # fmt: skip
 
     # --- KV states: handles on computed KV (engine thread only) ---------------------------

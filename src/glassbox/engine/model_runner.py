@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from glassbox.engine.readout import ReadoutHook
 from glassbox.engine.sequence import Sequence
 from glassbox.models.llama import AttentionMetadata, LayerHook, LlamaModel
 from glassbox.steering.plan import BatchSteering
@@ -54,7 +55,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(
-        self, seqs: list[Sequence], is_prefill: bool, hook: LayerHook | None = None
+        self,
+        seqs: list[Sequence],
+        is_prefill: bool,
+        hook: LayerHook | None = None,
+        readout: ReadoutHook | None = None,
     ) -> tuple[torch.Tensor, dict[int, int]]:
         """Next-token logits and the rows a steering abort scope stopped (row -> the index of
         that scope in the row's plan).
@@ -62,7 +67,8 @@ class ModelRunner:
         A prefill row computes its tokens from `num_computed_tokens` to `chunk_end`; the
         logits [B', vocab] are those of the rows whose tokens are then all computed, in
         order (every row, [B, vocab], unless some prefill only a chunk of their prompt).
-        `hook` (e.g. activation capture) sees the residual stream after the rows' steering."""
+        `hook` (e.g. activation capture) sees the residual stream after the rows' steering;
+        so does `readout`, whose rows are those of the logits."""
         if is_prefill:
             input_ids, positions, attn, token_rows, last = self._prepare_prefill(seqs)
         else:
@@ -70,8 +76,11 @@ class ModelRunner:
             token_rows = last = None
         steering = self._steering(seqs, token_rows)
         layer_hook = steering
-        if hook is not None:
-            layer_hook = hook if steering is None else _compose(steering, hook)
+        for extra in (hook, readout):
+            if extra is not None:
+                layer_hook = extra if layer_hook is None else _compose(layer_hook, extra)
+        if readout is not None:
+            readout.bind(last)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, layer_hook)
         aborted = steering.aborted if steering else {}
         if last is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from glassbox.engine.llm_engine import LLMEngine
+from glassbox.engine.readout import FeatureEncoder
 from glassbox.features.dictionary import FeatureDictionary
 from glassbox.features.steps import Steps, run_steps
 
@@ -92,6 +94,11 @@ class ConceptDictionary(FeatureDictionary):
 
     def activations(self, h: torch.Tensor) -> torch.Tensor:
         return (self.read_linear(h) - NOISE_Z * self.noise).clamp(min=0.0)
+
+    @cached_property
+    def encoder(self) -> FeatureEncoder:
+        bias = self.read_bias - NOISE_Z * self.noise
+        return FeatureEncoder(self.name, self.layer, self.read, bias, "relu")
 
 
 def default_layer(engine: LLMEngine) -> int:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
+from glassbox.engine.readout import FeatureEncoder
 from glassbox.steering.plan import Direction, ResolvedEdit
 
 # Feature ids are UUIDs like Ember's, derived from (model fingerprint, dictionary, index) so
@@ -104,6 +106,11 @@ class FeatureDictionary:
         """What inspection reports: [T, hidden] -> [T, n]. Linear dictionaries report the
         projection itself; an SAE overrides this with its activation function."""
         return self.read_linear(h)
+
+    @cached_property
+    def encoder(self) -> FeatureEncoder:
+        """`activations` as plain tensors, for the engine's readout during generation."""
+        return FeatureEncoder(self.name, self.layer, self.read, self.read_bias)
 
     def direction(self, index: int, layer: int | None = None) -> Direction:
         """Feature `index`'s read/write vectors, applied at `layer` (default: its own)."""

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
+from glassbox.engine.readout import FeatureEncoder
 from glassbox.features.dictionary import FeatureDictionary
 
 CFG_FILE = "cfg.json"
@@ -85,6 +87,13 @@ class SAEDictionary(FeatureDictionary):
             return torch.relu(pre) * (pre > self.threshold)
         top = torch.topk(pre, self.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+
+    @cached_property
+    def encoder(self) -> FeatureEncoder:
+        activation = "relu" if self.architecture == "standard" else self.architecture
+        return FeatureEncoder(
+            self.name, self.layer, self.read, self.read_bias, activation, self.threshold, self.k
+        )
 
 
 def load_sae(

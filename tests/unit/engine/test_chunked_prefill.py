@@ -51,9 +51,9 @@ def _record(engine, monkeypatch) -> list[Step]:
     steps: list[Step] = []
     run = engine.runner.run
 
-    def recording_run(seqs, is_prefill, hook=None):
+    def recording_run(seqs, is_prefill, *args, **kwargs):
         steps.append(Step(is_prefill, {s.seq_id for s in seqs}, 0))
-        return run(seqs, is_prefill, hook)
+        return run(seqs, is_prefill, *args, **kwargs)
 
     monkeypatch.setattr(engine.runner, "run", recording_run)
     monkeypatch.setattr(engine.runner, "model", _CountingModel(engine.runner.model, steps))

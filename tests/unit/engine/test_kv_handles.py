@@ -147,9 +147,9 @@ def test_a_continued_state_joins_the_decode_batch(engine):
     steps = []
     run = engine.runner.run
 
-    def recording_run(seqs, is_prefill, hook=None):
+    def recording_run(seqs, is_prefill, *args, **kwargs):
         steps.append((is_prefill, {s.seq_id for s in seqs}))
-        return run(seqs, is_prefill, hook)
+        return run(seqs, is_prefill, *args, **kwargs)
 
     engine.runner.run = recording_run
     seq = engine.add_request(PROMPT, _seeded(6, 4), engine.block_manager.share(handle))

@@ -3,11 +3,12 @@ llama.cpp): the body goes to the backend as the client sent it, and its answer c
 as the backend gave it, under the name the client asked for.
 
 glassbox's own fields are settled here, since the backend would not know them: a variant
-(`variant`, `session_id` + `variant_id`) needs the model's activations and is refused with a
-400 naming the backend and the capability; `emotion_coefficients` and `emotional_state`
-become sampling modulation (`InferenceEngine.sampling`: temperature and top_p, as the
-backend's `MODULATION_TYPE = "sampling"` says). Everything else (response_format, tools,
-logprobs, n, seed, vLLM's guided_* fields) is the backend's to honour or refuse.
+(`variant`, `session_id` + `variant_id`) and a feature `readout` need the model's activations
+and are refused with a 400 naming the backend and the capability; `emotion_coefficients` and
+`emotional_state` become sampling modulation (`InferenceEngine.sampling`: temperature and
+top_p, as the backend's `MODULATION_TYPE = "sampling"` says). Everything else
+(response_format, tools, logprobs, n, seed, vLLM's guided_* fields) is the backend's to
+honour or refuse.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from glassbox.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from glassbox.backends.base import InferenceEngine
 from glassbox.features.emotion import EmotionalState
-from glassbox.requests.registry import STEERING, ModelRegistry, ServedModel
+from glassbox.requests.registry import FEATURES, STEERING, ModelRegistry, ServedModel
 
 STEERING_FIELDS = ("variant", "session_id", "variant_id")
 EMOTION_FIELDS = ("emotion_coefficients", "emotional_state")
@@ -61,6 +62,8 @@ class RelayService:
         for name in STEERING_FIELDS:
             if getattr(req, name) is not None:
                 self.models.require(model.name, STEERING, param=name)
+        if getattr(req, "readout", None) is not None:  # a feature readout reads activations
+            self.models.require(model.name, FEATURES, param="readout")
         backend = self.backends[model.name]
         body = req.model_dump(mode="json", exclude_unset=True, by_alias=True)
         for name in (*STEERING_FIELDS, *EMOTION_FIELDS, "stream"):

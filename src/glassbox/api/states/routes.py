@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request, Response
 
 from glassbox.api.deps import PrincipalDep, RegistryDep, StatesDep, SteeringDep
+from glassbox.api.features.readout import ReadoutLabels
 from glassbox.api.openai.schemas import template_messages
 from glassbox.api.states.schemas import (
     CheckpointRequest,
@@ -243,11 +244,14 @@ async def download_state(state_id: str, states: StatesDep, principal: PrincipalD
 # --- generation from a state ---------------------------------------------------------
 
 
-def _token_info(states: StateService, out: StepOutput, logprobs: int | None) -> list[TokenInfo]:
+def _token_info(
+    states: StateService, out: StepOutput, logprobs: int | None, labels: ReadoutLabels | None
+) -> list[TokenInfo]:
     text = states.token_text
     infos = {i.token_id: i for i in out.logprobs} if logprobs is not None else {}
+    read = out.features if labels is not None else []
     tokens = []
-    for token_id in out.token_ids:
+    for k, token_id in enumerate(out.token_ids):
         info = infos.get(token_id)
         top = None
         if info is not None:
@@ -258,6 +262,7 @@ def _token_info(states: StateService, out: StepOutput, logprobs: int | None) -> 
                 token=text(token_id),
                 logprob=info.logprob if info else None,
                 top_logprobs=top,
+                features=labels.features(read[k]) if k < len(read) else None,
             )
         )
     return tokens
@@ -268,8 +273,14 @@ async def _params(
     states: StateService,
     principal: Principal,
     steering: SteeringService,
-) -> SamplingParams:
-    return states.generation_params(
+) -> tuple[SamplingParams, ReadoutLabels | None]:
+    """The sampling parameters, and what names the readout's features (None: no readout)."""
+    readout = labels = None
+    if req.readout is not None:
+        options = req.readout
+        readout, dictionary = await steering.readout(None, options.features, options.dictionary)
+        labels = ReadoutLabels(dictionary)
+    params = states.generation_params(
         principal,
         req.state_id,
         max_tokens=req.max_tokens,
@@ -280,17 +291,23 @@ async def _params(
         logprobs=req.logprobs,
         steering=await steering.plan(principal, req.variant, req.session_id, req.variant_id),
         commit=req.commit,
+        readout=readout,
     )
+    return params, labels
 
 
 async def _generate(
-    req: GenerateTokenRequest, states: StateService, principal: Principal, params: SamplingParams
+    req: GenerateTokenRequest,
+    states: StateService,
+    principal: Principal,
+    params: SamplingParams,
+    labels: ReadoutLabels | None,
 ) -> GenerationResult:
     text, tokens, last = "", [], None
     child = None
     async for out, committed in states.generate(principal, req.state_id, params):
         text += out.text
-        tokens += _token_info(states, out, req.logprobs)
+        tokens += _token_info(states, out, req.logprobs, labels)
         last, child = out, committed or child
     return GenerationResult(
         state_id=req.state_id,
@@ -307,14 +324,19 @@ async def _generate(
 
 
 async def _stream(
-    req: GenerateTokenRequest, states: StateService, principal: Principal, params: SamplingParams
+    req: GenerateTokenRequest,
+    states: StateService,
+    principal: Principal,
+    params: SamplingParams,
+    labels: ReadoutLabels | None,
 ) -> AsyncIterator[str]:
     index = 0
     async for out, child in states.generate(principal, req.state_id, params):
-        infos = _token_info(states, out, req.logprobs)
+        infos = _token_info(states, out, req.logprobs, labels)
         for k, info in enumerate(infos):
             text = out.text if k == len(infos) - 1 else ""
-            yield json.dumps({"index": index, **info.model_dump(exclude_none=True), "text": text})
+            event = info.model_dump(mode="json", exclude_none=True)
+            yield json.dumps({"index": index, **event, "text": text})
             index += 1
         if not infos and out.text:  # text held back by a stop-string check, released now
             yield json.dumps({"index": index, "text": out.text})
@@ -342,8 +364,9 @@ async def generate_token(
 ):
     """Continue a state: only the new tokens are computed. `stream` sends SSE events: one
     per token ({index, token_id, token, text}: `text` is the output text it settles, which
-    a stop string can hold back), then one with finish_reason, child_state_id and usage."""
-    params = await _params(req, states, principal, steering)
+    a stop string can hold back; with `readout`, its top `features`), then one with
+    finish_reason, child_state_id and usage."""
+    params, labels = await _params(req, states, principal, steering)
     if req.stream:
-        return sse_response(_stream(req, states, principal, params))
-    return await until_disconnected(request, _generate(req, states, principal, params))
+        return sse_response(_stream(req, states, principal, params, labels))
+    return await until_disconnected(request, _generate(req, states, principal, params, labels))
