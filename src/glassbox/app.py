@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,14 +14,14 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from glassbox import __version__
+from glassbox import __version__, tracing
 from glassbox.api.admin import routes as admin_routes
 from glassbox.api.deps import require_key
 from glassbox.api.embeddings import jobs as job_routes
 from glassbox.api.embeddings import routes as embedding_routes
 from glassbox.api.ember import routes as ember_routes
 from glassbox.api.ember.adapter import EmberService
-from glassbox.api.errors import install_error_handlers
+from glassbox.api.errors import ERROR_RESPONSES, install_error_handlers
 from glassbox.api.features import routes as feature_routes
 from glassbox.api.features import variants as variant_routes
 from glassbox.api.limits import RateLimits, enforce_limits
@@ -29,10 +29,12 @@ from glassbox.api.middleware import (
     REQUEST_ID_HEADER,
     BodySizeLimitMiddleware,
     RequestContextMiddleware,
+    StrictJSONMiddleware,
 )
 from glassbox.api.openai import routes as openai_routes
 from glassbox.api.openai.adapter import OpenAIService
 from glassbox.api.openai.relay import RelayService
+from glassbox.api.page import install_page
 from glassbox.api.sessions import routes as session_routes
 from glassbox.api.states import analysis as analysis_routes
 from glassbox.api.states import beam as beam_routes
@@ -61,6 +63,7 @@ from glassbox.requests.registry import ModelRegistry
 from glassbox.runtime import (
     build_backend,
     build_embeddings,
+    request_bounds,
     resolve,
     served_models,
     start_engine,
@@ -167,6 +170,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        traced = tracing.configure(settings.otel_endpoint, settings.otel_service_name)
         encoder_import = None
         if settings.warm_features:
             encoder_import = asyncio.create_task(asyncio.to_thread(_import_encoder_library))
@@ -193,7 +197,8 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 app.state.redis = embedding_redis
             embeddings = build_embeddings(settings, aengine.call, embedding_redis)
             app.state.embeddings = embeddings
-            generation = GenerationService(aengine, app.state.metrics)
+            bounds = request_bounds(settings)
+            generation = GenerationService(aengine, app.state.metrics, bounds)
             app.state.generation = generation
             registry = ModelRegistry(
                 name, settings.model_aliases, aengine.max_model_len, served_models(settings)
@@ -209,6 +214,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 vector_dirs=settings.steering_vector_dirs,
                 layer=settings.features_layer,
                 embedder=embeddings.local,  # one model for /v1/embeddings and the search
+                bounds=bounds,
             )
             app.state.features = features
             app.state.ember = EmberService(features, generation, registry)
@@ -220,7 +226,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 load_secret(secret, settings.cache_dir),
                 cache_seconds=settings.api_keys_cache_seconds,
             )
-            app.state.variants = VariantService(db, name)
+            app.state.variants = VariantService(db, name, settings.max_variant_edits)
             app.state.steering = SteeringService(features, app.state.variants, registry)
             app.state.grammars = GrammarCompiler(aengine.tokenizer, aengine.vocab_size)
             app.state.openai = OpenAIService(generation, app.state.steering, app.state.grammars)
@@ -231,6 +237,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 settings.states_dir or settings.cache_dir / "states",
                 resolved.fingerprint,
                 settings.state_memory_bytes or settings.kv_cache_bytes // 2,
+                max_per_tenant=settings.max_states_per_tenant,
             )
             app.state.states = states
             app.state.chunks = ChunkStore(db)
@@ -243,7 +250,11 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 workers=settings.embedding_jobs_workers,
             )  # fmt: skip
             app.state.jobs = jobs
-            files = FileService(db, settings.files_dir or settings.cache_dir / "files")
+            files = FileService(
+                db,
+                settings.files_dir or settings.cache_dir / "files",
+                max_per_tenant=settings.max_files_per_tenant,
+            )
             app.state.vector_stores = VectorStoreService(
                 db, files, app.state.chunks, jobs, embeddings
             )
@@ -281,6 +292,8 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
                 db.close()
             if engine is None:
                 aengine.shutdown()
+            if traced:
+                tracing.shutdown()
 
     # require_key: with API keys required, every route needs one (see api/deps.py); then
     # enforce_limits: the tenant's rate limits and back-pressure (see api/limits.py).
@@ -289,6 +302,7 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         version=__version__,
         lifespan=lifespan,
         dependencies=[Depends(require_key), Depends(enforce_limits)],
+        responses=ERROR_RESPONSES,  # every route's error answers, in the schema
     )
     app.state.settings = settings
 
@@ -302,12 +316,25 @@ def create_app(settings: Settings, engine: AsyncLLMEngine | None = None) -> Fast
         stats = embeddings.metrics() if embeddings is not None else {}
         return {**stats, "jobs": jobs.stats()} if jobs is not None else stats
 
-    app.state.metrics = Metrics(engine_stats, embedding_stats)
+    def service_stats(name: str) -> Callable[[], dict[str, Any]]:
+        def stats() -> dict[str, Any]:  # the service's, once the lifespan has made it
+            service = getattr(app.state, name, None)
+            return service.stats() if service is not None else {}
+
+        return stats
+
+    app.state.metrics = Metrics(
+        engine_stats, embedding_stats, state_stats=service_stats("states"),
+        feature_stats=service_stats("features"), session_stats=service_stats("sessions"),
+    )  # fmt: skip
     app.state.limits = RateLimits(settings, app.state.metrics)
     install_error_handlers(app)
     for module in ROUTES:
         app.include_router(module.router)
+    install_page(app)  # the playground at /, open like /docs (its API calls need keys)
     # Inside the request context, so that a 413 has its request id, log line and metrics.
+    # Inside the size bound: only a body of an allowed size is read whole and checked.
+    app.add_middleware(StrictJSONMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--name", default="", help="a label for lists")
     create.add_argument("--expires-in", type=float, metavar="DAYS", help="default: never")
+    create.add_argument(
+        "--requests-per-minute",
+        type=int,
+        metavar="N",
+        help="this key's own request limit (0: none; default: the tenant's or the server's)",
+    )
+    create.add_argument(
+        "--tokens-per-minute", type=int, metavar="N", help="this key's own token limit (as above)"
+    )
     listing = keys_sub.add_parser("list", help="keys without their secrets")
     listing.add_argument("--tenant", help="only this tenant's")
     keys_sub.add_parser("revoke", help="stop a key from working").add_argument("key_id")
@@ -212,6 +222,7 @@ def keys_command(args: argparse.Namespace) -> int:
 
     from glassbox.auth import KeyService, load_secret
     from glassbox.errors import GlassboxError
+    from glassbox.principal import KeyLimits
     from glassbox.store import Database
     from glassbox.store.db import default_url
 
@@ -226,7 +237,10 @@ def keys_command(args: argparse.Namespace) -> int:
     try:
         if args.keys_command == "create":
             expires = timedelta(days=args.expires_in) if args.expires_in is not None else None
-            created = service.create(args.tenant, args.scopes or ["user"], args.name, expires)
+            limits = KeyLimits(args.requests_per_minute, args.tokens_per_minute)
+            created = service.create(
+                args.tenant, args.scopes or ["user"], args.name, expires, limits
+            )
             print(created.key)
             k = created.record
             note = (
@@ -345,6 +359,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
     from sse_starlette.sse import AppStatus
 
+    from glassbox.api.streaming import FAREWELL_SECONDS
     from glassbox.app import create_app
     from glassbox.logs import configure_logging
 
@@ -352,14 +367,28 @@ def serve(args: argparse.Namespace) -> None:
     configure_logging(settings.log_level, settings.log_json)
     AppStatus.disable_automatic_graceful_drain()
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
+    grace = settings.shutdown_grace_seconds
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            """Streams still running FAREWELL_SECONDS before the grace ends are told to end
+            (with an error event, glassbox.api.streaming) before uvicorn cancels them."""
+            if not self.should_exit:
+                delay = max(grace - FAREWELL_SECONDS, 0.0)
+                timer = threading.Timer(delay, setattr, (AppStatus, "should_exit", True))
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=grace,
     )
+    Server(config).run()
 
 
 def _messages(args: argparse.Namespace) -> list[dict[str, str]]:

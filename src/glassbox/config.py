@@ -84,7 +84,8 @@ class EmbeddingProviderSpec(BaseModel):
 
 
 class TenantLimits(BaseModel):
-    """One tenant's rate limits, replacing the defaults it names (0: no limit)."""
+    """The rate limits of each of one tenant's keys, replacing the defaults it names (0: no
+    limit); a key made with limits of its own keeps those."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -268,17 +269,46 @@ class Settings(BaseSettings):
         "revoked by the CLI or another process stops working within this time",
     )
     rate_limit_requests: int = Field(
-        0, ge=0, description="Requests per minute per tenant (0: no limit)"
+        0, ge=0, description="Requests per minute per API key (0: no limit)"
     )
     rate_limit_tokens: int = Field(
         0,
         ge=0,
-        description="Tokens per minute per tenant (0: no limit), counted before the request "
+        description="Tokens per minute per API key (0: no limit), counted before the request "
         "runs: its text (about 4 characters a token) plus max_tokens x n",
     )
     rate_limit_tenants: dict[str, TenantLimits] = Field(
         default_factory=dict,
-        description='Per-tenant limits, as JSON: {"acme": {"requests": 600, "tokens": 100000}}',
+        description='Limits of each key of a tenant, as JSON: {"acme": {"requests": 600, '
+        '"tokens": 100000}}',
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Most tokens in one prompt (None: the model's context)"
+    )
+    max_generated_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most tokens one request may generate per choice; a larger max_tokens is "
+        "refused, and a request without one gets at most this (None: the rest of the context)",
+    )
+    max_choices: int = Field(16, ge=1, description="Most choices per request (n, best_of)")
+    max_stop_strings: int = Field(16, ge=1, description="Most stop strings per request")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop string, in characters")
+    max_variant_edits: int = Field(
+        256, ge=1, description="Most edits (features set) in one variant, stored or inline"
+    )
+    max_states_per_tenant: int = Field(
+        10_000, ge=1, description="Most KV states (sessions' too) one tenant may keep"
+    )
+    max_files_per_tenant: int = Field(
+        10_000, ge=1, description="Most uploaded files (/v1/files) one tenant may keep"
+    )
+    generation_timeout_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds one generation may take from submission (queueing included); "
+        "past it the sequence is aborted and the request gets 503 generation_timeout "
+        "(0: no limit)",
     )
     max_body_bytes: int = Field(
         32 * 1024 * 1024,
@@ -308,6 +338,14 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    # Tracing (glassbox/tracing.py; the `otel` extra): off unless an endpoint is set
+    otel_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector for trace spans, e.g. http://localhost:4318 "
+        "(/v1/traces is added unless given)",
+    )
+    otel_service_name: str = Field("glassbox", description="service.name of the spans")
 
     @model_validator(mode="after")
     def _check_queue(self) -> Settings:

@@ -56,6 +56,13 @@ class TooLarge(InvalidRequest):
     """A body or file larger than anything this server can use."""
 
 
+class LimitReached(InvalidRequest):
+    """The caller already keeps as many objects of a kind (states, files) as the server allows
+    one tenant: delete some first. A 400, not a 429: waiting does not make room."""
+
+    default_code = "limit_reached"
+
+
 class NotFound(GlassboxError):
     """No `kind` with this id (for this owner: another owner's object is not found
     either). `code` is `<kind>_not_found`."""
@@ -131,6 +138,13 @@ class Overloaded(Unavailable):
         self.retry_after = retry_after
 
 
+class GenerationTimeout(Unavailable):
+    """A generation ran past the server's time limit (GLASSBOX_GENERATION_TIMEOUT_SECONDS,
+    counted from submission, queueing included): its sequence was aborted."""
+
+    default_code = "generation_timeout"
+
+
 class RateLimited(GlassboxError):
     """The caller has used its allowance for now (requests or tokens per minute).
     `retry_after`: seconds until the allowance has room again (sent as Retry-After)."""
@@ -153,3 +167,11 @@ class InvalidOutput(GlassboxError):
         super().__init__(message)
         self.attempts = attempts
         self.output = output
+
+
+class DiskFull(Unavailable):
+    """The server's disk has no room for a file the request must write (an exported state):
+    nothing was written, and the same request succeeds once space has been freed. A 507
+    (Insufficient Storage), not a 500: the request is fine and the server is not broken."""
+
+    default_code = "insufficient_storage"

@@ -20,6 +20,7 @@ from glassbox.engine.llm_engine import LLMEngine
 from glassbox.models import BUNDLED_MODEL, kernels
 from glassbox.models.layers import PrefillWeights, WeightFormat
 from glassbox.models.loader import ResolvedModel, bundled_gguf, resolve_model
+from glassbox.requests.builder import RequestBounds
 from glassbox.requests.registry import ServedModel
 
 LLAMA_CPP_CONTEXT = 4096
@@ -43,6 +44,18 @@ def weight_formats(settings: Settings, model: ResolvedModel) -> tuple[WeightForm
         if prefill == "auto":
             prefill = choice.result(fmt).prefill_choice()
     return fmt, "kernel" if prefill == "auto" else prefill
+
+
+def request_bounds(settings: Settings) -> RequestBounds:
+    """The operator's bounds on what one request may ask for (GLASSBOX_MAX_*)."""
+    return RequestBounds(
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_generated_tokens=settings.max_generated_tokens,
+        max_choices=settings.max_choices,
+        max_stop_strings=settings.max_stop_strings,
+        max_stop_chars=settings.max_stop_chars,
+        timeout_seconds=settings.generation_timeout_seconds or None,
+    )
 
 
 def load_engine(settings: Settings) -> tuple[LLMEngine, ResolvedModel]:

@@ -14,7 +14,7 @@ from glassbox.auth.keys import ADMIN, WRITE_SCOPES, KeyService
 from glassbox.config import Settings
 from glassbox.embeddings.service import EmbeddingService
 from glassbox.embeddings.vector_stores import VectorStoreService
-from glassbox.errors import Forbidden, Unauthenticated
+from glassbox.errors import Forbidden, InvalidRequest, Unauthenticated
 from glassbox.features.service import FeatureService
 from glassbox.features.steering import SteeringService
 from glassbox.features.variants import VariantService
@@ -34,17 +34,24 @@ def _bearer(request: Request) -> str | None:
     return (key.strip() or None) if scheme.lower() == "bearer" else None
 
 
+TENANT_HEADER = "X-Glassbox-Tenant"
+
+
 async def current_principal(request: Request) -> Principal:
     """Who is calling: the local principal when API keys are off; otherwise the tenant and
     scopes of the request's key (401 without a valid one; 403 when a read-only key asks for
-    anything but GET or HEAD). Made once per request: `require_key` and the route both ask."""
-    settings: Settings = request.app.state.settings
-    if settings.api_keys == "off":
-        return LOCAL
+    anything but GET or HEAD). An admin acts for another tenant with the X-Glassbox-Tenant
+    header: it reads, lists and changes that tenant's objects (that is how an admin sees
+    all). Made once per request: `require_key` and the route both ask."""
     principal: Principal | None = getattr(request.state, "principal", None)
-    if principal is None:
+    if principal is not None:
+        return principal
+    settings: Settings = request.app.state.settings
+    failures = request.app.state.metrics.auth_failures
+    if settings.api_keys == "off":
+        principal = LOCAL
+    else:
         keys: KeyService = request.app.state.keys
-        failures = request.app.state.metrics.auth_failures
         key = _bearer(request)
         try:
             principal = await keys.authenticate(key)
@@ -54,9 +61,21 @@ async def current_principal(request: Request) -> Principal:
         if request.method not in ("GET", "HEAD") and not principal.scopes & WRITE_SCOPES:
             failures.labels(reason="forbidden").inc()
             raise Forbidden(f"this API key is read-only: it may GET and HEAD, not {request.method}")
-        request.state.principal = principal
-        # every later log line of the request names its tenant (never its key)
-        structlog.contextvars.bind_contextvars(tenant=principal.tenant)
+    tenant = request.headers.get(TENANT_HEADER)
+    if tenant is not None and tenant != principal.tenant:
+        if ADMIN not in principal.scopes:
+            failures.labels(reason="forbidden").inc()
+            raise Forbidden(
+                f"only a key with the 'admin' scope may act for another tenant ({TENANT_HEADER})",
+                param=TENANT_HEADER,
+            )
+        try:
+            principal = principal.acting_as(tenant)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param=TENANT_HEADER) from None
+    request.state.principal = principal
+    # every later log line of the request names its tenant (never its key)
+    structlog.contextvars.bind_contextvars(tenant=principal.tenant)
     return principal
 
 

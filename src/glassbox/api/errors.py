@@ -12,12 +12,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glassbox.embeddings.jobs import QuotaExceeded
 from glassbox.errors import (
     Aborted,
     Conflict,
+    DiskFull,
     Forbidden,
     GlassboxError,
     InvalidOutput,
@@ -58,8 +60,43 @@ ERROR_STATUS: dict[type[GlassboxError], tuple[int, str]] = {
     Aborted: (422, "invalid_request_error"),
     InvalidOutput: (422, "invalid_request_error"),  # the model could not give what was asked
     Unavailable: (503, "service_unavailable_error"),
+    DiskFull: (507, "server_error"),  # Insufficient Storage: nothing was written
     RateLimited: (429, "rate_limit_error"),
     QuotaExceeded: (429, "rate_limit_error"),  # the message says when the quota resets
+}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# The errors any route may answer, declared on every route of the OpenAPI schema (in place of
+# FastAPI's 422 with its `detail` body, which this server never sends): the request's own
+# faults (validation is a 400 here), the key and limit checks every route runs, 503 and 507.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Invalid request: the message names the field and says what to fix"),
+    401: _error("No API key, or an unknown, expired or revoked one (when keys are required)"),
+    403: _error("The key's scopes do not allow this request"),
+    404: _error("No such object for this caller, or no such model"),
+    409: _error("The object exists already, or is in a state that forbids the change"),
+    413: _error("The body or a file is larger than this server accepts"),
+    422: _error("Generation was aborted by the request's own rule, or its output is invalid"),
+    429: _error("Rate limit or quota used up: retry after Retry-After seconds"),
+    503: _error("Not available now (engine stopped, full, or timed out): retry later"),
+    507: _error("The server's disk has no room for a file the request writes: nothing written"),
 }
 
 
@@ -111,7 +148,7 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
             return "the request body is not valid JSON: " + err.get("msg", ""), None
         param = _field_path(tuple(err.get("loc", ())))
         if err.get("type") == "missing":
-            text = "is required"
+            text = "is required" if param else "a JSON request body is required"
         elif err.get("type") == "extra_forbidden":
             text = "is not a recognized request argument; remove it"
         else:

@@ -1,8 +1,10 @@
-"""Per-tenant rate limits and back-pressure: one app-wide dependency, run after authentication.
+"""Per-key rate limits and back-pressure: one app-wide dependency, run after authentication.
 
-Rate limits (the `limits` library) count requests and tokens per minute for each tenant, in
-memory or, with GLASSBOX_REDIS_URL, in Redis so that every process on it shares the counts.
-The strategy is the fixed window: one counter per tenant and minute, raised atomically by a
+Rate limits (the `limits` library) count requests and tokens per minute for each API key (the
+local tenant when keys are off), in memory or, with GLASSBOX_REDIS_URL, in Redis so that every
+process on it shares the counts. A key's limits are its own where it was made with them, else
+its tenant's entry in `rate_limit_tenants`, else the server's defaults.
+The strategy is the fixed window: one counter per key and minute, raised atomically by a
 request's cost (INCRBY in Redis), so a tokens limit costs O(1) storage and its Retry-After is
 exact (the window's end). A moving window would store one entry per token counted. The price:
 a client can spend up to twice its limit across the boundary of two windows.
@@ -35,6 +37,7 @@ from glassbox.config import Settings
 from glassbox.errors import Overloaded, RateLimited
 from glassbox.logs import get_logger
 from glassbox.metrics import Metrics
+from glassbox.principal import Principal
 
 log = get_logger(__name__)
 
@@ -89,9 +92,9 @@ def estimated_tokens(body: Any) -> int:
 
 
 class RateLimits:
-    """Requests and tokens per minute per tenant. A limit of 0 is no limit; a tenant's entry
-    in `rate_limit_tenants` replaces the defaults it names. When Redis cannot be reached the
-    request is let through (and logged): a limiter should not take the server down with it."""
+    """Requests and tokens per minute per API key. A limit of 0 is no limit. When Redis cannot
+    be reached the request is let through (and logged): a limiter should not take the server
+    down with it."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self._defaults = (settings.rate_limit_requests, settings.rate_limit_tokens)
@@ -114,54 +117,54 @@ class RateLimits:
             storage = MemoryStorage()
         self._limiter = FixedWindowRateLimiter(storage)
 
-    def _items(self, tenant: str) -> tuple[RateLimitItem | None, RateLimitItem | None]:
+    def _items(self, caller: Principal) -> tuple[RateLimitItem | None, RateLimitItem | None]:
         requests, tokens = self._defaults
-        override = self._tenants.get(tenant)
+        override = self._tenants.get(caller.tenant)
         if override is not None:
             requests = override.requests if override.requests is not None else requests
             tokens = override.tokens if override.tokens is not None else tokens
+        own = caller.limits
+        requests = own.requests if own.requests is not None else requests
+        tokens = own.tokens if own.tokens is not None else tokens
         return (
             RateLimitItemPerMinute(requests, namespace="requests") if requests else None,
             RateLimitItemPerMinute(tokens, namespace="tokens") if tokens else None,
         )
 
-    def limited(self, tenant: str) -> bool:
-        """Whether any limit applies to `tenant` (without one, a request costs nothing)."""
-        return any(item is not None for item in self._items(tenant))
+    def limited(self, caller: Principal) -> bool:
+        """Whether any limit applies to `caller` (without one, a request costs nothing)."""
+        return any(item is not None for item in self._items(caller))
 
-    async def check(self, tenant: str, tokens: int) -> None:
-        """Count one request of `tokens` for `tenant`, or raise RateLimited (and count nothing
-        of the tokens) when either limit would be passed."""
-        by_requests, by_tokens = self._items(tenant)
+    async def check(self, caller: Principal, tokens: int) -> None:
+        """Count one request of `tokens` for the caller's key, or raise RateLimited (and count
+        nothing of the tokens) when either limit would be passed."""
+        by_requests, by_tokens = self._items(caller)
+        # A key's counters are its own; without keys, the (one) tenant's.
+        who = caller.key_id or f"tenant:{caller.tenant}"
         try:
-            if by_tokens is not None and not await self._limiter.test(
-                by_tokens, tenant, cost=tokens
-            ):
-                await self._refuse(by_tokens, tenant, tokens)
-            if by_requests is not None and not await self._limiter.hit(by_requests, tenant):
-                await self._refuse(by_requests, tenant, tokens)
-            if by_tokens is not None and not await self._limiter.hit(
-                by_tokens, tenant, cost=tokens
-            ):
-                await self._refuse(by_tokens, tenant, tokens)
+            if by_tokens is not None and not await self._limiter.test(by_tokens, who, cost=tokens):
+                await self._refuse(by_tokens, who, tokens)
+            if by_requests is not None and not await self._limiter.hit(by_requests, who):
+                await self._refuse(by_requests, who, tokens)
+            if by_tokens is not None and not await self._limiter.hit(by_tokens, who, cost=tokens):
+                await self._refuse(by_tokens, who, tokens)
         except StorageError as exc:
             log.warning("rate limit storage unavailable; request let through", error=str(exc))
 
-    async def _refuse(self, item: RateLimitItem, tenant: str, tokens: int) -> None:
+    async def _refuse(self, item: RateLimitItem, who: str, tokens: int) -> None:
         kind = item.namespace
         self._metrics.rate_limited.labels(kind=kind).inc()
-        reset_at = (await self._limiter.get_window_stats(item, tenant)).reset_time
+        reset_at = (await self._limiter.get_window_stats(item, who)).reset_time
         retry_after = max(1, math.ceil(reset_at - time.time()))
         if kind == "tokens" and tokens > item.amount:
             message = (
                 f"this request may cost about {tokens} tokens, more than the {item.amount} "
-                "tokens per minute this API key's tenant may use; lower max_tokens or send "
-                "less text"
+                "tokens per minute this API key may use; lower max_tokens or send less text"
             )
         else:
             message = (
-                f"rate limit reached: {item.amount} {kind} per minute for this API key's "
-                f"tenant; retry in {retry_after} s"
+                f"rate limit reached: {item.amount} {kind} per minute for this API key; "
+                f"retry in {retry_after} s"
             )
         raise RateLimited(message, retry_after=retry_after)
 
@@ -171,7 +174,7 @@ class RateLimits:
 
 
 async def enforce_limits(request: Request) -> None:
-    """The app-wide dependency after `require_key`: the caller's tenant's rate limits, then
+    """The app-wide dependency after `require_key`: the caller's key's rate limits, then
     back-pressure for generation routes. Probes and scrapes (/health, /metrics) are not
     counted: they would eat the budget of the tenant they run as."""
     path = request.url.path
@@ -180,9 +183,9 @@ async def enforce_limits(request: Request) -> None:
     settings: Settings = request.app.state.settings
     principal = await current_principal(request)
     limits: RateLimits = request.app.state.limits
-    if limits.limited(principal.tenant):  # the body is read and estimated only then
+    if limits.limited(principal):  # the body is read and estimated only then
         body = await _json_body(request)
-        await limits.check(principal.tenant, estimated_tokens(body))
+        await limits.check(principal, estimated_tokens(body))
     if request.method == "POST" and _route_path(request) in GENERATION_ROUTES:
         waiting = request.app.state.generation.stats().get("waiting", 0)
         if waiting >= settings.max_waiting:

@@ -9,8 +9,9 @@ verification looks the row up by.
 Verification compares digests in constant time and caches a verified key in memory for
 `cache_seconds` (keyed by its digest, never the key): a key revoked through this service stops
 working at once in this process; one revoked elsewhere (the CLI, another server process) stops
-within `cache_seconds`. `last_used_at` is written at most once per `touch_seconds` per key, so
-that requests do not all write.
+within `cache_seconds`. A key may carry its own rate limits (requests and tokens per minute),
+which the principal it produces carries to the limiter. `last_used_at` is written at most once
+per `touch_seconds` per key, so that requests do not all write.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Literal
 from sqlalchemy import select, update
 
 from glassbox.errors import InvalidRequest, NotFound, Unauthenticated
-from glassbox.principal import Principal
+from glassbox.principal import DEFAULT_LIMITS, KeyLimits, Principal
 from glassbox.store import Database
 from glassbox.store.api_keys import ApiKeyRow
 from glassbox.store.models import as_utc, utcnow
@@ -45,6 +46,7 @@ PUBLIC_CHARS = 8  # of the random part: the prefix shown in lists and looked up 
 SECRET_FILE = "auth-secret"
 _MIN_SECRET_CHARS = 32
 _MAX_CACHED = 10_000
+_MAX_LIMIT = 2**31 - 1  # an INTEGER column
 
 Status = Literal["active", "expired", "revoked"]
 
@@ -89,6 +91,7 @@ class ApiKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    limits: KeyLimits = DEFAULT_LIMITS
 
     def status(self, now: datetime | None = None) -> Status:
         if self.revoked_at is not None:
@@ -122,6 +125,7 @@ def _record(row: ApiKeyRow) -> ApiKey:
         id=row.key_id, tenant=row.owner, scopes=tuple(row.scopes.split()), name=row.name,
         prefix=row.prefix, created_at=as_utc(row.created_at), expires_at=utc(row.expires_at),
         revoked_at=utc(row.revoked_at), last_used_at=utc(row.last_used_at),
+        limits=KeyLimits(row.requests_per_minute, row.tokens_per_minute),
     )  # fmt: skip
 
 
@@ -165,6 +169,7 @@ class KeyService:
         scopes: Iterable[str] = (USER,),
         name: str = "",
         expires_in: timedelta | None = None,
+        limits: KeyLimits = DEFAULT_LIMITS,
     ) -> CreatedKey:
         try:
             Principal(tenant)
@@ -175,6 +180,12 @@ class KeyService:
             raise InvalidRequest("'name' must be at most 256 characters", param="name")
         if expires_in is not None and expires_in <= timedelta(0):
             raise InvalidRequest("a key must expire in the future", param="expires_in")
+        for param, value in (
+            ("requests_per_minute", limits.requests),
+            ("tokens_per_minute", limits.tokens),
+        ):
+            if value is not None and not 0 <= value <= _MAX_LIMIT:
+                raise InvalidRequest(f"'{param}' must be 0 (no limit) to {_MAX_LIMIT}", param=param)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         row = ApiKeyRow(
@@ -186,6 +197,8 @@ class KeyService:
             name=name,
             created_at=now,
             expires_at=now + expires_in if expires_in is not None else None,
+            requests_per_minute=limits.requests,
+            tokens_per_minute=limits.tokens,
         )
         with self.db.session() as session, session.begin():
             session.add(row)
@@ -246,7 +259,7 @@ class KeyService:
         record = _record(row)
         if record.revoked_at is not None:
             raise Unauthenticated("the API key has been revoked")
-        principal = Principal(record.tenant, frozenset(record.scopes))
+        principal = Principal(record.tenant, frozenset(record.scopes), record.id, record.limits)
         return _Verified(principal, record.id, record.expires_at, now + self.cache_seconds)
 
     def _remember(self, digest: str, verified: _Verified, now: float) -> None:

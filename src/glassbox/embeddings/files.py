@@ -19,10 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, Literal, TypeVar
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from glassbox.errors import InvalidRequest, NotFound, TooLarge
+from glassbox.errors import InvalidRequest, LimitReached, NotFound, TooLarge
 from glassbox.principal import Principal
 from glassbox.store import Database
 from glassbox.store.models import as_utc
@@ -112,12 +112,33 @@ def _info(row: FileRow) -> FileInfo:
 
 class FileService:
     """Files of each owner under `directory`, each at most `max_bytes` (a larger upload is a
-    413). Synchronous SQL and disk: call it from worker threads."""
+    413), at most `max_per_tenant` of them per owner (None: no bound). Synchronous SQL and
+    disk: call it from worker threads."""
 
-    def __init__(self, db: Database, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self,
+        db: Database,
+        directory: Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_per_tenant: int | None = None,
+    ):
         self._db = db
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.max_per_tenant = max_per_tenant
+
+    def _check_room(self, owner: Principal) -> None:
+        if self.max_per_tenant is None:
+            return
+        stmt = select(func.count()).select_from(FileRow).where(FileRow.owner == owner.tenant)
+        with self._db.session() as s:
+            held = s.scalar(stmt) or 0
+        if held >= self.max_per_tenant:
+            raise LimitReached(
+                f"this tenant keeps {held} files, the most this server allows; delete some "
+                "(DELETE /v1/files/{file_id}) first",
+                param="file",
+            )
 
     def create(self, owner: Principal, filename: str, purpose: str, data: BinaryIO) -> FileInfo:
         """Store the bytes read from `data` as a new file of the owner's."""
@@ -125,8 +146,11 @@ class FileService:
             raise InvalidRequest(
                 f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}", param="purpose"
             )
-        if not filename or len(filename) > 512:
-            raise InvalidRequest("the file needs a name of 1 to 512 characters", param="file")
+        if not filename or len(filename) > 512 or "\x00" in filename:
+            raise InvalidRequest(
+                "the file needs a name of 1 to 512 characters, without NUL", param="file"
+            )
+        self._check_room(owner)
         file_id = "file-" + secrets.token_hex(12)
         folder = self.directory / owner.tenant
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.errors import EngineDeadError
 from glassbox.engine.llm_engine import LLMEngine, StepOutput
 from glassbox.engine.sequence import SamplingParams
-from glassbox.errors import GlassboxError
+from glassbox.errors import GenerationTimeout, GlassboxError
 from glassbox.models.llama import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class AsyncLLMEngine:
         prefix: KVHandle | None = None,
     ) -> AsyncIterator[StepOutput]:
         """Stream a sequence's outputs. `prefix`: see `LLMEngine.add_request` (the sequence
-        takes the handle over, whether it runs or not)."""
+        takes the handle over, whether it runs or not). Past `params.timeout` seconds the
+        sequence is aborted and GenerationTimeout raised."""
         if self._stopped:
             raise EngineDeadError("the engine has stopped")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
@@ -121,9 +122,22 @@ class AsyncLLMEngine:
             self._pending.append((ticket, list(prompt_token_ids), params, prefix, stream))
             self._wake.notify()
         finished = False
+        loop = asyncio.get_running_loop()
+        deadline = None if params.timeout is None else loop.time() + params.timeout
         try:
             while True:
-                item = await stream.queue.get()
+                if deadline is None:
+                    item = await stream.queue.get()
+                else:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            item = await stream.queue.get()
+                    except TimeoutError:
+                        raise GenerationTimeout(
+                            f"the generation took longer than the server's limit of "
+                            f"{params.timeout:g} s and was stopped; ask for fewer tokens or "
+                            "retry when the server is less busy"
+                        ) from None
                 if isinstance(item, BaseException):
                     raise item
                 yield item

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from glassbox.engine.grammar import Grammar
+from glassbox.engine.readout import Readout
 from glassbox.steering.plan import SteeringPlan
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class SamplingParams:
     steering: SteeringPlan | None = None  # this row's variant, resolved against dictionaries
     keep_kv: bool = False  # on finishing, hand the sequence's KV back as a KVHandle
     grammar: Grammar | None = None  # constrains every generated token (see grammar.py)
+    timeout: float | None = None  # seconds from submission; then aborted (GenerationTimeout)
+    readout: Readout | None = None  # each generated token's top features (see readout.py)
 
     @property
     def greedy(self) -> bool:

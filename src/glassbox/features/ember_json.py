@@ -214,7 +214,10 @@ def _both(outer: ConditionGroup | None, inner: ConditionGroup) -> ConditionGroup
 
 def _load(data: Any, what: str) -> Mapping:
     if isinstance(data, str | bytes):
-        data = json.loads(data)
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise EmberJSONError(f"{what}: not JSON ({exc})") from None
     if not isinstance(data, Mapping):
         raise EmberJSONError(f"{what}: expected a JSON object")
     return data

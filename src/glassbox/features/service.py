@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ import torch
 from glassbox.embeddings.embedder import LocalEmbedder, import_library
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.llm_engine import LLMEngine
-from glassbox.errors import InvalidRequest, NotFound
+from glassbox.engine.readout import Readout
+from glassbox.errors import ContextLengthExceeded, InvalidRequest, NotFound
 from glassbox.features.autosteer import autosteer
 from glassbox.features.catalog import FeatureCatalog
 from glassbox.features.concepts import concept_dictionary_steps
@@ -39,7 +41,7 @@ from glassbox.features.steps import Steps, step
 from glassbox.features.variant import Condition, ConditionGroup, Edit, FeatureRef, VariantSpec
 from glassbox.features.vector_files import load_vector_folder
 from glassbox.logs import get_logger
-from glassbox.requests.builder import RequestBuilder, about
+from glassbox.requests.builder import UNBOUNDED, RequestBounds, RequestBuilder, about
 from glassbox.steering.plan import (
     Direction,
     ResolvedCondition,
@@ -53,6 +55,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 AGGREGATIONS = ("frequency", "mean", "max", "sum")
+# Most features a generation's readout reports per token.
+READOUT_MAX_FEATURES = 64
 
 # How far the dictionaries and the search index are: "pending" until their build starts.
 Stage = Literal["pending", "dictionaries", "encoder", "index", "ready", "failed"]
@@ -103,12 +107,13 @@ class FeatureService:
         layer: int | None = None,
         *,
         embedder: LocalEmbedder | None = None,
+        bounds: RequestBounds = UNBOUNDED,
     ):
         """`embedder`: the embedding model that embeds the labels and queries (the server's,
         shared with /v1/embeddings); without it the service makes its own when it first needs
-        it."""
+        it. `bounds`: the server's bounds on one request (prompts read for features too)."""
         self.engine = engine
-        self.requests = RequestBuilder.for_engine(engine)
+        self.requests = RequestBuilder.for_engine(engine, bounds)
         self.cache_dir = Path(cache_dir)
         self.fingerprint = model_fingerprint
         self.base_model = base_model
@@ -118,10 +123,20 @@ class FeatureService:
         self._embedder = embedder
         self._encoder: TextEncoder | None = None
         self._lock = asyncio.Lock()
+        self._loading: asyncio.Task[list[FeatureDictionary]] | None = None
         self._dictionaries: list[FeatureDictionary] | None = None
         self._index: FeatureIndex | None = None
         self._build: asyncio.Task[FeatureIndex] | None = None
         self.stage: Stage = "pending"
+        self.calls: Counter[str] = Counter()  # searches, inspections, ... (for /metrics)
+
+    def stats(self) -> dict:
+        """For /metrics: {"ready", "dictionaries": {name: features}, "calls": {kind: n}}."""
+        return {
+            "ready": self.is_ready,
+            "dictionaries": {d.name: len(d) for d in self._dictionaries or []},
+            "calls": dict(self.calls),
+        }
 
     @property
     def is_ready(self) -> bool:
@@ -130,8 +145,9 @@ class FeatureService:
 
     def close(self) -> None:
         """Stop a build under way (at shutdown)."""
-        if self._build is not None:
-            self._build.cancel()
+        for task in (self._build, self._loading):
+            if task is not None:
+                task.cancel()
 
     async def _run_steps(self, steps: Steps[T]) -> tuple[T, int]:
         """A stepped build run one step per engine call; its result and how many steps ran."""
@@ -145,18 +161,27 @@ class FeatureService:
     # --- dictionaries -------------------------------------------------------------------
 
     async def dictionaries(self) -> list[FeatureDictionary]:
+        """The dictionaries, built or loaded once: the first caller starts it, later ones
+        await the same task, and a caller that goes away (a client timeout) does not stop
+        a build that may take a minute, which the next caller would start from zero."""
+        if self._dictionaries is not None:
+            return self._dictionaries
         async with self._lock:
-            if self._dictionaries is None:
-                t0 = time.perf_counter()
-                concepts, steps = await self._concepts()
-                files = await self.engine.call(self._load_files)
-                self._dictionaries = [concepts, *files]
-                log.info(
-                    "feature dictionaries built" if steps else "feature dictionaries loaded",
-                    dictionaries=[d.name for d in self._dictionaries],
-                    features=sum(len(d) for d in self._dictionaries),
-                    duration_ms=_ms_since(t0),
-                )
+            if self._loading is None or self._loading.done():  # none yet, or it failed
+                self._loading = asyncio.create_task(self._load_dictionaries())
+        return await asyncio.shield(self._loading)
+
+    async def _load_dictionaries(self) -> list[FeatureDictionary]:
+        t0 = time.perf_counter()
+        concepts, steps = await self._concepts()
+        files = await self.engine.call(self._load_files)
+        self._dictionaries = [concepts, *files]
+        log.info(
+            "feature dictionaries built" if steps else "feature dictionaries loaded",
+            dictionaries=[d.name for d in self._dictionaries],
+            features=sum(len(d) for d in self._dictionaries),
+            duration_ms=_ms_since(t0),
+        )
         return self._dictionaries
 
     async def _concepts(self) -> tuple[FeatureDictionary, int]:
@@ -180,6 +205,34 @@ class FeatureService:
     async def catalog(self) -> FeatureCatalog:
         """Model-wide indices of the dictionaries' features."""
         return FeatureCatalog.of(await self.dictionaries())
+
+    async def dictionary(self, name: str | None, param: str = "dictionary") -> FeatureDictionary:
+        """The dictionary called `name`; None: the first (the concept vectors)."""
+        dictionaries = await self.dictionaries()
+        if name is None:
+            return dictionaries[0]
+        for d in dictionaries:
+            if d.name == name:
+                return d
+        names = ", ".join(repr(d.name) for d in dictionaries)
+        raise NotFound(
+            "dictionary", name, f"'{param}': no dictionary named {name!r}; this model has {names}",
+            param=param,
+        )  # fmt: skip
+
+    async def readout(
+        self, features: int, dictionary: str | None = None, param: str = "readout"
+    ) -> tuple[Readout, FeatureDictionary]:
+        """What a generation carries to report each token's `features` strongest features of
+        `dictionary` (indices into it: the dictionary maps them to features)."""
+        if not 1 <= features <= READOUT_MAX_FEATURES:
+            raise InvalidRequest(
+                f"'{param}.features' must be between 1 and {READOUT_MAX_FEATURES}",
+                param=f"{param}.features",
+            )
+        d = await self.dictionary(dictionary, f"{param}.dictionary")
+        self.calls["readout"] += 1
+        return Readout(d.encoder, min(features, len(d))), d
 
     async def index(self) -> FeatureIndex:
         """The search index (with the dictionaries), built once: the first caller starts the
@@ -264,6 +317,7 @@ class FeatureService:
     # --- search -------------------------------------------------------------------------
 
     async def search(self, query: str, top_k: int = 10) -> list[tuple[Feature, float]]:
+        self.calls["search"] += 1
         index = await self.index()
         try:
             return await self.engine.call(lambda _: index.search(query, top_k))
@@ -271,6 +325,7 @@ class FeatureService:
             raise InvalidRequest(str(exc), param="query") from exc
 
     async def rerank(self, uuids: list[str], query: str, top_k: int) -> list[tuple[Feature, float]]:
+        self.calls["rerank"] += 1
         features = [(await self.feature(u))[1] for u in uuids]
         index = await self.index()
         try:
@@ -279,6 +334,7 @@ class FeatureService:
             raise InvalidRequest(str(exc), param="query") from exc
 
     async def neighbors(self, uuid: str, top_k: int) -> list[tuple[Feature, float]]:
+        self.calls["neighbors"] += 1
         _, feature = await self.feature(uuid)
         index = await self.index()
         try:
@@ -348,7 +404,17 @@ class FeatureService:
     # --- running the model --------------------------------------------------------------
 
     def _prompt(self, messages: list[dict]) -> list[int]:
-        return self.requests.chat(messages, add_generation_prompt=False)
+        """The conversation's token ids, refused when they do not fit the context: the model
+        could not read them, and what comes next (`_content_positions`) is quadratic."""
+        ids = self.requests.chat(messages, add_generation_prompt=False)
+        limit = self.requests.context_limit
+        if len(ids) > limit:
+            raise ContextLengthExceeded(
+                f"The messages have {len(ids)} tokens; this model reads at most {limit}. "
+                "Send fewer or shorter messages.",
+                param="messages",
+            )
+        return ids
 
     async def _capture(
         self, prompts: list[list[int]], layers: set[int], plan: SteeringPlan | None
@@ -363,12 +429,17 @@ class FeatureService:
         their logits: every token of the tokenizer's vocabulary, or only `candidates`.
         Ranked inside the engine call: a sort over the vocabulary on another thread would
         start an OpenMP team there."""
+        self.calls["logits"] += 1
         plan = await self.resolve(spec)
         vocab = self.engine.tokenizer.vocab_size
 
         def rank(engine: LLMEngine) -> tuple[list[int], list[float]]:
             _, logits = engine.capture([prompt_ids], set(), plan)
-            ids = torch.arange(vocab) if candidates is None else torch.tensor(candidates)
+            ids = (
+                torch.arange(vocab)
+                if candidates is None
+                else torch.tensor(candidates, dtype=torch.long)
+            )
             values = logits[0, :vocab].float()[ids]
             order = torch.argsort(values, descending=True)
             return ids[order].tolist(), values[order].tolist()
@@ -379,16 +450,8 @@ class FeatureService:
     async def inspect(
         self, messages: list[dict], spec: VariantSpec | None = None, dictionary: str | None = None
     ) -> Inspection:
-        dictionaries = await self.dictionaries()
-        d = dictionaries[0]
-        if dictionary is not None:
-            named = [x for x in dictionaries if x.name == dictionary]
-            if not named:
-                raise NotFound(
-                    "dictionary", dictionary, f"no dictionary named {dictionary!r}",
-                    param="dictionary",
-                )  # fmt: skip
-            d = named[0]
+        self.calls["inspect"] += 1
+        d = await self.dictionary(dictionary)
         ids = self._prompt(messages)
         plan = await self.resolve(spec)
         # Report the messages' own tokens: the chat template's role markers and default
@@ -458,6 +521,7 @@ class FeatureService:
     ) -> tuple[list[tuple[Feature, float]], list[tuple[Feature, float]]]:
         """Features that separate two paired datasets: the mean activation difference,
         strongest toward dataset 1 first, then strongest toward dataset 2."""
+        self.calls["contrast"] += 1
         if not dataset_1 or len(dataset_1) != len(dataset_2):
             raise InvalidRequest(
                 "dataset_1 and dataset_2 must be non-empty and of the same length (pairs)",
@@ -478,6 +542,7 @@ class FeatureService:
 
     async def autosteer(self, description: str, top_k: int = 3) -> list[Edit]:
         """A description in words -> nudges of the features that match it best."""
+        self.calls["autosteer"] += 1
         index = await self.index()
         try:
             chosen = await self.engine.call(lambda _: autosteer(index, description, top_k))

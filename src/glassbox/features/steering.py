@@ -13,16 +13,17 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from glassbox.engine.readout import Readout
 from glassbox.errors import InvalidRequest, ModelNotFound
 from glassbox.features.catalog import FeatureCatalog
-from glassbox.features.dictionary import Feature
+from glassbox.features.dictionary import Feature, FeatureDictionary
 from glassbox.features.ember_json import EmberJSONError, feature_hex, variant_from_ember
 from glassbox.features.service import FeatureService, Inspection
 from glassbox.features.variant import FeatureRef, VariantSpec
 from glassbox.features.variants import DEFAULT_VARIANT, StoredVariant, VariantService
 from glassbox.features.vectors import SteeringVectors
 from glassbox.principal import Principal
-from glassbox.requests.registry import STEERING, ModelRegistry
+from glassbox.requests.registry import FEATURES, STEERING, ModelRegistry
 from glassbox.steering.plan import SteeringPlan
 
 
@@ -46,6 +47,7 @@ class SteeringService:
             spec = variant_from_ember(data)
         except EmberJSONError as exc:
             raise InvalidRequest(f"'{param}': {exc}", param=param) from exc
+        self.variants.check_size(spec, f"{param}.edits")
         if spec.base_model not in self.registry.names():
             raise ModelNotFound(
                 spec.base_model,
@@ -109,7 +111,7 @@ class SteeringService:
     ) -> SteeringPlan | None:
         """A request's variant (`plan`) combined with its emotion's steering vectors."""
         plan = await self.plan(owner, variant, namespace, variant_id)
-        if coefficients is not None:
+        if coefficients:  # {} blends nothing: no dictionaries to load for it
             emotion = await self.emotion_plan(coefficients)
             plan = emotion if plan is None else plan.combined(emotion)
         return plan
@@ -124,6 +126,14 @@ class SteeringService:
             return self._vectors.blend(dict(coefficients))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="emotion_coefficients") from exc
+
+    async def readout(
+        self, model: str | None, features: int, dictionary: str | None
+    ) -> tuple[Readout, FeatureDictionary]:
+        """A generation's per-token feature readout (`FeatureService.readout`), refused
+        for a model whose backend has no features."""
+        self.registry.require(model, FEATURES, param="readout")
+        return await self.features.readout(features, dictionary)
 
     # --- features under a variant -----------------------------------------------------
 

@@ -59,3 +59,8 @@ class VariantSpec(BaseModel):
     @property
     def is_empty(self) -> bool:
         return not self.edits and not self.scopes
+
+    @property
+    def edit_count(self) -> int:
+        """Every edit, unconditional or in a scope: what each generated token pays for."""
+        return len(self.edits) + sum(len(scope.edits) for scope in self.scopes)

@@ -73,10 +73,22 @@ def _not_found(namespace: str, variant_id: str, param: str = "variant_id") -> No
 
 
 class VariantService:
-    def __init__(self, db: Database, base_model: str):
+    def __init__(self, db: Database, base_model: str, max_edits: int = 256):
+        """`max_edits`: the most edits one variant may hold (the server's bound)."""
         self.db = db
         self.base_model = base_model
+        self.max_edits = max_edits
         self._lock = threading.Lock()
+
+    def check_size(self, spec: VariantSpec, param: str) -> VariantSpec:
+        """`spec`, if it holds at most `max_edits` edits (a 400 about `param` if not)."""
+        if spec.edit_count > self.max_edits:
+            raise InvalidRequest(
+                f"the variant would hold {spec.edit_count} edits; a variant may hold at most "
+                f"{self.max_edits}",
+                param=param,
+            )
+        return spec
 
     def empty(self) -> VariantSpec:
         return VariantSpec(base_model=self.base_model)
@@ -231,6 +243,7 @@ class VariantService:
                     placed = True
             if edit is not None and not placed:
                 edits.append(edit)
-            row.spec = spec.model_copy(update={"edits": edits}).model_dump_json()
+            changed = self.check_size(spec.model_copy(update={"edits": edits}), "feature")
+            row.spec = changed.model_dump_json()
             s.flush()
             return _stored(row)

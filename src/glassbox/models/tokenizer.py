@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ class Tokenizer:
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    @cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for (at least 1): a text of n characters
+        has at least n / max_token_chars tokens, known without tokenizing it. The length of
+        a vocabulary entry bounds its text: byte-level entries spell each byte as one
+        character, and a decoded character is at least one byte."""
+        return max(1, *(len(entry) for entry in self.hf.get_vocab()))
 
     def token_str(self, token_id: int) -> str:
         """The text of one token as it appears in output (for logprobs)."""

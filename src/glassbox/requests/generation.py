@@ -13,13 +13,15 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
+from glassbox import tracing
 from glassbox.engine.async_engine import AsyncLLMEngine
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.errors import EngineDeadError
 from glassbox.engine.llm_engine import StepOutput
+from glassbox.engine.readout import TokenFeatures
 from glassbox.engine.sequence import SamplingParams, TokenLogprob
 from glassbox.metrics import Metrics
-from glassbox.requests.builder import EngineRequest, RequestBuilder
+from glassbox.requests.builder import UNBOUNDED, EngineRequest, RequestBounds, RequestBuilder
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Generation:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    features: list[TokenFeatures] = field(default_factory=list)  # see StepOutput.features
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
@@ -38,6 +41,7 @@ class Generation:
         self.text += out.text
         self.token_ids += out.token_ids
         self.logprobs += out.logprobs
+        self.features += out.features
         self.num_prompt_tokens = out.num_prompt_tokens
         self.num_output_tokens = out.num_output_tokens
         if out.finish_reason is not None:
@@ -49,12 +53,13 @@ class GenerationService:
     """Runs engine requests (built by `self.requests`, the one request path) and keeps the
     token metrics."""
 
-    def __init__(self, engine: AsyncLLMEngine, metrics: Metrics):
+    def __init__(self, engine: AsyncLLMEngine, metrics: Metrics, bounds: RequestBounds = UNBOUNDED):
         self.engine = engine
         self.metrics = metrics
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
-        self.requests = RequestBuilder.for_engine(engine)
+        self.requests = RequestBuilder.for_engine(engine, bounds)
+        self.steered = 0  # requests run with a steering plan (for /metrics)
 
     def ensure_alive(self) -> None:
         """Refuse now (a 503) what a stopped engine cannot run: a stream would otherwise
@@ -79,12 +84,24 @@ class GenerationService:
         `LLMEngine.add_request`)."""
         t0 = time.perf_counter()
         first = True
-        async with aclosing(self.engine.submit(prompt_ids, params, prefix)) as outputs:
-            async for out in outputs:
-                if first:
-                    first = False
-                    self.metrics.ttft.observe(time.perf_counter() - t0)
-                yield out
+        self.steered += params.steering is not None
+        span = tracing.engine_span(len(prompt_ids), params.max_tokens)  # None: tracing off
+        error = None
+        try:
+            async with aclosing(self.engine.submit(prompt_ids, params, prefix)) as outputs:
+                async for out in outputs:
+                    if first:
+                        first = False
+                        self.metrics.ttft.observe(time.perf_counter() - t0)
+                    if span is not None:
+                        span.output(out)
+                    yield out
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if span is not None:
+                span.end(error)
 
     async def stream_many(
         self, requests: list[EngineRequest]
@@ -124,4 +141,4 @@ class GenerationService:
         return results
 
     def stats(self) -> dict[str, int]:
-        return self.engine.stats()
+        return {**self.engine.stats(), "steered_requests": self.steered}

@@ -42,14 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session as SqlSession
 
 from glassbox.backends.base import InferenceEngine
@@ -80,6 +82,8 @@ from glassbox.store.models import ChatMessageRow, ChatSessionRow, as_utc
 from glassbox.structured.grammar import GrammarCompiler
 
 MAX_MESSAGE_CHARS = 32_000
+ACTIVE_SECONDS = 900  # /metrics: a session is active if it had a turn this recently
+COUNT_SECONDS = 2.0  # /metrics: how long the session counts read from the database are kept
 DEFAULT_MAX_TOKENS = 256
 SUMMARY_TOKENS = 96
 SUMMARY_INSTRUCTION = (
@@ -199,6 +203,28 @@ class SessionService:
             self.cache = SessionCache(self.locks.client, cache_ttl)
         self.models = models
         self.backends = dict(backends or {})
+        # For /metrics: turns by backend ("local" or "backend"), prompt tokens reused from
+        # KV or computed, and rebuilds (a turn that follows others but has no warm KV)
+        self.counts: Counter[str] = Counter()
+        self.turns_running = 0
+        self._counted: tuple[float, dict[str, int]] = (-COUNT_SECONDS, {})
+
+    def stats(self) -> dict[str, Any]:
+        """For /metrics: "sessions" stored and "active" (a turn in the last ACTIVE_SECONDS),
+        read from the database at most every COUNT_SECONDS; the turns running; `counts`."""
+        at, counted = self._counted
+        if time.monotonic() - at >= COUNT_SECONDS:
+            counted = self._count_sessions()
+            self._counted = (time.monotonic(), counted)
+        return {**counted, "turns_running": self.turns_running, **self.counts}
+
+    def _count_sessions(self) -> dict[str, int]:
+        since = datetime.now(UTC) - timedelta(seconds=ACTIVE_SECONDS)
+        recent = func.coalesce(func.sum(case((ChatSessionRow.updated_at >= since, 1), else_=0)), 0)
+        with self.db.session() as s:
+            counts = select(func.count(), recent).select_from(ChatSessionRow)
+            stored, active = s.execute(counts).one()
+        return {"sessions": int(stored), "active": int(active)}
 
     # --- records ---------------------------------------------------------------------------
 
@@ -449,7 +475,7 @@ class SessionService:
         """The reply's text pieces as they are generated, then the `Turn` once both messages
         are stored. Turns of one session run one at a time, in arrival order."""
         _check_message(user_message, "user_message")
-        async with self.locks.hold(session_id) as token:
+        async with self.locks.hold(session_id) as token, self._running():
             session, messages = await self._load(owner, session_id)
             # A Redis that lost its counters (restarted without persistence) counts from 1
             # again: the token is raised above the last stored one. A holder whose lock
@@ -489,9 +515,25 @@ class SessionService:
             # Stored: Redis follows even if the client leaves now.
             await asyncio.shield(self._remember(updated))
             await self._drop_state(owner, session.state_id)
+            self._count_turn(model is None or model.local, reply)
         yield Turn(
             message, updated, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens
         )
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        self.turns_running += 1
+        try:
+            yield
+        finally:
+            self.turns_running -= 1
+
+    def _count_turn(self, local: bool, reply: _Reply) -> None:
+        self.counts["local_turns" if local else "backend_turns"] += 1
+        if reply.prompt_tokens is not None:
+            reused = reply.cached_tokens or 0
+            self.counts["reused_tokens"] += reused
+            self.counts["computed_tokens"] += reply.prompt_tokens - reused
 
     async def _local_step(
         self,
@@ -504,12 +546,14 @@ class SessionService:
         the finished sequence's KV committed as the session's next state."""
         state = self._state(owner, session.state_id)
         start, summary, ids = await self._fit(
-            session, messages, user_message, state, self.requests.max_model_len,
+            session, messages, user_message, state, self.requests.context_limit,
             self._generate_local,
         )  # fmt: skip
         assert ids is not None  # the local model's length is known
         params = await self._params(owner, session.settings, len(ids))
         prefix = await self._warm_prefix(owner, state, ids)
+        if prefix is None and messages:  # no warm KV: recomputed from the messages
+            self.counts["rebuilds"] += 1
         reply = Generation()
         kv: KVHandle | None = None
         cached = 0
@@ -638,7 +682,11 @@ class SessionService:
         if earlier:
             transcript = f"(earlier: {earlier})\n{transcript}"
         budget = max(limit // 2 - SUMMARY_TOKENS, 1)
-        ids = self.requests.text(transcript, add_special_tokens=False)[-budget:]
+        # The last `budget` tokens lie within the last budget x max_token_chars characters:
+        # only those are tokenized (a long history would take seconds, and the check of
+        # `text` would refuse it).
+        tail = transcript[-budget * self.requests.tokenizer.max_token_chars :]
+        ids = self.requests.text(tail, add_special_tokens=False)[-budget:]
         transcript = self.requests.decode(ids, skip_special_tokens=True)
         prompt = [
             {"role": "system", "content": SUMMARY_INSTRUCTION},

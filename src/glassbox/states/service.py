@@ -11,6 +11,9 @@ and come back on their next use. Records live in the database (states/records.py
 behind in order); files in `directory`; at shutdown every resident state is written out
 and every record written, so states survive a restart. A state whose
 file is missing (a crash before it was spilled) is recomputed from its tokens on use.
+A spill that cannot write its file (a full disk) drops the KV all the same: the state is
+then served from its tokens, so a full disk costs time, never a state or a request; an
+export, a file the request asks for, is refused instead (`DiskFull`, 507).
 
 All KV work runs on the engine thread (`AsyncLLMEngine.call`); one lock orders the moves
 of KV between pool and disk.
@@ -19,7 +22,9 @@ of KV between pool and disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -27,8 +32,9 @@ from typing import Any
 
 from glassbox.engine.block_manager import KVHandle
 from glassbox.engine.llm_engine import StepOutput
+from glassbox.engine.readout import Readout
 from glassbox.engine.sequence import SamplingParams
-from glassbox.errors import InvalidRequest, NotFound
+from glassbox.errors import DiskFull, InvalidRequest, LimitReached, NotFound
 from glassbox.logs import get_logger
 from glassbox.principal import LOCAL, Principal
 from glassbox.requests.builder import about
@@ -63,7 +69,11 @@ class StateService:
         directory: Path,
         fingerprint: str,
         budget_bytes: int,
+        max_per_tenant: int | None = None,
     ):
+        """`max_per_tenant`: the most states one tenant may keep (None: no bound); a chat
+        session's own states are not refused (a turn must not fail for it)."""
+        self.max_per_tenant = max_per_tenant
         self.generation = generation
         self.engine = generation.engine
         self.db = db
@@ -81,6 +91,8 @@ class StateService:
         self._on_disk: set[str] = set()  # states whose file holds their current KV
         self._lock = asyncio.Lock()
         self._giving_back: set[asyncio.Task] = set()  # releases of leases nobody took
+        self.counts: Counter[str] = Counter()  # forks, exports, imports made (for /metrics)
+        files.remove_stale_temporaries(self.directory)  # of writes killed midway
         self._adopt_unowned_exports()
         for state in self.records.load():
             self._states[state.state_id] = state
@@ -107,6 +119,21 @@ class StateService:
 
     def kv_bytes(self, state: State) -> int:
         return max(state.num_tokens - 1, 0) * self.kv_bytes_per_token
+
+    def stats(self) -> dict[str, int]:
+        """For /metrics: states by where their KV is (see `location`, without a file check
+        each), their files' bytes, the pool bytes they hold, and `counts`."""
+        disk = sum(1 for s in self._on_disk if s not in self.residency and s in self._states)
+        file_bytes = 0
+        for state_id in self._on_disk:
+            with contextlib.suppress(OSError):  # deleted meanwhile
+                file_bytes += self._file(state_id).stat().st_size
+        return {
+            "memory": len(self.residency), "disk": disk,
+            "tokens": len(self._states) - len(self.residency) - disk,
+            "file_bytes": file_bytes, "resident_bytes": self.residency.bytes,
+            "budget_bytes": self.residency.budget_bytes, **self.counts,
+        }  # fmt: skip
 
     def file_bytes(self, state_id: str) -> int | None:
         path = self._file(state_id)
@@ -194,10 +221,25 @@ class StateService:
             data = await asyncio.to_thread(
                 files.encode, self.fingerprint, state.token_ids, kv, state.record()
             )
-            await asyncio.to_thread(files.write_atomic, self._file(state_id), data)
-            self._on_disk.add(state_id)
+            try:
+                await asyncio.to_thread(files.write_atomic, self._file(state_id), data)
+                self._on_disk.add(state_id)
+            except (DiskFull, OSError) as exc:  # the KV goes anyway: tokens recompute it
+                log.warning("state not spilled; its KV will be recomputed from its tokens",
+                            state_id=state_id, error=str(exc))  # fmt: skip
         self.residency.remove(state_id)
         await self.engine.call(lambda e: e.block_manager.release(handle))
+
+    def _check_room(self, owner: Principal) -> None:
+        """Refuse a new state to a tenant that keeps `max_per_tenant` already."""
+        if self.max_per_tenant is None:
+            return
+        held = sum(1 for state in self._states.values() if state.owner == owner.tenant)
+        if held >= self.max_per_tenant:
+            raise LimitReached(
+                f"this tenant keeps {held} states, the most this server allows; delete some "
+                "(DELETE /states/{state_id}) first"
+            )
 
     async def _adopt(self, state: State, handle: KVHandle) -> State:
         """Record a new state whose KV is `handle` (taken over)."""
@@ -254,7 +296,8 @@ class StateService:
         if messages is not None:
             ids = self.requests.chat(messages, add_generation_prompt)
             return await self.create(owner, ids, config or {}, param="messages")
-        return await self.create(owner, self.requests.text(text or ""), config or {}, param="text")
+        ids = self.requests.text(text or "", param="text")
+        return await self.create(owner, ids, config or {}, param="text")
 
     async def create(
         self,
@@ -266,6 +309,7 @@ class StateService:
         param: str = "token_ids",
     ) -> State:
         """A state that has read `token_ids` (`param`: the request field they came from)."""
+        self._check_room(owner)
         token_ids = self.requests.token_ids(token_ids, param)
         self.requests.max_tokens(len(token_ids), None, prompt_param=param)  # the context
         with about(param):
@@ -274,7 +318,9 @@ class StateService:
             uuid.uuid4().hex, list(token_ids), config=config, meta=meta or {}, owner=owner.tenant
         )
         async with self._lock:
-            return await self._adopt(state, handle)
+            state = await self._adopt(state, handle)
+        await self.records.written()  # answered once recorded: a crash then loses nothing
+        return state
 
     async def commit(
         self, owner: Principal, handle: KVHandle, parent_id: str, meta: dict | None = None
@@ -291,12 +337,15 @@ class StateService:
             owner=owner.tenant,
         )
         async with self._lock:
-            return await self._adopt(child, handle)
+            child = await self._adopt(child, handle)
+        await self.records.written()
+        return child
 
     async def fork(self, owner: Principal, state_id: str, token_index: int | None = None) -> State:
         """A child sharing the parent's blocks (of its first `token_index` tokens)."""
         parent = self.get(owner, state_id)
         n = self._check_index(parent, token_index)
+        self._check_room(owner)
         child = State(
             uuid.uuid4().hex,
             parent.token_ids[:n],
@@ -308,7 +357,10 @@ class StateService:
         async with self._lock:
             handle = await self._resident(parent)
             shared = await self.engine.call(lambda e: e.block_manager.share(handle, n))
-            return await self._adopt(child, shared)
+            child = await self._adopt(child, shared)
+        await self.records.written()
+        self.counts["forks"] += 1
+        return child
 
     def _check_index(self, state: State, token_index: int | None) -> int:
         if token_index is None:
@@ -327,6 +379,7 @@ class StateService:
         state.checkpoints[name] = self._check_index(state, token_index)
         state.modified_at = now()
         self.records.update(state)
+        await self.records.written()
         return state
 
     async def rollback(
@@ -364,6 +417,7 @@ class StateService:
             state.checkpoints = {k: v for k, v in state.checkpoints.items() if v <= n}
             state.modified_at = now()
             self.records.update(state)
+        await self.records.written()
         return state
 
     async def merge(self, owner: Principal, state_ids: list[str]) -> State:
@@ -374,6 +428,7 @@ class StateService:
         if len(state_ids) < 2:
             raise InvalidRequest("merge needs at least two states", param="state_ids")
         branches = [self.get(owner, s) for s in state_ids]
+        self._check_room(owner)
         shared = min(common_prefix(branches[0].token_ids, b.token_ids) for b in branches[1:])
         tokens = branches[0].token_ids[:shared]
         for b in branches:
@@ -396,7 +451,9 @@ class StateService:
             owner=owner.tenant,
         )
         async with self._lock:
-            return await self._adopt(merged, handle)
+            merged = await self._adopt(merged, handle)
+        await self.records.written()
+        return merged
 
     def _common_ancestor(self, owner: Principal, state_ids: list[str]) -> str | None:
         chains = [[s.state_id for s in self.lineage(owner, i)] for i in state_ids]
@@ -434,6 +491,7 @@ class StateService:
             self.records.delete(state_id)
             if children:
                 self.records.update(*children)
+        await self.records.written()
 
     # --- generation -------------------------------------------------------------------
 
@@ -450,6 +508,7 @@ class StateService:
         logprobs: int | None = None,
         steering: SteeringPlan | None = None,
         commit: bool = False,
+        readout: Readout | None = None,
     ) -> SamplingParams:
         """Sampling parameters for continuing the state: the request's own values, else the
         state's config (its sampling defaults). `max_tokens` is lowered to the room the
@@ -471,10 +530,11 @@ class StateService:
             temperature=pick(temperature, "temperature", 1.0),
             top_p=pick(top_p, "top_p", 1.0),
             seed=pick(seed, "seed", None),
-            stop=stop or [],
+            stop=self.requests.stops(stop or [], "stop_sequences"),
             logprobs=logprobs,
             steering=steering,
             keep_kv=commit,
+            readout=readout,
         )
 
     async def generate(
@@ -483,6 +543,8 @@ class StateService:
         """Continue a state: only the new tokens are computed. With `params.keep_kv`, the
         last output comes with the child state holding the prompt and what was generated."""
         state = self.get(owner, state_id)
+        if params.keep_kv:
+            self._check_room(owner)  # before the work, not when its child is committed
         lease = await self.lease(owner, state_id)
         outputs = self.generation.stream(state.token_ids, params, prefix=lease)
         async with aclosing(outputs):
@@ -501,9 +563,11 @@ class StateService:
             kv = await self.engine.call(lambda e: e.read_kv(lease))
         finally:
             await self.release(lease)
-        return await asyncio.to_thread(
+        data = await asyncio.to_thread(
             files.encode, self.fingerprint, state.token_ids, kv, state.record()
         )
+        self.counts["exports"] += 1
+        return data
 
     async def export(self, owner: Principal, state_id: str, name: str | None) -> Path:
         path = self._named(owner, state_id if name is None else name)
@@ -557,6 +621,7 @@ class StateService:
     async def import_bytes(self, owner: Principal, data: bytes, source: str | None = None) -> State:
         """A new state from a state file: refused whole if it is damaged or belongs to
         another model."""
+        self._check_room(owner)
         try:
             loaded = await asyncio.to_thread(files.decode, data, self.max_file_bytes)
         except files.StateFileError as exc:
@@ -580,12 +645,17 @@ class StateService:
             owner=owner.tenant,
         )
         async with self._lock:
-            return await self._adopt(state, handle)
+            state = await self._adopt(state, handle)
+        await self.records.written()
+        self.counts["imports"] += 1
+        return state
 
     async def flush(self) -> None:
         """Write every resident state to its file and give its blocks back, and every
         queued record to the database (shutdown)."""
-        async with self._lock:
-            for state_id in self.residency.ids():
-                await self._spill(state_id)
-        await self.records.flush()
+        try:
+            async with self._lock:
+                for state_id in self.residency.ids():
+                    await self._spill(state_id)
+        finally:
+            await self.records.flush()

@@ -2,14 +2,15 @@
 
 A row never holds the key: only `digest`, the HMAC-SHA256 of the whole key under the server's
 secret, and `prefix`, the first characters of its random part, which `keys list` shows and
-verification looks rows up by. `scopes` is space-separated (e.g. "read" or "admin").
+verification looks rows up by. `scopes` is space-separated (e.g. "read" or "admin"). The
+key's own rate limits (migration 0007_key_limits) are NULL where the default applies.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from glassbox.store.models import Base, utcnow
@@ -30,3 +31,5 @@ class ApiKeyRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)

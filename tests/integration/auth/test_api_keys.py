@@ -175,9 +175,9 @@ def test_health_and_metrics_closed_by_the_settings(tiny_model_dir: Path, tmp_pat
 # --- admin routes -------------------------------------------------------------------------
 
 
-def test_admin_routes_manage_the_admins_tenants_keys(server: LiveServer, keys: KeyService):
+def test_admin_routes_manage_every_tenants_keys(server: LiveServer, keys: KeyService):
     admin = {"Authorization": f"Bearer {keys.create('acme', ['admin']).key}"}
-    theirs = keys.create("globex", ["admin"]).record
+    theirs = keys.create("globex", ["user"]).record
     with httpx.Client(base_url=server.base_url, headers=admin) as http:
         r = http.post("/admin/keys", json={"scopes": ["read"], "name": "ci", "expires_in_days": 1})
         assert r.status_code == 200, r.text
@@ -185,19 +185,32 @@ def test_admin_routes_manage_the_admins_tenants_keys(server: LiveServer, keys: K
         assert made["tenant"] == "acme" and made["scopes"] == ["read"]
         assert made["status"] == "active" and made["expires_at"] > made["created_at"]
         assert made["key"].startswith("gbx-") and made["prefix"] == made["key"][4:12]
+        assert (made["requests_per_minute"], made["tokens_per_minute"]) == (None, None)
         new_key = {"Authorization": f"Bearer {made['key']}"}
         assert httpx.get(server.base_url + "/v1/models", headers=new_key).status_code == 200
 
         listed = http.get("/admin/keys").json()["data"]
-        assert {k["tenant"] for k in listed} == {"acme"}
-        assert made["id"] in {k["id"] for k in listed}
+        assert {"acme", "globex"} <= {k["tenant"] for k in listed}
+        assert {made["id"], theirs.id} <= {k["id"] for k in listed}
         assert all("key" not in k for k in listed)
+        only = http.get("/admin/keys", params={"tenant": "globex"}).json()["data"]
+        assert {k["tenant"] for k in only} == {"globex"} and theirs.id in {k["id"] for k in only}
 
-        other = http.delete(f"/admin/keys/{theirs.id}")
-        assert other.status_code == 404 and other.json()["error"]["code"] == "api_key_not_found"
-        r = http.post("/admin/keys", json={"tenant": "globex"})
-        assert r.status_code == 403 and r.json()["error"]["param"] == "tenant"
+        body = {"tenant": "globex", "requests_per_minute": 7, "tokens_per_minute": 0}
+        r = http.post("/admin/keys", json=body)
+        assert r.status_code == 200, r.text
+        limited = r.json()
+        assert limited["tenant"] == "globex"
+        assert (limited["requests_per_minute"], limited["tokens_per_minute"]) == (7, 0)
+        r = http.post("/admin/keys", json={"requests_per_minute": -1})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "requests_per_minute"
+        r = http.post("/admin/keys", json={"tenant": "../etc"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tenant"
 
+        assert http.delete(f"/admin/keys/{theirs.id}").json()["status"] == "revoked"
+        missing = http.delete("/admin/keys/key_nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "api_key_not_found"
         revoked = http.delete(f"/admin/keys/{made['id']}").json()
         assert revoked["status"] == "revoked" and revoked["revoked_at"] is not None
     r = httpx.get(server.base_url + "/v1/models", headers=new_key)
@@ -208,6 +221,35 @@ def test_admin_routes_manage_the_admins_tenants_keys(server: LiveServer, keys: K
             str(v) for row in conn.execute(sql("SELECT * FROM api_keys")) for v in row
         )
     assert made["key"] not in stored and made["key"][4:] not in stored
+
+
+def test_an_admin_sees_every_tenants_objects_with_the_tenant_header(
+    server: LiveServer, keys: KeyService
+):
+    """Another tenant's state is a 404 to an admin too, until it acts for that tenant."""
+    acme = {"Authorization": f"Bearer {keys.create('acme-data', ['user']).key}"}
+    admin_key = keys.create("operators", ["admin"]).key
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    as_acme = {**admin, "X-Glassbox-Tenant": "acme-data"}
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        r = http.post("/states", json={"text": "the fox"}, headers=acme)
+        assert r.status_code == 201, r.text
+        state = r.json()["id"]
+        assert http.get(f"/states/{state}", headers=admin).status_code == 404
+        assert http.get(f"/states/{state}", headers=as_acme).json()["id"] == state
+        listed = http.get("/states", headers=as_acme).json()["data"]
+        assert state in {s["id"] for s in listed}
+        assert state not in {s["id"] for s in http.get("/states", headers=admin).json()["data"]}
+        made = http.post("/states", json={"text": "on behalf"}, headers=as_acme).json()["id"]
+        assert http.get(f"/states/{made}", headers=acme).status_code == 200  # it is acme's
+
+        user_as = {**acme, "X-Glassbox-Tenant": "operators"}
+        r = http.get("/states", headers=user_as)
+        assert r.status_code == 403 and r.json()["error"]["param"] == "X-Glassbox-Tenant"
+        r = http.get("/states", headers={**admin, "X-Glassbox-Tenant": "../x"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "X-Glassbox-Tenant"
+        own = {**acme, "X-Glassbox-Tenant": "acme-data"}  # naming its own tenant is no change
+        assert http.get(f"/states/{state}", headers=own).status_code == 200
 
 
 @pytest.mark.parametrize("scopes", [["user"], ["read"]])

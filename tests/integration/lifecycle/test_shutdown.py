@@ -4,6 +4,7 @@ its states and exits 0; a KV state made before is there after a restart."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -15,6 +16,8 @@ from helpers.http import create_state
 from helpers.processes import ServerProcess, start_server
 from helpers.server import TINY_NAME
 from helpers.waiting import wait_until
+
+from glassbox.api.streaming import FAREWELL_SECONDS
 
 # 16 choices of 450 tokens on one thread: a stream of a few seconds on the tiny model.
 LONG_STREAM = {
@@ -97,10 +100,12 @@ def test_sigterm_lets_a_stream_finish_and_keeps_states(tiny_model_dir, tmp_path:
         restarted.stop()
 
 
-def test_a_stream_past_the_grace_is_cut_and_the_server_exits_0(
+def test_a_stream_past_the_grace_ends_with_an_error_event_and_the_server_exits_0(
     tiny_model_dir, tmp_path: Path
 ) -> None:
-    grace = 0.5
+    """A stream still running FAREWELL_SECONDS before the grace ends is told so in its last
+    event (OpenAI's error shape), instead of being cut without a word."""
+    grace = 2.0
     server = start_server(
         tmp_path / "server", tiny_model_dir, GLASSBOX_SHUTDOWN_GRACE_SECONDS=str(grace), **SLOW
     )
@@ -113,7 +118,11 @@ def test_a_stream_past_the_grace_is_cut_and_the_server_exits_0(
         assert _exit_code(server, grace + 10) == 0
         exited = time.monotonic() - sent
         stream.join(10)
-        assert not stream.done  # cut at the deadline
-        assert exited < grace + 5
+        assert not stream.done  # stopped at the deadline, not finished
+        assert stream.error is None, stream.error  # ended by the server, not cut
+        last = json.loads(stream.lines[-1].removeprefix("data: "))
+        assert last["error"]["code"] == "server_shutting_down", last
+        assert last["error"]["type"] == "service_unavailable_error"
+        assert grace - FAREWELL_SECONDS - 0.1 < exited < grace + 5
     finally:
         server.stop()

@@ -1,6 +1,7 @@
-"""Per-tenant rate limits on a live server (the tiny model, API keys required): the official
-openai SDK gets its RateLimitError with Retry-After once a tenant has used its requests or
-tokens of the minute; other tenants are not affected; per-tenant overrides; the metric."""
+"""Per-key rate limits on a live server (the tiny model, API keys required): the official
+openai SDK gets its RateLimitError with Retry-After once a key has used its requests or
+tokens of the minute; other keys, of the same tenant or another, are not affected; a key's
+own limits; per-tenant overrides; the metric."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from helpers.server import TINY_NAME, LiveServer, running, tiny_settings
 
 from glassbox.config import TenantLimits
+from glassbox.principal import KeyLimits
 
 REQUESTS = 3
 TOKENS = 200
@@ -31,8 +33,8 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield live
 
 
-def client_of(server: LiveServer, tenant: str) -> openai.OpenAI:
-    key = server.app.state.keys.create(tenant).key
+def client_of(server: LiveServer, tenant: str, limits: KeyLimits | None = None) -> openai.OpenAI:
+    key = server.app.state.keys.create(tenant, limits=limits or KeyLimits()).key
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
 
 
@@ -106,3 +108,31 @@ def test_health_and_metrics_are_not_counted(server: LiveServer):
         assert httpx.get(server.base_url + "/health", headers=headers).status_code == 200
         assert httpx.get(server.base_url + "/metrics", headers=headers).status_code == 200
     assert httpx.get(server.base_url + "/v1/models", headers=headers).status_code == 200
+
+
+def test_each_key_has_its_own_counters(server: LiveServer):
+    with client_of(server, "theta") as first, client_of(server, "theta") as second:
+        for _ in range(REQUESTS):
+            first.models.list()
+        with pytest.raises(openai.RateLimitError) as caught:
+            first.models.list()
+        for _ in range(REQUESTS):
+            second.models.list()  # the same tenant's other key: its own minute
+    assert "for this API key" in caught.value.body["message"]
+
+
+def test_a_keys_own_limits_replace_the_defaults(server: LiveServer):
+    with client_of(server, "iota", KeyLimits(requests=1)) as strict:
+        strict.models.list()
+        with pytest.raises(openai.RateLimitError) as caught:
+            strict.models.list()
+    assert "1 requests per minute" in caught.value.body["message"]
+    with client_of(server, "iota", KeyLimits(requests=0, tokens=0)) as free:
+        for _ in range(REQUESTS + 2):
+            free.models.list()
+        chat(free, max_tokens=TOKENS + 1)  # neither limit applies to this key
+    # a key of an overridden tenant keeps its own limit
+    with client_of(server, "vip", KeyLimits(requests=1)) as vip:
+        vip.models.list()
+        with pytest.raises(openai.RateLimitError):
+            vip.models.list()

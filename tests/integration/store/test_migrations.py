@@ -157,7 +157,7 @@ def test_fresh_sqlite_reaches_head_and_a_second_upgrade_changes_nothing(tmp_path
     url = _sqlite_url(tmp_path / "glassbox.db")
     db = Database(url)
     try:
-        assert migrate.current(db.engine) == migrate.head() == "0006_api_keys"
+        assert migrate.current(db.engine) == migrate.head() == "0007_key_limits"
         schema = inspect(db.engine)
         assert set(schema.get_table_names()) == {
             "alembic_version",
@@ -311,7 +311,7 @@ def test_cli_db_upgrade_and_current(
     assert capsys.readouterr().out.split() == [migrate.head(), "(head)", url]
     assert cli_main(["db", "current"]) == 0
     assert capsys.readouterr().out.split() == [migrate.head(), "(head)", url]
-    assert migrate.current(url) == "0006_api_keys"
+    assert migrate.current(url) == "0007_key_limits"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------

@@ -25,10 +25,13 @@ from glassbox.errors import (
     Aborted,
     Conflict,
     ContextLengthExceeded,
+    DiskFull,
     Forbidden,
+    GenerationTimeout,
     GlassboxError,
     InvalidOutput,
     InvalidRequest,
+    LimitReached,
     ModelNotFound,
     NotCapable,
     NotFound,
@@ -120,6 +123,11 @@ CASES: dict[type[GlassboxError], Case] = {
         lambda: Unavailable("the model is still loading"),
         503, "service_unavailable_error", None, None, "the model is still loading",
     ),
+    DiskFull: Case(
+        lambda: DiskFull("the server's state directory is full (no space left on device)"),
+        507, "server_error", "insufficient_storage", None,
+        "the server's state directory is full (no space left on device)",
+    ),
     ProviderError: Case(
         lambda: ProviderError("http://gpu:8000/v1/embeddings: error 500: boom"),
         503, "service_unavailable_error", "embedding_provider_failed", None,
@@ -160,6 +168,15 @@ CASES: dict[type[GlassboxError], Case] = {
         lambda: Overloaded("the server is busy: 256 sequences are waiting", retry_after=1),
         503, "service_unavailable_error", "server_overloaded", None,
         "the server is busy: 256 sequences are waiting",
+    ),
+    GenerationTimeout: Case(
+        lambda: GenerationTimeout("the generation took longer than 600 s"),
+        503, "service_unavailable_error", "generation_timeout", None,
+        "the generation took longer than 600 s",
+    ),
+    LimitReached: Case(
+        lambda: LimitReached("this tenant keeps 3 files", param="file"),
+        400, "invalid_request_error", "limit_reached", "file", "this tenant keeps 3 files",
     ),
     EngineDeadError: Case(
         lambda: EngineDeadError("the engine thread has stopped"),

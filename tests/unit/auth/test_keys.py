@@ -19,7 +19,7 @@ from sqlalchemy import text as sql
 from glassbox.auth import KeyService, load_secret
 from glassbox.auth.keys import KEY_PREFIX
 from glassbox.errors import InvalidRequest, NotFound, Unauthenticated
-from glassbox.principal import Principal
+from glassbox.principal import KeyLimits, Principal
 from glassbox.store import Database
 from glassbox.store.api_keys import ApiKeyRow
 
@@ -52,9 +52,15 @@ def test_a_key_is_stored_only_as_its_hmac_and_a_public_prefix(keys: KeyService, 
     assert (rows[0]["owner"], rows[0]["scopes"], rows[0]["name"]) == ("acme", "read", "dashboards")
 
 
-async def test_a_valid_key_is_its_tenant_and_scopes(keys: KeyService):
-    key = keys.create("acme", ["user", "admin"]).key
-    assert await keys.authenticate(key) == Principal("acme", frozenset({"admin", "user"}))
+async def test_a_valid_key_is_its_tenant_scopes_id_and_limits(keys: KeyService):
+    made = keys.create("acme", ["user", "admin"])
+    assert await keys.authenticate(made.key) == Principal(
+        "acme", frozenset({"admin", "user"}), made.record.id, KeyLimits()
+    )
+    limited = keys.create("acme", limits=KeyLimits(requests=5, tokens=0))
+    principal = await keys.authenticate(limited.key)
+    assert principal.limits == KeyLimits(5, 0) == limited.record.limits
+    assert principal.key_id == limited.record.id != made.record.id
 
 
 @pytest.mark.parametrize(

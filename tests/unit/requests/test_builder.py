@@ -10,7 +10,7 @@ import torch
 
 from glassbox.engine.sequence import SamplingParams
 from glassbox.errors import ContextLengthExceeded, InvalidRequest
-from glassbox.requests.builder import EngineRequest, RequestBuilder, about
+from glassbox.requests.builder import EngineRequest, RequestBounds, RequestBuilder, about
 from glassbox.steering.plan import Direction, ResolvedEdit, SteeringPlan
 
 LIMIT = 64
@@ -111,6 +111,8 @@ def test_engine_refusals_are_about_the_field_the_prompt_came_from():
 class RecordingTokenizer:
     """Records what the builder asks of the tokenizer (beside the tests above, which use the
     real one): the arguments must reach it as given."""
+
+    max_token_chars = 4
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -240,3 +242,61 @@ def test_chat_after_drops_a_reply_cut_inside_a_character(build, tiny_tokenizer):
     assert tiny_tokenizer.decode(ids, skip_special_tokens=False) == tiny_tokenizer.decode(
         build.chat(CONVERSATION), skip_special_tokens=False
     )
+
+
+def test_a_text_no_tokenization_could_fit_is_refused_before_it_is_tokenized():
+    tok = RecordingTokenizer()
+    build = RequestBuilder(tok, vocab_size=10, max_model_len=LIMIT)
+    most = LIMIT * tok.max_token_chars  # characters LIMIT tokens of 4 characters hold
+    assert build.text("a" * most) == [most]
+    with pytest.raises(ContextLengthExceeded) as long:
+        build.text("a" * (most + 1), param="text")
+    assert long.value.param == "text" and f"{most + 1} characters" in long.value.message
+    assert [c[1] for c in tok.calls] == ["a" * most]  # the refused text was never tokenized
+
+
+def test_a_conversation_no_tokenization_could_fit_is_refused_before_the_template(
+    build, tiny_tokenizer, monkeypatch
+):
+    def no_template(*args, **kwargs):
+        raise AssertionError("the template ran on a conversation that cannot fit")
+
+    monkeypatch.setattr(tiny_tokenizer, "apply_chat_template", no_template)
+    monkeypatch.setattr(tiny_tokenizer, "chat_text", no_template)
+    many = [{"role": "user", "content": "x"}] * (LIMIT + 1)
+    with pytest.raises(ContextLengthExceeded) as refused:
+        build.chat(many)
+    assert refused.value.param == "messages" and "messages" in refused.value.message
+    huge = "word " * (LIMIT * tiny_tokenizer.max_token_chars)
+    parts = [{"role": "user", "content": [{"type": "text", "text": huge}]}]
+    with pytest.raises(ContextLengthExceeded):
+        build.chat(parts, param="prompt")
+    with pytest.raises(ContextLengthExceeded):
+        build.chat_after([1, 2], [{"role": "user", "content": huge}])
+
+
+def test_bounds_refuse_prompts_max_tokens_n_and_stops_past_them(tiny_tokenizer):
+    bounds = RequestBounds(
+        max_prompt_tokens=10, max_generated_tokens=5, max_choices=2, max_stop_strings=1,
+        max_stop_chars=3, timeout_seconds=7.0,
+    )  # fmt: skip
+    build = RequestBuilder(tiny_tokenizer, tiny_tokenizer.vocab_size, LIMIT, bounds)
+    assert build.context_limit == 10
+    with pytest.raises(ContextLengthExceeded) as long:
+        build.max_tokens(11, 1, prompt_param="messages")
+    assert long.value.param == "messages" and "at most 10 tokens" in long.value.message
+    with pytest.raises(InvalidRequest) as many:
+        build.max_tokens(3, 6, prompt_param="prompt")
+    assert many.value.param == "max_tokens"
+    assert build.max_tokens(3, 6, prompt_param="prompt", cap=True) == 5
+    assert build.max_tokens(3, None, prompt_param="prompt") == 5
+    assert build.choices(2) == 2
+    with pytest.raises(InvalidRequest) as n:
+        build.choices(3)
+    assert n.value.param == "n"
+    with pytest.raises(InvalidRequest):
+        build.params(max_tokens=1, stop=["a", "b"])
+    with pytest.raises(InvalidRequest) as stop:
+        build.params(max_tokens=1, stop=["abcd"])
+    assert stop.value.param == "stop"
+    assert build.params(max_tokens=1, stop=["abc"]).timeout == 7.0

@@ -1,21 +1,21 @@
-"""API keys over HTTP, for a key with the 'admin' scope; its tenant's keys only (another
-tenant's key id is a 404, as everywhere). Keys of any tenant: `glassbox keys`.
+"""API keys over HTTP, for a key with the 'admin' scope: the server's administrators, who
+manage the keys of every tenant (as `glassbox keys` does on the database).
 
-    POST   /admin/keys         a new key (the key itself is in this answer, and only here)
-    GET    /admin/keys         the tenant's keys, without secrets
-    DELETE /admin/keys/{id}    revoke one
+    POST   /admin/keys            a new key (the key itself is in this answer, and only here)
+    GET    /admin/keys[?tenant=]  keys without secrets: every tenant's, or one tenant's
+    DELETE /admin/keys/{id}       revoke one
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from glassbox.api.admin.schemas import CreatedKeyObject, CreateKeyRequest, KeyList, KeyObject
 from glassbox.api.deps import AdminDep, KeysDep, require_admin
 from glassbox.auth.keys import ApiKey
-from glassbox.errors import Forbidden
+from glassbox.principal import KeyLimits
 
 # Every route here is admin-only, including one that forgets to ask for the principal.
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -31,28 +31,27 @@ def key_object(key: ApiKey) -> KeyObject:
         name=key.name, status=key.status(), created_at=int(key.created_at.timestamp()),
         expires_at=_seconds(key.expires_at), revoked_at=_seconds(key.revoked_at),
         last_used_at=_seconds(key.last_used_at),
+        requests_per_minute=key.limits.requests, tokens_per_minute=key.limits.tokens,
     )  # fmt: skip
 
 
 @router.post("/keys", response_model=CreatedKeyObject)
 def create_key(body: CreateKeyRequest, keys: KeysDep, principal: AdminDep) -> CreatedKeyObject:
-    tenant = body.tenant or principal.tenant
-    if tenant != principal.tenant:
-        raise Forbidden(
-            f"an admin key manages the keys of its own tenant '{principal.tenant}'; make keys "
-            "of other tenants with `glassbox keys create --tenant`",
-            param="tenant",
-        )
     expires_in = timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    created = keys.create(tenant, body.scopes, body.name, expires_in)
+    limits = KeyLimits(body.requests_per_minute, body.tokens_per_minute)
+    created = keys.create(
+        body.tenant or principal.tenant, body.scopes, body.name, expires_in, limits
+    )
     return CreatedKeyObject(**key_object(created.record).model_dump(), key=created.key)
 
 
 @router.get("/keys", response_model=KeyList)
-def list_keys(keys: KeysDep, principal: AdminDep) -> KeyList:
-    return KeyList(data=[key_object(k) for k in keys.list(principal.tenant)])
+def list_keys(
+    keys: KeysDep, tenant: str | None = Query(None, description="Only this tenant's keys")
+) -> KeyList:
+    return KeyList(data=[key_object(k) for k in keys.list(tenant)])
 
 
 @router.delete("/keys/{key_id}", response_model=KeyObject)
-def revoke_key(key_id: str, keys: KeysDep, principal: AdminDep) -> KeyObject:
-    return key_object(keys.revoke(key_id, principal.tenant))
+def revoke_key(key_id: str, keys: KeysDep) -> KeyObject:
+    return key_object(keys.revoke(key_id))

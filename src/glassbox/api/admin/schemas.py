@@ -12,10 +12,20 @@ Scope = Literal["admin", "user", "read"]
 class CreateKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tenant: str | None = Field(None, description="The caller's own tenant (the default)")
+    tenant: str | None = Field(
+        None, description="Whose data the key reaches (default: the admin's own tenant)"
+    )
     scopes: list[Scope] = Field(["user"], min_length=1)
     name: str = Field("", max_length=256)
-    expires_in_days: float | None = Field(None, gt=0, description="None: it never expires")
+    expires_in_days: float | None = Field(
+        None, gt=0, le=36_500, description="None: it never expires (at most 100 years)"
+    )
+    requests_per_minute: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; None: default)"
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; None: default)"
+    )
 
 
 class KeyObject(BaseModel):
@@ -30,6 +40,8 @@ class KeyObject(BaseModel):
     expires_at: int | None
     revoked_at: int | None
     last_used_at: int | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
 
 
 class CreatedKeyObject(KeyObject):

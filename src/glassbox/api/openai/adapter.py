@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from glassbox.api.features.readout import ReadoutLabels, TokenReadout
 from glassbox.api.openai.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -40,6 +41,7 @@ from glassbox.api.system.schemas import (
     TokenizeResponse,
 )
 from glassbox.engine.grammar import GRAMMAR_FAILED, Grammar
+from glassbox.engine.readout import Readout, TokenFeatures
 from glassbox.engine.sequence import STEERING_ABORT, TokenLogprob
 from glassbox.errors import Aborted, InvalidRequest, Unavailable, Unsupported
 from glassbox.features.emotion import EmotionalState
@@ -101,13 +103,36 @@ class OpenAIService:
             state = EmotionalState(req.emotional_state.valence, req.emotional_state.arousal)
             coefficients = state.get_steering_coefficients()
         wants_variant = req.variant is not None or req.session_id is not None
-        if not wants_variant and coefficients is None:
+        if not wants_variant and not coefficients:  # {}: no emotion, no features to load
             return None
         if self.steering is None:
             raise Unsupported("variant", "this server has no feature dictionaries")
         return await self.steering.request_plan(
             owner, req.variant, req.session_id, req.variant_id, coefficients
         )
+
+    async def _readout(
+        self, req: ChatCompletionRequest
+    ) -> tuple[Readout | None, ReadoutLabels | None]:
+        """The request's feature readout (`readout`), and what names its features."""
+        if req.readout is None:
+            return None, None
+        if self.steering is None:
+            raise Unsupported("readout", "this server has no feature dictionaries")
+        options = req.readout
+        readout, dictionary = await self.steering.readout(
+            req.model, options.features, options.dictionary
+        )
+        return readout, ReadoutLabels(dictionary)
+
+    def readout(
+        self, labels: ReadoutLabels, token_ids: list[int], found: list[TokenFeatures]
+    ) -> list[TokenReadout]:
+        """The tokens' readout as the responses carry it."""
+        return [
+            TokenReadout(token=self.token_text(t), token_id=t, features=labels.features(f))
+            for t, f in zip(token_ids, found, strict=True)
+        ]
 
     def _grammar(self, req: ChatCompletionRequest | CompletionRequest) -> Grammar | None:
         """The constraint of `response_format` or a guided_* field (compiled, cached)."""
@@ -132,10 +157,8 @@ class OpenAIService:
         return compile_.lark(value)
 
     def _tool_grammar(self, req: ChatCompletionRequest, tools: list[Tool]) -> Grammar:
-        tool_calls.check_tools(tools)
         parallel = req.parallel_tool_calls is not False
-        source = tool_calls.grammar(tools, req.tool_choice_name, parallel)
-        return self.grammars.lark(source, param="tools")
+        return tool_calls.compile_grammar(self.grammars, tools, req.tool_choice_name, parallel)
 
     # --- logprobs -----------------------------------------------------------------------
 
@@ -174,10 +197,14 @@ class OpenAIService:
 
     async def _chat_requests(
         self, owner: Principal, req: ChatCompletionRequest
-    ) -> list[EngineRequest]:
+    ) -> tuple[list[EngineRequest], ReadoutLabels | None]:
+        """One engine request per choice, and what names the readout's features (None:
+        no readout asked)."""
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
         build = self.gen.requests
+        build.choices(req.n)
+        readout, labels = await self._readout(req)
         tools, choice = _tools(req), req.tool_choice_name
         # Compiling takes ~1 ms for a typical schema, more for a large one: off the event loop.
         if tools and choice != "none":
@@ -195,15 +222,15 @@ class OpenAIService:
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = build.params(
             max_tokens=max_tokens, logprobs=logprobs, steering=await self._plan(owner, req),
-            grammar=grammar, **_sampling_fields(req),
+            grammar=grammar, readout=readout, **_sampling_fields(req),
         )  # fmt: skip
         first = EngineRequest(prompt, params)
-        return [self.gen.for_choice(first, i) for i in range(req.n)]
+        return [self.gen.for_choice(first, i) for i in range(req.n)], labels
 
     async def chat(
         self, owner: Principal, req: ChatCompletionRequest, model: str
     ) -> ChatCompletion:
-        requests = await self._chat_requests(owner, req)
+        requests, labels = await self._chat_requests(owner, req)
         results = await self.gen.generate_many(requests)
         calling = bool(req.tools) and req.tool_choice_name != "none"
         choices = []
@@ -228,6 +255,7 @@ class OpenAIService:
                     index=i,
                     message=message,
                     logprobs=self.chat_logprobs(g.logprobs) if req.logprobs else None,
+                    readout=self.readout(labels, g.token_ids, g.features) if labels else None,
                     finish_reason=reason,
                 )
             )
@@ -243,11 +271,15 @@ class OpenAIService:
     ) -> AsyncIterator[str]:
         """Validates now (errors become ordinary 4xx responses), then streams chunk JSON."""
         self.gen.ensure_alive()
-        requests = await self._chat_requests(owner, req)
-        return self._chat_chunks(req, requests, model)
+        requests, labels = await self._chat_requests(owner, req)
+        return self._chat_chunks(req, requests, model, labels)
 
     async def _chat_chunks(
-        self, req: ChatCompletionRequest, requests: list[EngineRequest], model: str
+        self,
+        req: ChatCompletionRequest,
+        requests: list[EngineRequest],
+        model: str,
+        labels: ReadoutLabels | None = None,
     ) -> AsyncIterator[str]:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
 
@@ -295,15 +327,20 @@ class OpenAIService:
         async with aclosing(self.gen.stream_many(requests)) as outputs:
             async for i, out in outputs:
                 results[i].add(out)
-                logprobs = None
+                logprobs = readout = None
                 if req.logprobs and out.logprobs:
                     logprobs = self.chat_logprobs(out.logprobs)
+                if labels is not None and out.features:
+                    readout = self.readout(labels, out.token_ids, out.features)
                 pieces = deltas(i, out.text, out.finish_reason is not None)
-                if logprobs is not None and not pieces:
+                if (logprobs is not None or readout is not None) and not pieces:
                     pieces = [DeltaMessage()]
                 for k, delta in enumerate(pieces):
-                    chosen = logprobs if k == 0 else None
-                    yield chunk([ChatChunkChoice(index=i, delta=delta, logprobs=chosen)])
+                    first = k == 0
+                    yield chunk(
+                        [ChatChunkChoice(index=i, delta=delta, logprobs=logprobs if first else None,
+                                         readout=readout if first else None)]
+                    )  # fmt: skip
                 if out.finish_reason is not None:
                     reason = _finish_reason(out.finish_reason)
                     if called[i] and reason == "stop":
@@ -324,6 +361,7 @@ class OpenAIService:
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
         build = self.gen.requests
+        build.choices(req.n)
         plan = await self._plan(owner, req)
         grammar = await asyncio.to_thread(self._grammar, req)
         requests, texts = [], []

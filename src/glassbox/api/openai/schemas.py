@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glassbox.api.common import StrictRequest
+from glassbox.api.features.readout import ReadoutOptions, TokenReadout
 from glassbox.structured.tools import ToolCall
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
@@ -123,7 +124,7 @@ class _SamplingFields(StrictRequest):
     """Fields shared by chat and completions (OpenAI's plus vLLM's extras)."""
 
     model: str | None = Field(None, description="The served model name or an alias")
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, description="Choices; at most the server's max_choices (16)")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
@@ -264,6 +265,8 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # glassbox: each generated token's top features, in `choice.readout` (and each chunk's)
+    readout: ReadoutOptions | None = None
     # Defined by OpenAI, not supported: rejected when set (see unsupported()).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
@@ -386,10 +389,15 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = None
 
 
+# glassbox's per-token feature readout, beside logprobs; absent unless the request asked.
+Readout = Annotated[list[TokenReadout] | None, Field(exclude_if=lambda v: v is None)]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
+    readout: Readout = None
     finish_reason: str | None
 
 
@@ -429,6 +437,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChoiceLogprobs | None = None
+    readout: Readout = None
     finish_reason: str | None = None
 
 

@@ -94,7 +94,7 @@ async def list_sessions(
     principal: PrincipalDep,
     user_id: str | None = None,
     limit: int = Query(20, ge=1, le=100),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**63 - 1),  # SQL's OFFSET is a signed 64-bit integer
 ) -> ChatSessionList:
     found, total = await asyncio.to_thread(sessions.list, principal, user_id, limit, offset)
     return ChatSessionList(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from glassbox.api.common import StrictRequest
 from glassbox.api.openai.schemas import EmotionalStateIn, ResponseFormat
@@ -39,6 +39,14 @@ class StartChatRequest(StrictRequest):
         description="When the conversation outgrows the context: drop the oldest messages, "
         "or replace them with the model's summary",
     )
+
+    @model_validator(mode="after")
+    def _one_variant(self) -> StartChatRequest:
+        if (self.variant_namespace is None) != (self.variant_id is None):
+            raise ValueError("a stored variant needs both 'variant_namespace' and 'variant_id'")
+        if self.variant is not None and self.variant_id is not None:
+            raise ValueError("give 'variant' (inline) or 'variant_namespace' + 'variant_id'")
+        return self
 
 
 class ChatSessionSchema(BaseModel):

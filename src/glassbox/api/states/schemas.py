@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from glassbox.api.common import StrictRequest
+from glassbox.api.features.readout import ReadoutFeature, ReadoutOptions
 from glassbox.api.openai.schemas import ChatMessage
 
 CheckpointName = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -164,10 +165,13 @@ class GenerateTokenRequest(VariantFields):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
-    stop_sequences: list[str] = Field(default_factory=list, max_length=16)
+    stop_sequences: list[str] = Field(
+        default_factory=list, description="At most the server's max_stop_strings (16)"
+    )
     stream: bool = False
     commit: bool = Field(False, description="Store prompt + output as a child state")
     logprobs: int | None = Field(None, ge=0, le=20, description="Top alternatives per token")
+    readout: ReadoutOptions | None = Field(None, description="Top features per token")
 
     @model_validator(mode="after")
     def _check(self) -> GenerateTokenRequest:
@@ -181,6 +185,7 @@ class TokenInfo(BaseModel):
     token: str
     logprob: float | None = None
     top_logprobs: list[dict[str, Any]] | None = None
+    features: list[ReadoutFeature] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class GenerationUsage(BaseModel):
