@@ -1,4 +1,4 @@
-"""The page's tests: one Chromium for the folder, a fresh browser context per test whose
+"""The page's tests: one Chromium per module, a fresh browser context per test whose
 console errors and uncaught exceptions fail the test."""
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from helpers.server import LiveServer
 from playwright.sync_api import Browser, sync_playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Module-scoped: Playwright's sync API runs an event loop on the main thread while it is
+    open, and every asyncio test run after it in the same session would fail to start its
+    own ("cannot be called from a running event loop")."""
     with sync_playwright() as playwright:
         chromium = launch(playwright)
         yield chromium
