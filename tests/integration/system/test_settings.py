@@ -51,14 +51,18 @@ def set_env(monkeypatch: pytest.MonkeyPatch, **values: object) -> None:
 
 
 def serve_command(monkeypatch: pytest.MonkeyPatch, *flags: str) -> dict:
-    """`glassbox serve FLAGS` up to uvicorn: what it was asked to run (app, host, port)."""
+    """`glassbox serve FLAGS` up to uvicorn: what its server was asked to run (app, host,
+    port, graceful shutdown)."""
     called: dict = {}
 
-    def run(app, host, port, **kwargs):
-        called.update(app=app, host=host, port=port, **kwargs)
+    def run(server: uvicorn.Server, sockets=None) -> None:
+        config = server.config
+        called.update(app=config.app, host=config.host, port=config.port,
+                      timeout_graceful_shutdown=config.timeout_graceful_shutdown)  # fmt: skip
 
-    monkeypatch.setattr(uvicorn, "run", run)
-    assert main(["serve", *flags]) == 0
+    with monkeypatch.context() as patched:  # only for this call: tests serve the app after
+        patched.setattr(uvicorn.Server, "run", run)
+        assert main(["serve", *flags]) == 0
     return called
 
 
