@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,26 @@ def server_env(tmp: Path, args: argparse.Namespace) -> dict[str, str]:
 def glassbox_command() -> list[str]:
     script = Path(sys.executable).parent / "glassbox"
     return [str(script)] if script.exists() else [sys.executable, "-m", "glassbox.cli"]
+
+
+@contextmanager
+def serving(port: int, env: dict[str, str], log_path: Path, serve_args: list[str]):
+    """`glassbox serve` on loopback `port` with `env`, logging to `log_path`, until the block
+    ends (SIGTERM to its process group; SIGKILL if it has not stopped within 60 s)."""
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [*glassbox_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
+             *serve_args],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def wait_ready(url: str, server: subprocess.Popen, timeout: float = 900) -> None:
@@ -627,24 +648,14 @@ def main() -> None:
         tmp = Path(tmp_name)
         env = server_env(tmp, args)
         log_path = tmp / "server.log"
-        with log_path.open("wb") as log:
-            server = subprocess.Popen(
-                [*glassbox_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-                 *args.serve_args],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
         try:
-            t0 = time.perf_counter()
-            wait_ready(url, server)
-            print(f"server ready in {time.perf_counter() - t0:.1f} s (pid {server.pid})")
-            key = make_key(env) if args.api_keys else None
-            run = asyncio.run(load(url, server.pid, key, args))
+            with serving(port, env, log_path, args.serve_args) as server:
+                t0 = time.perf_counter()
+                wait_ready(url, server)
+                print(f"server ready in {time.perf_counter() - t0:.1f} s (pid {server.pid})")
+                key = make_key(env) if args.api_keys else None
+                run = asyncio.run(load(url, server.pid, key, args))
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
             if args.server_log:
                 shutil.copy(log_path, args.server_log)
         passed = report(run, args)

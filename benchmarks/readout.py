@@ -21,14 +21,12 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from load import free_port, glassbox_command, wait_ready
+from load import free_port, serving, wait_ready
 from prompts import QUESTIONS
 
 TARGET = 0.85
@@ -119,21 +117,9 @@ def main() -> None:
                "GLASSBOX_DATABASE_URL": f"sqlite:///{tmp / 'readout.db'}",
                "GLASSBOX_STATES_DIR": str(tmp / "states"),
                "GLASSBOX_FILES_DIR": str(tmp / "files")}  # fmt: skip
-        with (tmp / "server.log").open("wb") as log:
-            server = subprocess.Popen(
-                [*glassbox_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-                 *args.serve_args],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        try:
+        with serving(port, env, tmp / "server.log", args.serve_args) as server:
             wait_ready(url, server)
             plain, read = asyncio.run(bench(url, args))
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
     ratio = read / plain
     print(f"{args.streams} streams without readout: {plain:.1f} tok/s")
     print(f"{args.streams} streams with readout ({args.features} features/token): {read:.1f} tok/s")

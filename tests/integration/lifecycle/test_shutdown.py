@@ -105,7 +105,9 @@ def test_a_stream_past_the_grace_ends_with_an_error_event_and_the_server_exits_0
 ) -> None:
     """A stream still running FAREWELL_SECONDS before the grace ends is told so in its last
     event (OpenAI's error shape), instead of being cut without a word."""
-    grace = 2.0
+    # The farewell goes out at grace - FAREWELL_SECONDS and is seen within sse-starlette's
+    # 0.5 s poll: a short grace, so that the stream (a few seconds long) is still running.
+    grace = FAREWELL_SECONDS + 0.2
     server = start_server(
         tmp_path / "server", tiny_model_dir, GLASSBOX_SHUTDOWN_GRACE_SECONDS=str(grace), **SLOW
     )
