@@ -16,9 +16,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glassbox.config import Settings
+
+if TYPE_CHECKING:  # uvicorn is imported when serving, not for every command
+    import uvicorn
 
 
 def _alias(text: str) -> tuple[str, str]:
@@ -349,6 +352,12 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def run_server(server: uvicorn.Server) -> None:
+    """Serve until stopped: the one call `serve` blocks in (tests of what it builds stop it
+    here)."""
+    server.run()
+
+
 def serve(args: argparse.Namespace) -> None:
     """Run uvicorn until SIGTERM or Ctrl-C. Uvicorn then stops accepting, waits up to
     `shutdown_grace_seconds` for in-flight requests, cancels the rest (their sequences are
@@ -388,7 +397,7 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,
         timeout_graceful_shutdown=grace,
     )
-    Server(config).run()
+    run_server(Server(config))
 
 
 def _messages(args: argparse.Namespace) -> list[dict[str, str]]:

@@ -19,12 +19,12 @@ import goodfire
 import httpx
 import openai
 import pytest
-import uvicorn
 from goodfire.api.exceptions import UnauthorizedException
 from helpers.server import TINY_NAME, LiveServer, running, tiny_settings
 from helpers.waiting import wait_until
 from sqlalchemy import text as sql
 
+from glassbox import cli
 from glassbox.app import create_app
 from glassbox.auth import KeyService
 from glassbox.cli import main as cli_main
@@ -304,7 +304,7 @@ def test_cli_create_list_revoke_round_trip(
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "glassbox.example"])
 def test_keys_off_refuses_a_non_loopback_host(host: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("it served"))
+    monkeypatch.setattr(cli, "run_server", lambda server: pytest.fail("it served"))
     with pytest.raises(ValueError, match="GLASSBOX_API_KEYS=required"):
         create_app(Settings(host=host))
     create_app(Settings(host=host, api_keys="required"))  # with keys it starts

@@ -19,6 +19,7 @@ import uvicorn
 from helpers.live_server import serve_in_thread
 from safetensors.torch import save_file
 
+from glassbox import cli
 from glassbox.cli import main
 from glassbox.config import Settings
 from glassbox.features.concepts import load_concept_data
@@ -55,14 +56,13 @@ def serve_command(monkeypatch: pytest.MonkeyPatch, *flags: str) -> dict:
     port, graceful shutdown)."""
     called: dict = {}
 
-    def run(server: uvicorn.Server, sockets=None) -> None:
+    def run(server: uvicorn.Server) -> None:
         config = server.config
         called.update(app=config.app, host=config.host, port=config.port,
                       timeout_graceful_shutdown=config.timeout_graceful_shutdown)  # fmt: skip
 
-    with monkeypatch.context() as patched:  # only for this call: tests serve the app after
-        patched.setattr(uvicorn.Server, "run", run)
-        assert main(["serve", *flags]) == 0
+    monkeypatch.setattr(cli, "run_server", run)
+    assert main(["serve", *flags]) == 0
     return called
 
 
