@@ -64,9 +64,11 @@ def _exit_code(server: ServerProcess, within: float) -> int:
 
 
 def _refused(url: str) -> bool:
+    """No new request is served: the connection is refused, or (accepted by the socket just
+    as the server stopped listening) closed without an answer."""
     try:
         httpx.get(url + "/health", timeout=2)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError):
         return True
     return False
 
