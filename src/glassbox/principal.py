@@ -12,7 +12,7 @@ else the local anonymous principal.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LOCAL_TENANT = "local"
 _TENANT = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # also a safe directory name (exports)
@@ -34,7 +34,7 @@ class Principal:
     tenant: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     key_id: str | None = None  # the API key the request came with (None: keys are off)
-    limits: KeyLimits = field(default_factory=KeyLimits)
+    limits: KeyLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if not _TENANT.fullmatch(self.tenant) or self.tenant in (".", ".."):
@@ -43,7 +43,7 @@ class Principal:
     def acting_as(self, tenant: str) -> Principal:
         """The same caller (key, scopes, limits) working on `tenant`'s objects: how an admin
         reads, lists and changes any tenant's data (the X-Glassbox-Tenant header)."""
-        return Principal(tenant, self.scopes, self.key_id, self.limits)
+        return replace(self, tenant=tenant)  # checked again by __post_init__
 
 
 # The caller when the server checks no API keys (the default on loopback).
