@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import json
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,16 @@ class _Row:
 
 
 @dataclass
+class _LoopQueue:
+    """The rows waiting in one event loop, and the task of that loop that batches them: a
+    future may only be answered from its own loop's thread, so each loop gets its own (the
+    server has one loop; a process may run others, e.g. a worker's or a test's)."""
+
+    rows: list[_Row] = field(default_factory=list)
+    task: asyncio.Task | None = None
+
+
+@dataclass
 class BatchStats:
     batches: int = 0
     rows: int = 0
@@ -157,13 +168,16 @@ class LocalEmbedder:
         self._model: Any = None
         self._cache_key: str | None = None
         self._load_lock = asyncio.Lock()
-        self._pending: list[_Row] = []
-        self._loop_task: asyncio.Task | None = None
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- the model ------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Load the model on the engine thread (once)."""
+        if self._model is not None:  # loaded: no lock (an asyncio.Lock serves one loop only)
+            return
         async with self._load_lock:
             if self._model is None:
                 await asyncio.to_thread(import_library)
@@ -295,10 +309,11 @@ class LocalEmbedder:
             return ProviderResult(np.zeros((0, self.dimensions), np.float32), 0)
         ids = await asyncio.to_thread(self.tokenize, texts)
         loop = asyncio.get_running_loop()
+        queue = self._queues.setdefault(loop, _LoopQueue())
         rows = [_Row(row, loop.create_future()) for row in ids]
-        self._pending.extend(rows)
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.create_task(self._batches())
+        queue.rows.extend(rows)
+        if queue.task is None or queue.task.done():
+            queue.task = loop.create_task(self._batches(queue))
         try:
             vectors = await asyncio.gather(*(r.future for r in rows))
         except BaseException:
@@ -308,13 +323,13 @@ class LocalEmbedder:
             raise
         return ProviderResult(np.stack(vectors), sum(len(r) for r in ids))
 
-    async def _batches(self) -> None:
-        """Run batches while rows are pending (one engine call per batch)."""
+    async def _batches(self, queue: _LoopQueue) -> None:
+        """Run batches while rows of this loop are pending (one engine call per batch)."""
         while True:
-            self._pending = [r for r in self._pending if not r.future.done()]
-            if not self._pending:
+            queue.rows = [r for r in queue.rows if not r.future.done()]
+            if not queue.rows:
                 return
-            batch = self._take()
+            batch = self._take(queue)
             ids = [r.ids for r in batch]
             try:
                 vectors = await self._call(lambda _, ids=ids: self._forward(ids))
@@ -327,12 +342,12 @@ class LocalEmbedder:
                 if not r.future.done():
                     r.future.set_result(vector)
 
-    def _take(self) -> list[_Row]:
+    def _take(self, queue: _LoopQueue) -> list[_Row]:
         """The next batch: the shortest pending rows (`batch_size`)."""
-        self._pending.sort(key=lambda r: len(r.ids))
-        n = batch_size([len(r.ids) for r in self._pending], self.max_batch_tokens,
+        queue.rows.sort(key=lambda r: len(r.ids))
+        n = batch_size([len(r.ids) for r in queue.rows], self.max_batch_tokens,
                        self.max_batch_size)  # fmt: skip
-        batch, self._pending = self._pending[:n], self._pending[n:]
+        batch, queue.rows = queue.rows[:n], queue.rows[n:]
         self.stats.add(n, len(batch[-1].ids), sum(len(r.ids) for r in batch))
         return batch
 

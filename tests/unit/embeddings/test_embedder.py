@@ -4,6 +4,7 @@ batching, meaning, and concurrent requests batched together on one torch thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -174,3 +175,28 @@ def test_the_measured_precision_is_kept_per_cpu_and_model(embedder, monkeypatch,
 
     monkeypatch.setattr(embedder, "encode", no_measuring)
     assert embedder.choose_precision() == "bfloat16"
+
+
+def test_event_loops_on_two_threads_are_each_answered_by_their_own_batches(embedder, encode):
+    """One embedder serves every event loop of a process (the server's, a worker's, a test's
+    beside a served app): each loop's rows are batched by a task of that loop, so none is
+    lost to the other loop's queue or answered from the other loop's thread."""
+    requests = {k: [[f"loop {k} request {i}" + " more" * (i % 4)] for i in range(30)] for k in "ab"}
+
+    def serve(k: str) -> list[np.ndarray]:
+        async def main() -> list[np.ndarray]:
+            # A row answered from the other loop's thread wakes nothing here: its loop would
+            # sleep until an unrelated timer (this wait's) fires, or for ever.
+            start = time.monotonic()
+            calls = (embedder.embed(texts, "minilm") for texts in requests[k])
+            results = await asyncio.wait_for(asyncio.gather(*calls), 10)
+            assert time.monotonic() - start < 5
+            return [r.vectors for r in results]
+
+        return asyncio.run(main())
+
+    with ThreadPoolExecutor(2) as loops:
+        answered = dict(zip("ab", loops.map(serve, "ab"), strict=True))
+    for k in "ab":
+        want = encode(embedder, [texts[0] for texts in requests[k]])
+        np.testing.assert_allclose(np.concatenate(answered[k]), want, atol=1e-5)
