@@ -132,21 +132,27 @@ def test_edits_per_variant_are_bounded_inline_and_stored(http: httpx.Client):
     assert chat(http, variant=within, max_tokens=2).status_code == 200
 
 
-def test_states_per_tenant_are_bounded_and_deleting_makes_room(http: httpx.Client):
-    before = http.get("/states").json()["data"]
-    for state in before:
+def delete_every_state(http: httpx.Client) -> None:
+    for state in http.get("/states").json()["data"]:
         http.delete(f"/states/{state['id']}")
-    made = [create_state(http, TEXT) for _ in range(MAX_STATES)]
-    error = refused(http.post("/states", json={"text": "one more"}), None)
-    assert error["code"] == "limit_reached" and f"{MAX_STATES} states" in error["message"]
-    refused(http.post(f"/states/{made[0]['id']}/fork", json={}), None)
-    body = {"state_id": made[0]["id"], "max_tokens": 2, "commit": True}
-    assert refused(http.post("/generate/token", json=body), None)["code"] == "limit_reached"
-    merge = {"state_ids": [made[0]["id"], made[1]["id"]]}
-    refused(http.post("/states/merge", json=merge), None)
-    assert len(http.get("/states").json()["data"]) == MAX_STATES
-    assert http.delete(f"/states/{made[0]['id']}").status_code in (200, 204)
-    create_state(http, "room again")
+
+
+def test_states_per_tenant_are_bounded_and_deleting_makes_room(http: httpx.Client):
+    delete_every_state(http)
+    try:
+        made = [create_state(http, TEXT) for _ in range(MAX_STATES)]
+        error = refused(http.post("/states", json={"text": "one more"}), None)
+        assert error["code"] == "limit_reached" and f"{MAX_STATES} states" in error["message"]
+        refused(http.post(f"/states/{made[0]['id']}/fork", json={}), None)
+        body = {"state_id": made[0]["id"], "max_tokens": 2, "commit": True}
+        assert refused(http.post("/generate/token", json=body), None)["code"] == "limit_reached"
+        merge = {"state_ids": [made[0]["id"], made[1]["id"]]}
+        refused(http.post("/states/merge", json=merge), None)
+        assert len(http.get("/states").json()["data"]) == MAX_STATES
+        assert http.delete(f"/states/{made[0]['id']}").status_code in (200, 204)
+        create_state(http, "room again")
+    finally:  # the other tests of this server make states of their own
+        delete_every_state(http)
 
 
 def test_files_per_tenant_are_bounded(http: httpx.Client):
