@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from helpers.hangs import tasks_printed_after
 from helpers.server import LiveServer, live, tiny_settings
 from helpers.tiny_model import build_tiny_model
 
@@ -16,6 +17,24 @@ from glassbox.logs import configure_logging
 
 # JSON logs as the server writes them; tests that read log lines attach their own stream.
 configure_logging("WARNING")
+
+
+@pytest.fixture(autouse=True)
+def _tasks_printed_before_the_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test still running shortly before pytest-timeout fails it prints its unfinished
+    asyncio tasks (helpers/hangs.py): the failure then shows where it waits."""
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(
+        (marker.args[0] if marker and marker.args else None)
+        or request.config.getoption("timeout", None)
+        or request.config.getini("timeout")
+        or 0
+    )
+    if timeout <= 0:
+        yield
+        return
+    with tasks_printed_after(max(timeout - 15, timeout * 0.9)):
+        yield
 
 
 @pytest.fixture(scope="session")
