@@ -18,6 +18,13 @@ three): a text of run-together words can give a chunk over the budget. So each c
 counted here, and when one is over, the text is chunked again with a slightly smaller size
 (and the overlap kept within its bounds): every chunk is within `max_tokens`, always, and
 the properties above still hold, since the chunks are semchunk's own.
+
+A piece is never smaller than one character, and one character can be several tokens (a
+Hangul syllable is 3 for all-MiniLM-L6-v2's WordPiece, which spells it in jamo). semchunk
+asked for pieces narrower than the text's widest character splits that character for ever
+(a RecursionError): so the piece size is at least that width. An overlap narrower than the
+widest character, or leaving less than it beside the overlap, is widened to it; two chunks
+then share one character more than asked, which is the least they can share.
 """
 
 from __future__ import annotations
@@ -100,17 +107,21 @@ class Chunker:
         """The chunks of `text`, in order (none for a text of whitespace only)."""
         self.check(options)
         count = lru_cache(maxsize=4096)(self.count_tokens)
-        size, overlap = options.max_tokens, options.overlap_tokens
+        widest = max((count(c) for c in set(text)), default=1)
+        size = options.max_tokens
+        half = 2 * options.overlap_tokens <= options.max_tokens
+        overlap = options.overlap_tokens
         while True:
             split = self._semchunk(count, size)
+            overlap = _piece_overlap(overlap, size, widest)
             pieces, offsets = split(text, offsets=True, overlap=overlap or None)
             if all(count(p) <= options.max_tokens for p in pieces):
                 return [Chunk(p, s, e) for p, (s, e) in zip(pieces, offsets, strict=True)]
             # A join took more tokens than its pieces: all of the text again, a little
             # smaller, so that semchunk's own guarantees (cover, overlap) still hold. Down at
-            # one token and no overlap, semchunk counts every chunk it makes: this ends.
-            size = max(1, size - max(1, size // 16))
-            half = 2 * options.overlap_tokens <= options.max_tokens
+            # the widest character and no overlap, semchunk counts every chunk it makes:
+            # this ends.
+            size = max(widest, size - max(1, size // 16))
             overlap = min(options.overlap_tokens, size // 2 if half else size - 1)
 
     def count(self, texts: list[str], options: ChunkingOptions) -> int:
@@ -121,3 +132,15 @@ class Chunker:
         return semchunk.chunkerify(
             count, max_tokens, max_token_chars=self._max_token_chars, memoize=False
         )
+
+
+def _piece_overlap(overlap: int, size: int, widest: int) -> int:
+    """The overlap to ask semchunk for, so that its pieces (min(overlap, size - overlap)
+    tokens) hold the widest character: `overlap` widened to `widest` where it is narrower,
+    and narrowed where it leaves less than `widest` beside it; none where `size` cannot hold
+    two such characters."""
+    if overlap == 0:
+        return 0
+    if size < 2 * widest:
+        return 0
+    return min(max(overlap, widest), size - widest)

@@ -26,7 +26,7 @@ MODEL_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 
 WORDS = [
     "the", "embedding", "of", "a", "chunk", "retrieval", "augmented", "generation", "café",
-    "naïve", "Straße", "東京", "データ", "😀", "x", "antidisestablishmentarianism",
+    "naïve", "Straße", "東京", "データ", "한국어", "😀", "x", "antidisestablishmentarianism",
     "supercalifragilisticexpialidocious" * 3, "[SEP]", "e-mail", "3.14", "U.S.A.",
 ]  # fmt: skip
 SEPARATORS = [" ", " ", " ", "\n", "\n\n", "\t", ", ", ". ", "; ", " — ", "", "  "]
@@ -76,14 +76,20 @@ def assert_cover_in_order(text: str, chunks) -> None:
         assert prev.start < nxt.start and prev.end < nxt.end
 
 
+def widest_character(chunker: Chunker, text: str) -> int:
+    return max((chunker.count_tokens(c) for c in set(text)), default=1)
+
+
 def assert_overlap(chunker: Chunker, text: str, opts: ChunkingOptions, chunks) -> None:
+    # two chunks cannot share less than one whole character (chunking.py's docstring)
+    shared = max(opts.overlap_tokens, widest_character(chunker, text))
     for prev, nxt in zip(chunks, chunks[1:], strict=False):
         if opts.overlap_tokens == 0:
             assert nxt.start >= prev.end
             continue
         assert nxt.start < prev.end
         if 2 * opts.overlap_tokens <= opts.max_tokens:
-            assert chunker.count_tokens(text[nxt.start : prev.end]) <= opts.overlap_tokens
+            assert chunker.count_tokens(text[nxt.start : prev.end]) <= shared
 
 
 @PROPERTY
@@ -110,6 +116,22 @@ def test_run_together_words_whose_tokens_do_not_add_up(chunker: Chunker, overlap
     "printers" are a token each, "jeffreyprinters" three)."""
     text = "jeffreyprintersprofilefishermckenziebyrnethroughapt" * 2
     opts = ChunkingOptions(16, overlap)
+    chunks = chunker.chunk(text, opts)
+    assert_within_budget(chunker, text, opts, chunks)
+    assert_cover_in_order(text, chunks)
+    assert_overlap(chunker, text, opts, chunks)
+
+
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(180, 2), (16, 1), (16, 15), (64, 16)])
+def test_characters_wider_than_the_overlap_are_kept_whole(
+    chunker: Chunker, max_tokens: int, overlap: int
+):
+    """A Hangul syllable is 3 tokens (WordPiece spells it in jamo): semchunk asked for pieces
+    of 1 or 2 tokens split "각" for ever (a RecursionError)."""
+    assert chunker.count_tokens("각") == 3
+    opts = ChunkingOptions(max_tokens, overlap)
+    assert [(c.text, c.start, c.end) for c in chunker.chunk("각", opts)] == [("각", 0, 1)]
+    text = "한국어 문서를 작은 조각으로 나눕니다. " * 40
     chunks = chunker.chunk(text, opts)
     assert_within_budget(chunker, text, opts, chunks)
     assert_cover_in_order(text, chunks)
