@@ -23,8 +23,9 @@ A piece is never smaller than one character, and one character can be several to
 Hangul syllable is 3 for all-MiniLM-L6-v2's WordPiece, which spells it in jamo). semchunk
 asked for pieces narrower than the text's widest character splits that character for ever
 (a RecursionError): so the piece size is at least that width. An overlap narrower than the
-widest character, or leaving less than it beside the overlap, is widened to it; two chunks
-then share one character more than asked, which is the least they can share.
+widest character is widened to it (two chunks then share that character's tokens where
+fewer were asked: the least they can share), and one leaving less than it beside the
+overlap is narrowed.
 """
 
 from __future__ import annotations
