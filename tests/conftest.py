@@ -3,13 +3,14 @@ PostgreSQL server."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from helpers.hangs import tasks_printed_after
+from helpers.hangs import print_unfinished_tasks
 from helpers.server import LiveServer, live, tiny_settings
 from helpers.tiny_model import build_tiny_model
 
@@ -19,22 +20,25 @@ from glassbox.logs import configure_logging
 configure_logging("WARNING")
 
 
-@pytest.fixture(autouse=True)
-def _tasks_printed_before_the_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test still running shortly before pytest-timeout fails it prints its unfinished
-    asyncio tasks (helpers/hangs.py): the failure then shows where it waits."""
-    marker = request.node.get_closest_marker("timeout")
-    timeout = float(
-        (marker.args[0] if marker and marker.args else None)
-        or request.config.getoption("timeout", None)
-        or request.config.getini("timeout")
-        or 0
+_HANG_PRINT = pytest.StashKey[threading.Timer]()
+
+
+def pytest_timeout_set_timer(item: pytest.Item, settings) -> None:
+    """pytest-timeout's hook, called with the test's resolved timeout before it sets its own
+    timer (this returns None, so it still does): 15 s before that timer fails the test, the
+    test prints its unfinished asyncio tasks (helpers/hangs.py), which shows where it waits."""
+    timer = threading.Timer(
+        max(settings.timeout - 15, settings.timeout * 0.9), print_unfinished_tasks
     )
-    if timeout <= 0:
-        yield
-        return
-    with tasks_printed_after(max(timeout - 15, timeout * 0.9)):
-        yield
+    timer.daemon = True
+    timer.start()
+    item.stash[_HANG_PRINT] = timer
+
+
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    timer = item.stash.get(_HANG_PRINT, None)
+    if timer is not None:
+        timer.cancel()
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TextIO
 
 
@@ -49,15 +46,3 @@ def print_unfinished_tasks(out: TextIO | None = None) -> None:
         print(f"--- {task!r}", file=out)
         print("\n".join(await_chain(task)), file=out)
     out.flush()
-
-
-@contextmanager
-def tasks_printed_after(seconds: float) -> Iterator[None]:
-    """Print the unfinished tasks if the block still runs after `seconds`."""
-    timer = threading.Timer(seconds, print_unfinished_tasks)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
