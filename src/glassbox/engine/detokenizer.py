@@ -2,7 +2,8 @@
 
 Text is released only once it is final: a token that ends inside a multi-byte character waits
 for the rest, and the tail of the text that could still become a stop string is held back.
-So a stop string is never emitted and never split across stream chunks.
+So a stop string is never emitted and never split across stream chunks. NUL comes out as
+U+FFFD.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ class IncrementalDetokenizer:
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
             return  # an incomplete character: wait for the next token
         before = len(self.text)
-        self.text += full[len(prefix) :]
+        # A byte-level vocabulary can spell NUL. Replaced like any byte that is not text:
+        # the server refuses NUL in a request body (PostgreSQL cannot store it), so a reply
+        # holding one could be neither kept in a session nor sent back in the next request.
+        self.text += full[len(prefix) :].replace("\x00", "\ufffd")
         self.prefix_offset = self.read_offset
         self.read_offset = len(self.ids)
         if self.stop:

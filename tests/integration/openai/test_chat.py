@@ -7,6 +7,8 @@ import asyncio
 import openai
 from helpers.server import TINY_MAX_LEN, TINY_NAME
 
+from glassbox.models.tokenizer import Tokenizer
+
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
 
@@ -196,3 +198,16 @@ def test_content_parts_and_roles(client: openai.OpenAI, http) -> None:
         {"role": "user", "content": "What is the capital\nof France?"},
     ]
     assert r.usage.prompt_tokens == prompt_tokens(http, as_text)
+
+
+def test_a_reply_holding_the_nul_byte_token_can_be_sent_back(http, tiny_model_dir) -> None:
+    # The server refuses NUL in request bodies, so a reply in which the model sampled the
+    # byte 0x00 must come out as U+FFFD, or the client's next turn would be a 400.
+    [nul] = Tokenizer(tiny_model_dir).encode("\x00", add_special_tokens=False)
+    forced = {"max_tokens": 3, "ignore_eos": True, "logit_bias": {str(nul): 100}}
+    r = http.post("/v1/chat/completions", json={"messages": MESSAGES, **forced})
+    reply = r.json()["choices"][0]["message"]["content"]
+    assert reply == "\ufffd" * 3
+    turns = [*MESSAGES, {"role": "assistant", "content": reply}, {"role": "user", "content": "Hm?"}]
+    again = http.post("/v1/chat/completions", json={"messages": turns, "max_tokens": 2})
+    assert again.status_code == 200, again.text

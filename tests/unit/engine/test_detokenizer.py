@@ -159,3 +159,12 @@ def test_real_tokenizer_multibyte_and_stop_strings():
         deltas, stopped = _stream(tok, ids, stop)
         assert stopped
         _check_prefix_stream(deltas, text[: text.find(stop[0])], stop)
+
+
+def test_nul_comes_out_as_the_replacement_character(tiny_tokenizer):
+    # The byte-level vocabulary has a token for the byte 0x00; a sampled one must not put
+    # NUL into the reply, which the server would refuse when a client sends it back.
+    ids = tiny_tokenizer.encode("a\x00b", add_special_tokens=False)
+    assert "\x00" in tiny_tokenizer.decode(ids)
+    deltas, _ = _stream(tiny_tokenizer, ids, [])
+    assert "".join(deltas) == "a\ufffdb"
