@@ -1,7 +1,8 @@
 """The `glassbox` command: `serve` runs the HTTP server, `chat` asks one question,
 `features build` (re)builds the concept vectors, `states` lists, shows, deletes, exports
 and imports the KV states of a running server, `db` upgrades the database's schema,
-`worker` runs the embedding job stages from Redis, `keys` creates, lists and revokes API keys.
+`worker` runs the embedding job stages from Redis, `keys` creates, lists, updates and revokes
+API keys.
 
 Flags given on the command line override GLASSBOX_* environment variables (they are passed
 to Settings as init arguments, which pydantic-settings ranks above the environment).
@@ -29,6 +30,16 @@ def _alias(text: str) -> tuple[str, str]:
     if not sep or not alias or not target:
         raise argparse.ArgumentTypeError(f"expected ALIAS=SERVED_NAME, got {text!r}")
     return alias, target
+
+
+def _limit(text: str) -> int | str:
+    """A per-minute limit on the command line: a count, or 'default'."""
+    if text == "default":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or 'default', got '{text}'") from None
 
 
 def _settings(args: argparse.Namespace, keys: list[str]) -> Settings:
@@ -137,6 +148,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing = keys_sub.add_parser("list", help="keys without their secrets")
     listing.add_argument("--tenant", help="only this tenant's")
+    update = keys_sub.add_parser(
+        "update", help="change a key's name, scopes, expiry or limits (the key itself stays)"
+    )
+    update.add_argument("key_id")
+    update.add_argument("--name", help="a new label")
+    update.add_argument(
+        "--scope",
+        action="append",
+        choices=["admin", "user", "read"],
+        dest="scopes",
+        help="repeatable: the key's scopes from now on",
+    )
+    expiry = update.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", type=float, metavar="DAYS", help="from now")
+    expiry.add_argument("--never-expires", action="store_true")
+    for flag in ("--requests-per-minute", "--tokens-per-minute"):
+        update.add_argument(
+            flag,
+            type=_limit,
+            metavar="N|default",
+            help="this key's own limit (0: none; default: the tenant's or the server's)",
+        )
     keys_sub.add_parser("revoke", help="stop a key from working").add_argument("key_id")
 
     worker = sub.add_parser(
@@ -257,6 +290,23 @@ def keys_command(args: argparse.Namespace) -> int:
                 print(f"{k.id:28} {k.prefix:8} {k.tenant:16} {','.join(k.scopes):16} "
                       f"{day(k.created_at):16} {day(k.expires_at):16} {day(k.last_used_at):16} "
                       f"{k.status():8} {k.name}")  # fmt: skip
+        elif args.keys_command == "update":
+            changes: dict[str, Any] = {}
+            if args.expires_in is not None:
+                changes["expires_in"] = timedelta(days=args.expires_in)
+            elif args.never_expires:
+                changes["expires_in"] = None
+            for field in ("requests_per_minute", "tokens_per_minute"):
+                value = getattr(args, field)
+                if value is not None:
+                    changes[field] = None if value == "default" else value
+            if not changes and args.name is None and args.scopes is None:
+                print("error: nothing to change; see glassbox keys update -h", file=sys.stderr)
+                return 2
+            k = service.update(args.key_id, name=args.name, scopes=args.scopes, **changes)
+            print(f"updated {k.id} scopes={','.join(k.scopes)} expires={day(k.expires_at)} "
+                  f"requests_per_minute={k.limits.requests} "
+                  f"tokens_per_minute={k.limits.tokens} name={k.name}")  # fmt: skip
         else:
             print(f"revoked {service.revoke(args.key_id).id}")
     except GlassboxError as exc:

@@ -1,4 +1,5 @@
-"""API keys: create, list, revoke, and turn a presented key into the caller's `Principal`.
+"""API keys: create, list, update, revoke, and turn a presented key into the caller's
+`Principal`.
 
 A key is `gbx-` + 32 random bytes (url-safe base64). It is shown once, when created, and never
 stored: a row keeps the HMAC-SHA256 of the key under the server's secret (a table that leaks
@@ -9,9 +10,10 @@ verification looks the row up by.
 Verification compares digests in constant time and caches a verified key in memory for
 `cache_seconds` (keyed by its digest, never the key): a key revoked through this service stops
 working at once in this process; one revoked elsewhere (the CLI, another server process) stops
-within `cache_seconds`. A key may carry its own rate limits (requests and tokens per minute),
-which the principal it produces carries to the limiter. `last_used_at` is written at most once
-per `touch_seconds` per key, so that requests do not all write.
+within `cache_seconds`. An update (name, scopes, expiry, limits) takes effect the same way.
+A key may carry its own rate limits (requests and tokens per minute), which the principal it
+produces carries to the limiter. `last_used_at` is written at most once per `touch_seconds`
+per key, so that requests do not all write.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select, update
 
-from glassbox.errors import InvalidRequest, NotFound, Unauthenticated
+from glassbox.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from glassbox.principal import DEFAULT_LIMITS, KeyLimits, Principal
 from glassbox.store import Database
 from glassbox.store.api_keys import ApiKeyRow
@@ -49,6 +52,16 @@ _MAX_CACHED = 10_000
 _MAX_LIMIT = 2**31 - 1  # an INTEGER column
 
 Status = Literal["active", "expired", "revoked"]
+
+
+class Keep(Enum):
+    """An `update` argument left as it is (None is a value there: no expiry, the default
+    limit)."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 
 def load_secret(configured: str | None, cache_dir: Path) -> bytes:
@@ -139,6 +152,21 @@ def _checked_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(s for s in SCOPES if s in chosen)
 
 
+def _check_name(name: str) -> None:
+    if len(name) > 256:
+        raise InvalidRequest("'name' must be at most 256 characters", param="name")
+
+
+def _check_expiry(expires_in: timedelta | None) -> None:
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise InvalidRequest("a key must expire in the future", param="expires_in")
+
+
+def _check_limit(param: str, value: int | None) -> None:
+    if value is not None and not 0 <= value <= _MAX_LIMIT:
+        raise InvalidRequest(f"'{param}' must be 0 (no limit) to {_MAX_LIMIT}", param=param)
+
+
 class KeyService:
     """The keys of every tenant, in the database. `tenant` arguments limit a call to one
     tenant's keys (another tenant's key id is then not found); None reaches every tenant's
@@ -176,16 +204,10 @@ class KeyService:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="tenant") from None
         chosen = _checked_scopes(scopes)
-        if len(name) > 256:
-            raise InvalidRequest("'name' must be at most 256 characters", param="name")
-        if expires_in is not None and expires_in <= timedelta(0):
-            raise InvalidRequest("a key must expire in the future", param="expires_in")
-        for param, value in (
-            ("requests_per_minute", limits.requests),
-            ("tokens_per_minute", limits.tokens),
-        ):
-            if value is not None and not 0 <= value <= _MAX_LIMIT:
-                raise InvalidRequest(f"'{param}' must be 0 (no limit) to {_MAX_LIMIT}", param=param)
+        _check_name(name)
+        _check_expiry(expires_in)
+        _check_limit("requests_per_minute", limits.requests)
+        _check_limit("tokens_per_minute", limits.tokens)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         row = ApiKeyRow(
@@ -221,10 +243,61 @@ class KeyService:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             record = _record(row)
+        self._forget(key_id)
+        return record
+
+    def update(
+        self,
+        key_id: str,
+        tenant: str | None = None,
+        *,
+        name: str | None = None,
+        scopes: Iterable[str] | None = None,
+        expires_in: timedelta | None | Keep = KEEP,
+        requests_per_minute: int | None | Keep = KEEP,
+        tokens_per_minute: int | None | Keep = KEEP,
+    ) -> ApiKey:
+        """Change what a key may do, keeping the key itself: its name, scopes, expiry (from
+        now; None: never) and limits (None: the tenant's or the server's; 0: none). Arguments
+        left out stay as they are. A revoked key stays as it was revoked (Conflict). Requests
+        with the key see the change at once here, within `cache_seconds` in other
+        processes."""
+        chosen = _checked_scopes(scopes) if scopes is not None else None
+        if name is not None:
+            _check_name(name)
+        if expires_in is not KEEP:
+            _check_expiry(expires_in)
+        for param, value in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
+            if value is not KEEP:
+                _check_limit(param, value)
+        with self.db.session() as session, session.begin():
+            row = session.get(ApiKeyRow, key_id, with_for_update=True)
+            if row is None or (tenant is not None and row.owner != tenant):
+                raise NotFound("api key", key_id, f"No API key with id '{key_id}'")
+            if row.revoked_at is not None:
+                raise Conflict(f"API key '{key_id}' is revoked; make a new key instead")
+            if name is not None:
+                row.name = name
+            if chosen is not None:
+                row.scopes = " ".join(chosen)
+            if expires_in is not KEEP:
+                row.expires_at = utcnow() + expires_in if expires_in is not None else None
+            if requests_per_minute is not KEEP:
+                row.requests_per_minute = requests_per_minute
+            if tokens_per_minute is not KEEP:
+                row.tokens_per_minute = tokens_per_minute
+            record = _record(row)
+        self._forget(key_id)
+        return record
+
+    def _forget(self, key_id: str) -> None:
+        """Drop the key's cached verifications: its next request reads the database."""
         with self._lock:
             for digest in [d for d, v in self._verified.items() if v.key_id == key_id]:
                 del self._verified[digest]
-        return record
 
     async def authenticate(self, key: str | None) -> Principal:
         """The principal of a presented key; Unauthenticated when there is none or it is not

@@ -30,6 +30,7 @@ from glassbox.auth import KeyService
 from glassbox.cli import main as cli_main
 from glassbox.config import Settings
 from glassbox.logs import configure_logging
+from glassbox.principal import KeyLimits
 
 GOODFIRE_MODEL = "meta-llama/Llama-3.3-70B-Instruct"  # a name the goodfire SDK accepts
 CACHE_SECONDS = 0.5
@@ -261,10 +262,62 @@ def test_admin_routes_refuse_keys_without_the_admin_scope(
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
 
 
+def test_an_admin_updates_a_key_and_it_applies_at_once(server: LiveServer, keys: KeyService):
+    admin = {"Authorization": f"Bearer {keys.create('acme', ['admin']).key}"}
+    made = keys.create("globex", ["user"], name="bot")
+    theirs = {"Authorization": f"Bearer {made.key}"}
+    chat_body = {"model": TINY_NAME, **CHAT}
+    url = f"/admin/keys/{made.record.id}"
+    with httpx.Client(base_url=server.base_url, headers=admin) as http:
+        with httpx.Client(base_url=server.base_url, headers=theirs) as bot:
+            assert bot.post("/v1/chat/completions", json=chat_body).status_code == 200
+
+            body = {"scopes": ["read"], "expires_in_days": 2, "tokens_per_minute": 500}
+            r = http.patch(url, json=body)
+            assert r.status_code == 200, r.text
+            updated = r.json()
+            assert (updated["scopes"], updated["name"], updated["tenant"]) == (
+                ["read"], "bot", "globex"
+            )  # fmt: skip
+            assert updated["tokens_per_minute"] == 500 and updated["requests_per_minute"] is None
+            assert 2 * 86400 - 60 < updated["expires_at"] - time.time() <= 2 * 86400
+            assert "key" not in updated
+            assert bot.post("/v1/chat/completions", json=chat_body).status_code == 403  # at once
+            assert bot.get("/v1/models").status_code == 200
+
+            r = http.patch(url, json={"expires_in_days": None, "name": "bot 2"})
+            good = r.json()
+            assert (good["expires_at"], good["name"]) == (None, "bot 2")
+
+            for bad, param in (
+                ({}, None),
+                ({"name": None}, "name"),
+                ({"scopes": []}, "scopes"),
+                ({"requests_per_minute": -1}, "requests_per_minute"),
+                ({"expires_in_days": 0}, "expires_in_days"),
+                ({"tenant": "acme"}, "tenant"),
+            ):
+                r = http.patch(url, json=bad)
+                assert r.status_code == 400, (bad, r.text)
+                assert r.json()["error"]["param"] == param, (bad, r.text)
+            listed = http.get("/admin/keys", params={"tenant": "globex"}).json()["data"]
+            assert [k for k in listed if k["id"] == made.record.id] == [good]  # none changed it
+
+            missing = http.patch("/admin/keys/key_nope", json={"name": "x"})
+            assert missing.status_code == 404
+            http.delete(url)
+            revoked = http.patch(url, json={"requests_per_minute": 1})
+            assert revoked.status_code == 409 and "revoked" in revoked.json()["error"]["message"]
+            assert bot.get("/v1/models").status_code == 401
+    user = {"Authorization": f"Bearer {keys.create('acme', ['user']).key}"}
+    r = httpx.patch(server.base_url + url, headers=user, json={"scopes": ["admin"]})
+    assert r.status_code == 403
+
+
 # --- the CLI ------------------------------------------------------------------------------
 
 
-def test_cli_create_list_revoke_round_trip(
+def test_cli_create_list_update_revoke_round_trip(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
     """The command works on the server's database and secret (its cache dir) directly; its
@@ -284,6 +337,18 @@ def test_cli_create_list_revoke_round_trip(
     listing = capsys.readouterr().out
     assert key_id in listing and "laptop" in listing and "active" in listing
     assert key not in listing and key[12:] not in listing
+
+    argv = ["keys", "update", key_id, "--never-expires", "--requests-per-minute", "9"]
+    assert cli_main([*argv, "--tokens-per-minute", "default", "--name", "desk"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"updated {key_id} ") and "expires=- " in out and "name=desk" in out
+    assert "requests_per_minute=9 tokens_per_minute=None" in out
+    [record] = server.app.state.keys.list("cli-t")
+    assert (record.expires_at, record.limits, record.name) == (None, KeyLimits(9, None), "desk")
+    assert cli_main(["keys", "update", key_id]) == 2
+    assert "nothing to change" in capsys.readouterr().err
+    assert cli_main(["keys", "update", key_id, "--requests-per-minute", "-3"]) == 1
+    assert "'requests_per_minute' must be 0 (no limit)" in capsys.readouterr().err
 
     assert cli_main(["keys", "revoke", key_id]) == 0
     assert capsys.readouterr().out.strip() == f"revoked {key_id}"

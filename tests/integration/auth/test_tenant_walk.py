@@ -201,7 +201,18 @@ def _snapshot(w: World) -> dict[str, Any]:
         "store_file": _ok(a.get(f"/v1/vector_stores/{ids['store']}/files/{ids['file']}")),
         "search": search,
         "keys": [
-            (k["id"], k["status"])
+            {
+                f: k[f]
+                for f in (
+                    "id",
+                    "status",
+                    "scopes",
+                    "name",
+                    "expires_at",
+                    "requests_per_minute",
+                    "tokens_per_minute",
+                )
+            }  # fmt: skip
             for k in _ok(w.alpha.admin.get("/admin/keys", params={"tenant": "alpha"}))["data"]
         ],
     }
@@ -400,6 +411,13 @@ def admin_create(w: World) -> None:
     made = _ok(w.beta.admin.post("/admin/keys", json={"scopes": ["read"]}))
     assert made["tenant"] == "beta"
     _unchanged(w, ("POST", "/admin/keys", None))
+
+
+def admin_update(w: World) -> None:
+    _user_forbidden(("PATCH", "/admin/keys/{user_key}", {"scopes": ["admin"]}))(w)
+    _user_forbidden(("PATCH", "/admin/keys/{admin_key}", {"requests_per_minute": 0}))(w)
+    _unchanged(w, ("PATCH", "/admin/keys/{user_key}", None))
+    _ok(w.alpha.user.get("/v1/models"))  # A's key still works
 
 
 def admin_revoke(w: World) -> None:
@@ -607,6 +625,7 @@ TABLE: dict[tuple[str, str], tuple[str, Callable[[World], None]]] = {
     # Admin.
     ("GET", "/admin/keys"): ("open/admin", admin_list),
     ("POST", "/admin/keys"): ("open/admin", admin_create),
+    ("PATCH", "/admin/keys/{key_id}"): ("open/admin", admin_update),
     ("DELETE", "/admin/keys/{key_id}"): ("open/admin", admin_revoke),
 }  # fmt: skip
 KINDS = ("owned", "list", "create/stateless", "open/admin")

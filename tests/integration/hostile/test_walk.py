@@ -154,6 +154,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("GET", VS + "/{vector_store_id}/files/{file_id}/content"): NO_BODY,
     ("GET", "/admin/keys"): NO_BODY,
     ("POST", "/admin/keys"): {"scopes": ["read"], "name": "walked"},
+    ("PATCH", "/admin/keys/{key_id}"): {"name": "walked", "scopes": ["read"],
+                                         "requests_per_minute": 5},
     ("DELETE", "/admin/keys/{key_id}"): NO_BODY,
 }  # fmt: skip
 
@@ -225,6 +227,7 @@ VALID: list[tuple[str, str, set[str], str]] = [
      "a 5 MB document is a job's ordinary work: chunked, embedded and stored"),
     ("POST /v1/vector_stores", "body.description", {"huge-string"}, "a label, stored as given"),
     ("POST /admin/keys", "body.scopes", {"many-items"}, "the same scope, many times, is one"),
+    ("PATCH /admin/keys/*", "body.scopes", {"many-items"}, "the same scope, many times, is one"),
 ]  # fmt: skip
 
 

@@ -121,6 +121,29 @@ def test_each_key_has_its_own_counters(server: LiveServer):
     assert "for this API key" in caught.value.body["message"]
 
 
+def test_an_admin_changes_a_keys_limits_and_the_next_request_has_them(server: LiveServer):
+    keys = server.app.state.keys
+    admin = {"Authorization": f"Bearer {keys.create('ops', ['admin']).key}"}
+    made = keys.create("kappa", limits=KeyLimits(requests=1))
+    with openai.OpenAI(base_url=server.base_url + "/v1", api_key=made.key, max_retries=0) as c:
+        c.models.list()
+        with pytest.raises(openai.RateLimitError):
+            c.models.list()
+        r = httpx.patch(f"{server.base_url}/admin/keys/{made.record.id}", headers=admin,
+                        json={"requests_per_minute": 0})  # fmt: skip
+        assert r.status_code == 200 and r.json()["requests_per_minute"] == 0, r.text
+        for _ in range(REQUESTS + 2):
+            c.models.list()  # no limit from now on, within the same minute
+        r = httpx.patch(f"{server.base_url}/admin/keys/{made.record.id}", headers=admin,
+                        json={"requests_per_minute": None})  # fmt: skip
+        assert r.json()["requests_per_minute"] is None
+        for _ in range(REQUESTS):
+            c.models.list()  # the server's default again, counted from the change
+        with pytest.raises(openai.RateLimitError) as caught:
+            c.models.list()
+    assert f"{REQUESTS} requests per minute" in caught.value.body["message"]
+
+
 def test_a_keys_own_limits_replace_the_defaults(server: LiveServer):
     with client_of(server, "iota", KeyLimits(requests=1)) as strict:
         strict.models.list()

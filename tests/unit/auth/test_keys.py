@@ -18,7 +18,7 @@ from sqlalchemy import text as sql
 
 from glassbox.auth import KeyService, load_secret
 from glassbox.auth.keys import KEY_PREFIX
-from glassbox.errors import InvalidRequest, NotFound, Unauthenticated
+from glassbox.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from glassbox.principal import KeyLimits, Principal
 from glassbox.store import Database
 from glassbox.store.api_keys import ApiKeyRow
@@ -107,6 +107,78 @@ async def test_revocation_is_immediate_here_and_within_the_cache_window_elsewher
     with pytest.raises(Unauthenticated, match="revoked"):
         await elsewhere.authenticate(key)
     assert here.list()[0].status() == "revoked"
+
+
+async def test_an_update_changes_what_is_given_and_applies_at_once_here(db: Database):
+    here = KeyService(db, SECRET, cache_seconds=0.5)
+    elsewhere = KeyService(db, SECRET, cache_seconds=0.5)  # another process on the database
+    made = here.create("acme", ["user"], name="old", limits=KeyLimits(requests=5, tokens=7))
+    await here.authenticate(made.key)
+    await elsewhere.authenticate(made.key)
+
+    updated = here.update(made.record.id, scopes=["read"], requests_per_minute=None)
+
+    assert (updated.name, updated.scopes) == ("old", ("read",))  # the name is kept
+    assert updated.limits == KeyLimits(requests=None, tokens=7)  # None: back to the default
+    assert updated.expires_at is None and updated.prefix == made.record.prefix
+    assert await here.authenticate(made.key) == Principal(
+        "acme", frozenset({"read"}), made.record.id, KeyLimits(None, 7)
+    )
+    assert (await elsewhere.authenticate(made.key)).scopes == {"user"}  # its cache, for now
+    await asyncio.sleep(0.6)
+    assert (await elsewhere.authenticate(made.key)).scopes == {"read"}
+
+    later = here.update(
+        made.record.id, name="new", expires_in=timedelta(days=1), tokens_per_minute=0
+    )
+    assert (later.name, later.limits, later.scopes) == ("new", KeyLimits(None, 0), ("read",))
+    assert later.expires_at is not None and later.status() == "active"
+    assert here.update(made.record.id, expires_in=None).expires_at is None
+    [kept] = here.list()
+    assert here.update(made.record.id) == kept  # nothing given: nothing changes
+
+
+async def test_an_expired_key_can_be_given_a_new_expiry(keys: KeyService):
+    made = keys.create("acme", expires_in=timedelta(milliseconds=1))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Unauthenticated, match="expired"):
+        await keys.authenticate(made.key)
+    keys.update(made.record.id, expires_in=timedelta(days=1))
+    assert (await keys.authenticate(made.key)).tenant == "acme"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"scopes": ["root"]}, "scopes"),
+        ({"scopes": []}, "scopes"),
+        ({"name": "x" * 257}, "name"),
+        ({"expires_in": timedelta(0)}, "expires_in"),
+        ({"requests_per_minute": -1}, "requests_per_minute"),
+        ({"tokens_per_minute": 2**31}, "tokens_per_minute"),
+    ],
+)
+def test_bad_updates_name_their_field_and_change_nothing(
+    keys: KeyService, kwargs: dict, param: str
+):
+    made = keys.create("acme", name="kept", limits=KeyLimits(requests=3)).record
+    with pytest.raises(InvalidRequest) as caught:
+        keys.update(made.id, **kwargs)
+    assert caught.value.param == param
+    assert keys.list() == [made]
+
+
+def test_revoked_and_other_tenants_keys_are_not_updated(keys: KeyService):
+    revoked = keys.create("acme").record
+    keys.revoke(revoked.id)
+    with pytest.raises(Conflict, match="revoked"):
+        keys.update(revoked.id, requests_per_minute=1)
+    theirs = keys.create("globex").record
+    with pytest.raises(NotFound):
+        keys.update(theirs.id, "acme", name="mine now")
+    with pytest.raises(NotFound):
+        keys.update("key_nope", name="x")
+    assert keys.list()[1] == theirs
 
 
 @pytest.mark.parametrize(("touch_seconds", "writes"), [(60.0, 1), (0.0, 3)])

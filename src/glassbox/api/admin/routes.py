@@ -3,6 +3,7 @@ manage the keys of every tenant (as `glassbox keys` does on the database).
 
     POST   /admin/keys            a new key (the key itself is in this answer, and only here)
     GET    /admin/keys[?tenant=]  keys without secrets: every tenant's, or one tenant's
+    PATCH  /admin/keys/{id}       change its name, scopes, expiry or limits (the key stays)
     DELETE /admin/keys/{id}       revoke one
 """
 
@@ -12,9 +13,16 @@ from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Depends, Query
 
-from glassbox.api.admin.schemas import CreatedKeyObject, CreateKeyRequest, KeyList, KeyObject
+from glassbox.api.admin.schemas import (
+    CreatedKeyObject,
+    CreateKeyRequest,
+    KeyList,
+    KeyObject,
+    UpdateKeyRequest,
+)
 from glassbox.api.deps import AdminDep, KeysDep, require_admin
 from glassbox.auth.keys import ApiKey
+from glassbox.errors import InvalidRequest
 from glassbox.principal import KeyLimits
 
 # Every route here is admin-only, including one that forgets to ask for the principal.
@@ -50,6 +58,27 @@ def list_keys(
     keys: KeysDep, tenant: str | None = Query(None, description="Only this tenant's keys")
 ) -> KeyList:
     return KeyList(data=[key_object(k) for k in keys.list(tenant)])
+
+
+@router.patch("/keys/{key_id}", response_model=KeyObject)
+def update_key(key_id: str, body: UpdateKeyRequest, keys: KeysDep) -> KeyObject:
+    given = body.model_fields_set
+    if not given:
+        raise InvalidRequest(
+            "nothing to change: send name, scopes, expires_in_days, requests_per_minute or "
+            "tokens_per_minute"
+        )
+    for field in ("name", "scopes"):
+        if field in given and getattr(body, field) is None:
+            raise InvalidRequest(f"'{field}' cannot be null; leave it out to keep it", param=field)
+    changes = {
+        f: getattr(body, f) for f in ("requests_per_minute", "tokens_per_minute") if f in given
+    }
+    if "expires_in_days" in given:
+        days = body.expires_in_days
+        changes["expires_in"] = timedelta(days=days) if days is not None else None
+    updated = keys.update(key_id, name=body.name, scopes=body.scopes, **changes)
+    return key_object(updated)
 
 
 @router.delete("/keys/{key_id}", response_model=KeyObject)

@@ -28,6 +28,25 @@ class CreateKeyRequest(BaseModel):
     )
 
 
+class UpdateKeyRequest(BaseModel):
+    """The fields to change; those left out stay as they are. null is a value for the
+    expiry (never) and the limits (the tenant's or the server's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=256)
+    scopes: list[Scope] | None = Field(None, min_length=1)
+    expires_in_days: float | None = Field(
+        None, gt=0, le=36_500, description="From now; null: it never expires"
+    )
+    requests_per_minute: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; null: default)"
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; null: default)"
+    )
+
+
 class KeyObject(BaseModel):
     id: str
     object: Literal["api_key"] = "api_key"
