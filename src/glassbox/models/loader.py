@@ -4,6 +4,7 @@ the cache directory; every later start loads the converted copy."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import json
@@ -79,22 +80,92 @@ def resolve_model(model: str, cache_dir: Path, served_name: str | None = None) -
     return ResolvedModel(directory, served_name or name)
 
 
-def _fingerprint(path: Path) -> str:
-    st = path.stat()
-    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+DIGESTS_FILE = "digests.json"
+
+
+def _write_json(path: Path, value: object) -> None:
+    """Whole or not at all, whatever else reads it meanwhile."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    part.write_text(json.dumps(value))
+    os.replace(part, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def content_digest(gguf: Path, models: Path) -> str:
+    """The file's sha256 (16 hex digits): the name of its conversion, so that the same file
+    in any venv or folder shares one conversion (a reinstalled package has a new path or
+    mtime, and a conversion of the bundled model is 517 MB). Remembered in
+    `models/digests.json` by path, size and mtime: a start does not read a large file again."""
+    st = gguf.stat()
+    path = str(gguf.resolve())
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    index = _read_json(models / DIGESTS_FILE)
+    digest = index.get(key)
+    if isinstance(digest, str):
+        return digest
+    with gguf.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    # Entries of files that are gone, or that this file at this path replaced, are dropped.
+    kept = {k: v for k, v in index.items()
+            if (p := k.rsplit(":", 2)[0]) != path and Path(p).exists()}  # fmt: skip
+    _write_json(models / DIGESTS_FILE, {**kept, key: digest})
+    return digest
+
+
+def _sources(conversion: Path) -> list[Path] | None:
+    """The GGUF files a finished conversion was made from or served (None: not finished, or
+    not one of ours)."""
+    done = _read_json(conversion / "complete.json")
+    sources = done.get("sources", [done["source"]] if "source" in done else None)
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        return None
+    return [Path(x) for x in sources]
+
+
+def prune_conversions(models: Path, gguf: Path, kept: Path) -> None:
+    """Remove the other conversions of this file name that nothing will load again: each of
+    their sources is gone, or is this path, whose file is now another (a reinstalled or
+    upgraded package). A process that is serving one has its weights in memory already."""
+    here = gguf.resolve()
+    for other in models.glob(f"{glob.escape(gguf.stem)}-*"):
+        digest = other.name[len(gguf.stem) + 1 :]
+        ours = len(digest) == 16 and all(c in "0123456789abcdef" for c in digest)
+        sources = _sources(other) if ours and other != kept and other.is_dir() else None
+        if sources is None:
+            continue
+        if all(s.resolve() == here or not s.exists() for s in sources):
+            log.warning("removing %s: its sources are gone or changed (%s)", other,
+                        ", ".join(map(str, sources)))  # fmt: skip
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
-    """Dequantize a GGUF into `cache_dir` once; later calls return the cached directory."""
-    target = Path(cache_dir) / "models" / f"{gguf.stem}-{_fingerprint(gguf)}"
-    if (target / "complete.json").is_file():
-        return target
+    """Dequantize a GGUF into `cache_dir` once (per content); later calls return the cached
+    directory. Stale conversions of the same file name are removed (`prune_conversions`)."""
+    models = Path(cache_dir) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / f"{gguf.stem}-{content_digest(gguf, models)}"
+    sources = _sources(target)
+    if sources is None:
+        _convert(gguf, target)
+    elif gguf.resolve() not in {s.resolve() for s in sources}:
+        _write_json(target / "complete.json", {"sources": [*map(str, sources), str(gguf)]})
+    prune_conversions(models, gguf, target)
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s once into %s (later starts load the converted copy)", gguf, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -108,11 +179,10 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         model.config.save_pretrained(str(tmp))
         save_model(model, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "complete.json").write_text(json.dumps({"source": str(gguf)}))
+        (tmp / "complete.json").write_text(json.dumps({"sources": [str(gguf)]}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
