@@ -593,7 +593,7 @@ class SessionService:
         settings = session.settings
 
         async def summarize(prompt: Messages) -> str:
-            return await backend.chat_completion(prompt, SUMMARY_TOKENS, 0.0)
+            return _text(await backend.chat_completion(prompt, SUMMARY_TOKENS, 0.0))
 
         start, summary, ids = await self._fit(
             session, messages, user_message, None, model.max_model_len, summarize
@@ -617,8 +617,8 @@ class SessionService:
         )
         async with aclosing(stream) as texts:
             async for text in texts:
-                pieces.append(text)
-                yield text
+                pieces.append(_text(text))
+                yield pieces[-1]
         yield _Reply("".join(pieces), None, start, summary)
 
     def _state(self, owner: Principal, state_id: str | None) -> State | None:
@@ -815,6 +815,12 @@ class SessionService:
             s.flush()
             message = ChatMessage(answer.message_id, session_id, "assistant", reply, now)
             return message, self._session(s, row)
+
+
+def _text(generated: str) -> str:
+    """Another backend's text as the local engine's detokenizer gives it: NUL as U+FFFD (a
+    model can write the byte 0x00, and PostgreSQL cannot store it in the history)."""
+    return generated.replace("\x00", "\ufffd")
 
 
 def _check_message(text: str, param: str) -> None:

@@ -6,11 +6,13 @@ enforced upstream; the context policy applies with the model's context length.""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from helpers.server import TINY_MAX_LEN, running, tiny_settings
 
+from glassbox.backends.base import InferenceEngine
 from glassbox.backends.openai_upstream import OpenAIUpstreamBackend
 from glassbox.config import ModelSpec, UpstreamSpec
 from glassbox.errors import InvalidRequest, ModelNotFound, NotCapable
@@ -224,3 +226,31 @@ def test_sessions_on_an_upstream_model_over_http(tiny_server, tiny_model_dir, tm
         local = http.post("/llm/chat/", json={**body, "model": None}).json()
         assert local["session"]["model"] == server.settings.served_model_name
         assert local["usage"]["prompt_tokens"] > 0 and local["session"]["state_id"]
+
+
+class NulUpstream(InferenceEngine):
+    """A backend whose model wrote the byte 0x00 (an upstream engine relays it as is); a fake
+    beside the tests above against a live upstream, which never sends NUL."""
+
+    def chat_completion_stream(self, messages, *args, **kwargs) -> AsyncIterator[str]:
+        async def pieces() -> AsyncIterator[str]:
+            yield "a\x00"
+            yield "b"
+
+        return pieces()
+
+
+async def test_nul_from_another_backend_is_stored_and_streamed_as_u_fffd(
+    services, local_engine
+) -> None:
+    engine, _ = local_engine
+    other = ServedModel(UPSTREAM, "openai-upstream", TINY_MAX_LEN, frozenset(), ("up",))
+    models = ModelRegistry("local-tiny", {}, engine.max_model_len, [other])
+    sessions = services.service(models=models, backends={UPSTREAM: NulUpstream()})
+    first = await sessions.start(LOCAL, "u-nul", "hello", upstream_settings())
+    assert first.reply.content == "a\ufffdb"
+    sid = first.session.session_id
+    *pieces, turn = [p async for p in sessions.stream(LOCAL, sid, "again")]
+    assert pieces == ["a\ufffd", "b"] and turn.reply.content == "a\ufffdb"
+    history = await sessions.history(LOCAL, sid)
+    assert [m.content for m in history] == ["hello", "a\ufffdb", "again", "a\ufffdb"]
