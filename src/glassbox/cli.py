@@ -42,6 +42,12 @@ def _limit(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a count or 'default', got '{text}'") from None
 
 
+def _add_scopes(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument(
+        "--scope", action="append", choices=["admin", "user", "read"], dest="scopes", help=help
+    )
+
+
 def _settings(args: argparse.Namespace, keys: list[str]) -> Settings:
     explicit: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if getattr(args, "model_alias", None):
@@ -128,13 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a key and print it (the only time)")
     create.add_argument("--tenant", required=True, help="whose data the key reaches")
-    create.add_argument(
-        "--scope",
-        action="append",
-        choices=["admin", "user", "read"],
-        dest="scopes",
-        help="repeatable (default: user); read: GET and HEAD only",
-    )
+    _add_scopes(create, "repeatable (default: user); read: GET and HEAD only")
     create.add_argument("--name", default="", help="a label for lists")
     create.add_argument("--expires-in", type=float, metavar="DAYS", help="default: never")
     create.add_argument(
@@ -153,13 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     update.add_argument("key_id")
     update.add_argument("--name", help="a new label")
-    update.add_argument(
-        "--scope",
-        action="append",
-        choices=["admin", "user", "read"],
-        dest="scopes",
-        help="repeatable: the key's scopes from now on",
-    )
+    _add_scopes(update, "repeatable: the key's scopes from now on")
     expiry = update.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in", type=float, metavar="DAYS", help="from now")
     expiry.add_argument("--never-expires", action="store_true")

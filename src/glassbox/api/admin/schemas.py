@@ -9,41 +9,36 @@ from pydantic import BaseModel, ConfigDict, Field
 Scope = Literal["admin", "user", "read"]
 
 
-class CreateKeyRequest(BaseModel):
+class _KeyLimitFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    requests_per_minute: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; null: default)"
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; null: default)"
+    )
+
+
+class CreateKeyRequest(_KeyLimitFields):
     tenant: str | None = Field(
         None, description="Whose data the key reaches (default: the admin's own tenant)"
     )
     scopes: list[Scope] = Field(["user"], min_length=1)
     name: str = Field("", max_length=256)
     expires_in_days: float | None = Field(
-        None, gt=0, le=36_500, description="None: it never expires (at most 100 years)"
-    )
-    requests_per_minute: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; None: default)"
-    )
-    tokens_per_minute: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; None: default)"
+        None, gt=0, le=36_500, description="null: it never expires (at most 100 years)"
     )
 
 
-class UpdateKeyRequest(BaseModel):
+class UpdateKeyRequest(_KeyLimitFields):
     """The fields to change; those left out stay as they are. null is a value for the
     expiry (never) and the limits (the tenant's or the server's default)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=256)
     scopes: list[Scope] | None = Field(None, min_length=1)
     expires_in_days: float | None = Field(
         None, gt=0, le=36_500, description="From now; null: it never expires"
-    )
-    requests_per_minute: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; null: default)"
-    )
-    tokens_per_minute: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="This key's own limit (0: none; null: default)"
     )
 
 
