@@ -1,6 +1,7 @@
-"""Feature readout with a generation: `readout` on /v1/chat/completions and /generate/token
-returns every generated token's top features, streamed and not, equal to what the features
-service's own inspection reads at the position the token was sampled from."""
+"""Feature readout with a generation: `readout` on /v1/chat/completions, /v1/completions and
+/generate/token returns every generated token's top features, streamed and not, equal to
+what the features service's own inspection reads at the position the token was sampled
+from."""
 
 from __future__ import annotations
 
@@ -123,6 +124,31 @@ def test_streamed_chunks_carry_the_same_readout(
         assert_same_features(got["features"], {f["id"]: f["activation"] for f in want["features"]})
 
 
+def test_completions_readout_matches_inspection_streamed_and_not(
+    tiny_server: LiveServer, http_module: httpx.Client
+) -> None:
+    prompt = "Once upon a time"
+    body = {"model": TINY_NAME, "prompt": prompt, "readout": {"features": 3}, "echo": True,
+            **GREEDY}  # fmt: skip
+    r = http_module.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    readout = choice["readout"]
+    assert len(readout) == GREEDY["max_tokens"]  # the generated tokens only, not the echo
+    assert choice["text"].startswith(prompt)
+    ids = http_module.post("/tokenize", json={"model": TINY_NAME, "prompt": prompt}).json()
+    generated = [r["token_id"] for r in readout]
+    positions = [ids["count"] - 1 + i for i in range(len(generated))]
+    expected = inspected(tiny_server, ids["tokens"] + generated[:-1], positions, 3)
+    for got, want in zip(readout, expected, strict=True):
+        assert 1 <= len(got["features"]) <= 3
+        assert_same_features(got["features"], want)
+
+    events = stream_events(http_module, "/v1/completions", body)
+    streamed = [x for e in events for c in e["choices"] for x in c.get("readout") or []]
+    assert streamed == readout
+
+
 def test_no_readout_field_unless_asked(http_module: httpx.Client) -> None:
     body = chat(http_module, **GREEDY)
     assert "readout" not in body["choices"][0]
@@ -130,6 +156,8 @@ def test_no_readout_field_unless_asked(http_module: httpx.Client) -> None:
         http_module, "/v1/chat/completions", {"model": TINY_NAME, "messages": MESSAGES, **GREEDY}
     )
     assert not any("readout" in c for e in events for c in e["choices"])
+    plain = {"model": TINY_NAME, "prompt": "Once upon a time", **GREEDY}
+    assert "readout" not in http_module.post("/v1/completions", json=plain).json()["choices"][0]
 
 
 def test_rows_without_readout_are_unaffected_in_the_same_batch(tiny_server: LiveServer) -> None:

@@ -112,7 +112,7 @@ class OpenAIService:
         )
 
     async def _readout(
-        self, req: ChatCompletionRequest
+        self, req: ChatCompletionRequest | CompletionRequest
     ) -> tuple[Readout | None, ReadoutLabels | None]:
         """The request's feature readout (`readout`), and what names its features."""
         if req.readout is None:
@@ -355,14 +355,15 @@ class OpenAIService:
 
     async def _completion_requests(
         self, owner: Principal, req: CompletionRequest
-    ) -> tuple[list[EngineRequest], list[str]]:
-        """Requests ordered prompt-major (prompt p, choice i -> index p * n + i), and the
-        prompt texts (for echo)."""
+    ) -> tuple[list[EngineRequest], list[str], ReadoutLabels | None]:
+        """Requests ordered prompt-major (prompt p, choice i -> index p * n + i), the
+        prompt texts (for echo), and what names the readout's features (None: none asked)."""
         if (bad := req.unsupported()) is not None:
             raise Unsupported(*bad)
         build = self.gen.requests
         build.choices(req.n)
         plan = await self._plan(owner, req)
+        readout, labels = await self._readout(req)
         grammar = await asyncio.to_thread(self._grammar, req)
         requests, texts = [], []
         for prompt in req.prompts():
@@ -374,15 +375,15 @@ class OpenAIService:
                 text = self.tokenizer.decode(ids) if req.echo else ""
             first = build.request(
                 ids, prompt_param="prompt", max_tokens=req.max_tokens, logprobs=req.logprobs,
-                steering=plan, grammar=grammar, **_sampling_fields(req),
+                steering=plan, grammar=grammar, readout=readout, **_sampling_fields(req),
             )  # fmt: skip
             for i in range(req.n):
                 requests.append(self.gen.for_choice(first, i))
                 texts.append(text)
-        return requests, texts
+        return requests, texts, labels
 
     async def completion(self, owner: Principal, req: CompletionRequest, model: str) -> Completion:
-        requests, texts = await self._completion_requests(owner, req)
+        requests, texts, labels = await self._completion_requests(owner, req)
         results = await self.gen.generate_many(requests)
         choices = []
         for i, (g, prompt_text) in enumerate(zip(results, texts, strict=True)):
@@ -390,9 +391,10 @@ class OpenAIService:
             logprobs = None
             if req.logprobs is not None:
                 logprobs = self.legacy_logprobs(g.logprobs, len(prefix))
+            readout = self.readout(labels, g.token_ids, g.features) if labels else None
             choices.append(
                 CompletionChoice(index=i, text=prefix + g.text, logprobs=logprobs,
-                                 finish_reason=_finish_reason(g.finish_reason))
+                                 readout=readout, finish_reason=_finish_reason(g.finish_reason))
             )  # fmt: skip
         return Completion(
             id=f"cmpl-{uuid.uuid4().hex}",
@@ -405,11 +407,16 @@ class OpenAIService:
         self, owner: Principal, req: CompletionRequest, model: str
     ) -> AsyncIterator[str]:
         self.gen.ensure_alive()
-        requests, texts = await self._completion_requests(owner, req)
-        return self._completion_chunks(req, requests, texts, model)
+        requests, texts, labels = await self._completion_requests(owner, req)
+        return self._completion_chunks(req, requests, texts, labels, model)
 
     async def _completion_chunks(
-        self, req: CompletionRequest, requests: list[EngineRequest], texts: list[str], model: str
+        self,
+        req: CompletionRequest,
+        requests: list[EngineRequest],
+        texts: list[str],
+        labels: ReadoutLabels | None,
+        model: str,
     ) -> AsyncIterator[str]:
         cid = f"cmpl-{uuid.uuid4().hex}"
 
@@ -428,11 +435,14 @@ class OpenAIService:
                 if req.logprobs is not None:
                     logprobs = self.legacy_logprobs(out.logprobs, offsets[i])
                     offsets[i] += sum(len(t) for t in logprobs.tokens)
+                readout = None
+                if labels is not None and out.features:
+                    readout = self.readout(labels, out.token_ids, out.features)
                 reason = _finish_reason(out.finish_reason)
-                if out.text or logprobs is not None or reason is not None:
+                if out.text or logprobs is not None or readout is not None or reason is not None:
                     yield chunk(
                         [CompletionChoice(index=i, text=out.text, logprobs=logprobs,
-                                          finish_reason=reason)]
+                                          readout=readout, finish_reason=reason)]
                     )  # fmt: skip
         if req.include_usage:
             yield chunk([], _usage(requests, results, req.n))

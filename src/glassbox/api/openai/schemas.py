@@ -329,6 +329,8 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=16)
     suffix: str | None = None
+    # glassbox: each generated token's top features, in `choice.readout` (and each chunk's)
+    readout: ReadoutOptions | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -462,6 +464,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: LegacyLogprobs | None = None
+    readout: Readout = None
     finish_reason: str | None
 
 
