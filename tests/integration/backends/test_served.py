@@ -128,6 +128,12 @@ def test_what_the_upstream_cannot_do_is_a_400_naming_backend_and_capability(fron
     )
     assert r.status_code == 400 and "'features'" in r.json()["error"]["message"], r.text
     assert r.json()["error"]["param"] == "readout"
+    r = httpx.post(
+        front.base_url + "/v1/completions",
+        json={"model": REMOTE, "prompt": "x", "readout": {"features": 3}},
+    )
+    assert r.status_code == 400 and "'features'" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["param"] == "readout"
     r = httpx.post(front.base_url + "/states", json={"model_id": REMOTE, "text": "x"})
     assert r.status_code == 400 and "'states'" in r.json()["error"]["message"], r.text
     r = httpx.post(front.base_url + "/tokenize", json={"model": REMOTE, "prompt": "x"})
