@@ -15,6 +15,14 @@ from typing import Protocol
 _CONTEXT_TOKENS = 4
 
 
+def without_nul(generated: str) -> str:
+    """Generated text as glassbox hands it out: NUL as U+FFFD. A byte-level vocabulary can
+    spell NUL, replaced like any byte that is not text: the server refuses NUL in a request
+    body (PostgreSQL cannot store it), so a reply holding one could be neither kept in a
+    session nor sent back in the next request."""
+    return generated.replace("\x00", "\ufffd")
+
+
 class Decoder(Protocol):
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str: ...
 
@@ -48,10 +56,7 @@ class IncrementalDetokenizer:
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
             return  # an incomplete character: wait for the next token
         before = len(self.text)
-        # A byte-level vocabulary can spell NUL. Replaced like any byte that is not text:
-        # the server refuses NUL in a request body (PostgreSQL cannot store it), so a reply
-        # holding one could be neither kept in a session nor sent back in the next request.
-        self.text += full[len(prefix) :].replace("\x00", "\ufffd")
+        self.text += without_nul(full[len(prefix) :])
         self.prefix_offset = self.read_offset
         self.read_offset = len(self.ids)
         if self.stop:

@@ -56,6 +56,7 @@ from sqlalchemy.orm import Session as SqlSession
 
 from glassbox.backends.base import InferenceEngine
 from glassbox.engine.block_manager import KVHandle
+from glassbox.engine.detokenizer import without_nul
 from glassbox.engine.grammar import Grammar
 from glassbox.engine.llm_engine import StepOutput
 from glassbox.errors import (
@@ -593,7 +594,7 @@ class SessionService:
         settings = session.settings
 
         async def summarize(prompt: Messages) -> str:
-            return _text(await backend.chat_completion(prompt, SUMMARY_TOKENS, 0.0))
+            return without_nul(await backend.chat_completion(prompt, SUMMARY_TOKENS, 0.0))
 
         start, summary, ids = await self._fit(
             session, messages, user_message, None, model.max_model_len, summarize
@@ -617,7 +618,7 @@ class SessionService:
         )
         async with aclosing(stream) as texts:
             async for text in texts:
-                pieces.append(_text(text))
+                pieces.append(without_nul(text))  # as the local engine's output
                 yield pieces[-1]
         yield _Reply("".join(pieces), None, start, summary)
 
@@ -815,12 +816,6 @@ class SessionService:
             s.flush()
             message = ChatMessage(answer.message_id, session_id, "assistant", reply, now)
             return message, self._session(s, row)
-
-
-def _text(generated: str) -> str:
-    """Another backend's text as the local engine's detokenizer gives it: NUL as U+FFFD (a
-    model can write the byte 0x00, and PostgreSQL cannot store it in the history)."""
-    return generated.replace("\x00", "\ufffd")
 
 
 def _check_message(text: str, param: str) -> None:
